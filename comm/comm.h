@@ -1,0 +1,73 @@
+// comm: the distributed layer of Tempered: a handful of free functions and one autograd gather.
+//
+// Contract (as in every collective library): every rank calls the same collectives in the same order with
+// tensors of the same dtype. CPU tensors go through MPI; CUDA tensors through NCCL when it is compiled in
+// (bootstrapped over MPI), on the current CUDA stream: the result is ready for later work on that stream, and the
+// host must synchronise before reading it. With one rank every collective is a copy or a no-op, so the same code
+// runs on one process and on many.
+//
+// Errors inside a collective are broken invariants or a dead peer: they print host, rank, file:line, the call
+// and the library's error string, then take the whole job down (MPI_Abort), so no rank hangs.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+namespace tempered::comm {
+
+// Initialises MPI (thread level FUNNELED) once per process. Safe to call when not launched by mpirun (1 rank).
+void Init(int* argc, char*** argv);
+// Finalises MPI. Call once, after the last collective; later calls are no-ops.
+void Finalize();
+bool Initialized();
+
+int Rank();
+int Size();
+// Rank among the processes on this node (for choosing a GPU and the thread count).
+int LocalRank();
+int LocalSize();
+
+// out = concatenation along dim 0 of every rank's `in` (dims 1.. equal on every rank). Ranks may contribute
+// different numbers of rows, including 0.
+torch::Tensor AllGather(const torch::Tensor& in);
+// Rows contributed by each rank to an AllGather of `rows` local rows (collective).
+std::vector<int64_t> AllGatherCounts(int64_t rows);
+
+// In-place elementwise sum over ranks.
+void AllReduceSum(torch::Tensor& t);
+// In-place elementwise max over ranks.
+void AllReduceMax(torch::Tensor& t);
+// Sum over ranks of a full tensor (dim 0 = sum of `counts`), returning this rank's block of counts[rank()] rows.
+torch::Tensor ReduceScatterSum(const torch::Tensor& full, const std::vector<int64_t>& counts);
+// Overwrites t on every rank with root's t.
+void Broadcast(torch::Tensor& t, int root);
+// Scalar helpers for control decisions that every rank must agree on.
+double AllReduceSum(double v);
+double AllReduceMax(double v);
+void Barrier();
+
+// Takes the whole job down: prints `message` and calls MPI_Abort. Never returns.
+[[noreturn]] void Abort(const std::string& message, int code = 1);
+
+// Autograd all-gather: forward = AllGather of the local rows (B_local x d -> B_global x d); backward =
+// ReduceScatterSum of the incoming gradient, so each rank receives the summed gradient of its own rows from every
+// rank's loss. (A plain all_gather has no gradient: the MoCo trap.)
+torch::Tensor GatherWithGrad(const torch::Tensor& local);
+
+// Averages parameter gradients across ranks after backward. Gradients are packed into buckets of about
+// bucket_bytes in a fixed order (the parameters' order, identical on every rank) and all-reduced bucket by bucket.
+class GradientReducer {
+ public:
+  explicit GradientReducer(std::vector<torch::Tensor> parameters, int64_t bucket_bytes = 8 << 20);
+  // Call after backward, before the optimiser step: every parameter's grad becomes the mean over ranks.
+  // Parameters without a gradient are treated as zero gradients.
+  void Finalize();
+
+ private:
+  std::vector<torch::Tensor> parameters_;
+  std::vector<std::vector<size_t>> buckets_;  // indices into parameters_
+};
+
+}  // namespace tempered::comm

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The one place that lists the system packages Tempered needs (README, CI and the Dockerfiles call it).
+# Non-interactive and idempotent: packages already installed are left as they are.
+set -euo pipefail
+
+packages=(
+  # toolchain
+  build-essential cmake ninja-build ccache pkg-config git
+  # the fixed stack
+  libtorch-dev libopenmpi-dev openmpi-bin libprotobuf-dev protobuf-compiler
+  libgflags-dev libgoogle-glog-dev libgtest-dev libgmock-dev libbenchmark-dev
+  # without OpenBLAS Debian's reference BLAS makes every matmul ~20x slower (../shared/ENV.md)
+  libopenblas0-pthread
+  # data and solved problems: .gz reading, JSON, plots
+  zlib1g-dev nlohmann-json3-dev gnuplot-nox
+  # the embedded default data set (60k + 10k Fashion-MNIST images, IDX .gz)
+  dataset-fashion-mnist
+  # the PyTorch reference scripts of the tests and benchmarks (use /usr/bin/python3)
+  python3-torch python3-numpy python3-protobuf
+  # a real Slurm for the Slurm backend's tests
+  slurm-wlm slurmctld slurmd slurm-client munge
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

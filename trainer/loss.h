@@ -1,0 +1,42 @@
+// The contrastive losses of Wang & Liu (PAPER.md §2) and the hardness analysis of §3.
+//
+// Every loss is computed for a set of anchors (n x d) against a set of candidates (C x d), all L2-normalised, so
+// s = anchors @ candidates^T are cosine similarities. Each anchor has one positive candidate and may exclude
+// candidates (itself, in SimCLR's batch form); every other candidate is a negative. The functions return the
+// per-anchor losses (n) and are differentiable through LibTorch autograd with respect to anchors and candidates.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "proto/tempered.pb.h"
+
+namespace tempered {
+
+struct LossOptions {
+  LossConfig::Name name = LossConfig::INFONCE;
+  double tau = 0.1;
+  // Hardest negatives per anchor for HARD and HARD_SIMPLE (clamped to the number of negatives).
+  int64_t hard_k = 0;
+};
+
+// anchors (n, d); candidates (C, d); positive (n) int64 candidate index of each anchor's positive; exclude (n)
+// int64 candidate index to leave out of each anchor's row (-1 = none). Returns per-anchor losses (n), fp32.
+// Numerically safe down to tau = 0.01 (log-sum-exp with a running max, never a raw exp(s / tau)).
+torch::Tensor ContrastiveLoss(const torch::Tensor& anchors, const torch::Tensor& candidates,
+                              const torch::Tensor& positive, const torch::Tensor& exclude,
+                              const LossOptions& options);
+
+// K for a loss given the number of negatives per anchor: config.hard_k if set, else
+// round(hard_fraction * negatives), at least 1, at most negatives.
+int64_t HardK(const LossConfig& config, int64_t negatives);
+
+// Relative penalty (PAPER.md §3): r_i(s_ij) = exp(s_ij / tau) / sum_{k negative} exp(s_ik / tau) over each
+// anchor's negatives. sims (n, C) similarities, positive / exclude as above. Returns (n, C) with zeros at the
+// positive and excluded entries; each row sums to 1.
+torch::Tensor RelativePenalty(const torch::Tensor& sims, const torch::Tensor& positive, const torch::Tensor& exclude,
+                              double tau);
+// Entropy (nats) of each anchor's relative penalty (n).
+torch::Tensor PenaltyEntropy(const torch::Tensor& sims, const torch::Tensor& positive, const torch::Tensor& exclude,
+                             double tau);
+
+}  // namespace tempered
