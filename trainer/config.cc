@@ -1,0 +1,283 @@
+#include "trainer/config.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+#include <google/protobuf/util/json_util.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "trainer/errors.h"
+
+namespace tempered {
+
+namespace pb = google::protobuf;
+
+RunConfig DefaultRunConfig() {
+  RunConfig c;
+  auto* data = c.mutable_data();
+  data->set_dataset("fashion_mnist");
+  data->set_crop_scale_min(0.2f);
+  data->set_crop_scale_max(1.0f);
+  data->set_color_jitter(0.4f);
+  data->set_grayscale_prob(0.2f);
+  data->set_flip_prob(0.5f);
+  auto* model = c.mutable_model();
+  model->set_arch(ModelConfig::SMALL_CNN);
+  model->set_norm(ModelConfig::BATCH);
+  model->set_head(ModelConfig::LINEAR);
+  model->set_embed_dim(128);
+  auto* loss = c.mutable_loss();
+  loss->set_name(LossConfig::INFONCE);
+  loss->set_tau(0.2f);
+  loss->set_hard_fraction(0.08f);
+  loss->set_negatives(LossConfig::BATCH);
+  loss->set_bank_momentum(0.5f);
+  auto* optim = c.mutable_optim();
+  optim->set_lr(0.06f);
+  optim->set_momentum(0.9f);
+  optim->set_weight_decay(5e-4f);
+  optim->set_schedule(OptimConfig::COSINE);
+  optim->set_warmup_epochs(0.0f);
+  optim->set_decay_factor(0.1f);
+  auto* eval = c.mutable_eval();
+  eval->set_knn_k(200);
+  eval->set_knn_temperature(0.07f);
+  eval->set_metric_samples(2000);
+  eval->set_linear_lr(0.1f);
+  c.set_epochs(1);
+  c.set_batch_size(256);
+  c.set_seed(1);
+  c.set_out_dir("tempered-run");
+  c.set_log_every_steps(20);
+  return c;
+}
+
+namespace {
+
+// A field is "set" when it differs from its proto3 zero value or, for `optional` fields, was assigned.
+bool IsSet(const pb::Message& m, const pb::FieldDescriptor* f) {
+  const pb::Reflection* r = m.GetReflection();
+  if (f->is_repeated()) return r->FieldSize(m, f) > 0;
+  // proto3: a plain scalar "has" its field when non-zero; an `optional` one when it was assigned, even 0.
+  return r->HasField(m, f);
+}
+
+// Copies every field of `defaults` that is unset in `target`, recursing into messages.
+void FillUnset(const pb::Message& defaults, pb::Message* target) {
+  const pb::Descriptor* d = target->GetDescriptor();
+  const pb::Reflection* r = target->GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const pb::FieldDescriptor* f = d->field(i);
+    if (f->type() == pb::FieldDescriptor::TYPE_MESSAGE && !f->is_repeated()) {
+      FillUnset(defaults.GetReflection()->GetMessage(defaults, f), r->MutableMessage(target, f));
+    } else if (!IsSet(*target, f) && IsSet(defaults, f)) {
+      if (f->is_repeated()) {
+        for (int j = 0; j < defaults.GetReflection()->FieldSize(defaults, f); ++j) {
+          // Repeated scalars only appear in configs (decay_epochs): copy via the text form.
+          std::string text;
+          pb::TextFormat::PrintFieldValueToString(defaults, f, j, &text);
+          pb::TextFormat::ParseFieldValueFromString(text, f, target);
+        }
+      } else {
+        std::string text;
+        pb::TextFormat::PrintFieldValueToString(defaults, f, -1, &text);
+        pb::TextFormat::ParseFieldValueFromString(text, f, target);
+      }
+    }
+  }
+}
+
+// Collects protobuf parse errors with their line and column.
+class ErrorCollector : public pb::io::ErrorCollector {
+ public:
+  void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
+    if (first_.empty()) first_ = "line " + std::to_string(line + 1) + ": " + message;
+  }
+  void AddWarning(int, pb::io::ColumnNumber, const std::string&) override {}
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string first_;
+};
+
+std::string ReadFileOrThrow(const std::string& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UserError("cannot read " + what + " " + path + ": " + std::strerror(errno));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+template <typename T>
+void Require(bool ok, const std::string& field, const std::string& expectation, T value) {
+  if (!ok) {
+    std::ostringstream os;
+    os << field << " must be " << expectation << ", got " << value;
+    throw UserError(os.str());
+  }
+}
+
+}  // namespace
+
+RunConfig ResolveConfig(const RunConfig& config) {
+  RunConfig resolved = config;
+  FillUnset(DefaultRunConfig(), &resolved);
+  return resolved;
+}
+
+void ValidateConfig(const RunConfig& c) {
+  Require(c.loss().tau() > 0 && std::isfinite(c.loss().tau()), "loss.tau", "> 0", c.loss().tau());
+  Require(c.loss().hard_k() >= 0, "loss.hard_k", ">= 0", c.loss().hard_k());
+  Require(c.loss().hard_fraction() > 0 && c.loss().hard_fraction() <= 1, "loss.hard_fraction", "in (0, 1]",
+          c.loss().hard_fraction());
+  Require(c.loss().bank_momentum() >= 0 && c.loss().bank_momentum() < 1, "loss.bank_momentum", "in [0, 1)",
+          c.loss().bank_momentum());
+  Require(c.batch_size() >= 2, "batch_size", ">= 2 (the global batch)", c.batch_size());
+  Require(c.epochs() >= 1, "epochs", ">= 1", c.epochs());
+  Require(c.max_steps() >= 0, "max_steps", ">= 0", c.max_steps());
+  Require(c.threads() >= 0, "threads", ">= 0", c.threads());
+  Require(c.log_every_steps() >= 1, "log_every_steps", ">= 1", c.log_every_steps());
+  Require(c.model().embed_dim() >= 1, "model.embed_dim", ">= 1", c.model().embed_dim());
+  Require(c.model().width() >= 0, "model.width", ">= 0", c.model().width());
+  Require(c.optim().lr() > 0, "optim.lr", "> 0", c.optim().lr());
+  Require(c.optim().momentum() >= 0 && c.optim().momentum() < 1, "optim.momentum", "in [0, 1)",
+          c.optim().momentum());
+  Require(c.optim().weight_decay() >= 0, "optim.weight_decay", ">= 0", c.optim().weight_decay());
+  Require(c.optim().warmup_epochs() >= 0, "optim.warmup_epochs", ">= 0", c.optim().warmup_epochs());
+  const auto& d = c.data();
+  Require(d.train_subset() >= 0, "data.train_subset", ">= 0", d.train_subset());
+  Require(d.test_subset() >= 0, "data.test_subset", ">= 0", d.test_subset());
+  Require(d.crop_scale_min() > 0 && d.crop_scale_min() <= d.crop_scale_max() && d.crop_scale_max() <= 1,
+          "data.crop_scale_min/max", "0 < min <= max <= 1", std::to_string(d.crop_scale_min()) + ".." +
+          std::to_string(d.crop_scale_max()));
+  Require(d.color_jitter() >= 0 && d.color_jitter() <= 1, "data.color_jitter", "in [0, 1]", d.color_jitter());
+  Require(d.flip_prob() >= 0 && d.flip_prob() <= 1, "data.flip_prob", "in [0, 1]", d.flip_prob());
+  Require(d.grayscale_prob() >= 0 && d.grayscale_prob() <= 1, "data.grayscale_prob", "in [0, 1]",
+          d.grayscale_prob());
+  const auto& e = c.eval();
+  Require(e.knn_k() >= 1, "eval.knn_k", ">= 1", e.knn_k());
+  Require(e.knn_temperature() > 0, "eval.knn_temperature", "> 0", e.knn_temperature());
+  Require(e.metric_samples() >= 2, "eval.metric_samples", ">= 2", e.metric_samples());
+  Require(e.every_epochs() >= 0, "eval.every_epochs", ">= 0", e.every_epochs());
+  Require(e.linear_epochs() >= 0, "eval.linear_epochs", ">= 0", e.linear_epochs());
+  Require(!c.out_dir().empty(), "out_dir", "a directory", "an empty path");
+}
+
+void ReadTextProto(const std::string& path, pb::Message* message) {
+  const std::string text = ReadFileOrThrow(path, "config file");
+  ErrorCollector errors;
+  pb::TextFormat::Parser parser;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, message)) {
+    throw UserError("cannot parse " + path + " as a " + message->GetDescriptor()->name() + ": " + errors.first());
+  }
+}
+
+RunConfig ReadRunConfig(const std::string& path) {
+  RunConfig config;
+  ReadTextProto(path, &config);
+  return config;
+}
+
+void SetFieldByPath(pb::Message* message, const std::string& path, const std::string& value) {
+  pb::Message* m = message;
+  std::string rest = path;
+  for (;;) {
+    const size_t dot = rest.find('.');
+    const std::string name = rest.substr(0, dot);
+    const pb::FieldDescriptor* f = m->GetDescriptor()->FindFieldByName(name);
+    if (f == nullptr) throw UserError("unknown config field '" + path + "' (no field '" + name + "' in " +
+                                      m->GetDescriptor()->name() + ")");
+    if (dot != std::string::npos) {
+      if (f->type() != pb::FieldDescriptor::TYPE_MESSAGE || f->is_repeated()) {
+        throw UserError("config field '" + path + "': '" + name + "' is not a message");
+      }
+      m = m->GetReflection()->MutableMessage(m, f);
+      rest = rest.substr(dot + 1);
+      continue;
+    }
+    if (f->type() == pb::FieldDescriptor::TYPE_MESSAGE) {
+      throw UserError("config field '" + path + "' is a message; set one of its fields instead");
+    }
+    std::vector<std::string> items;
+    if (f->is_repeated()) {
+      m->GetReflection()->ClearField(m, f);
+      std::stringstream ss(value);
+      for (std::string item; std::getline(ss, item, ',');) items.push_back(item);
+    } else {
+      items.push_back(value);
+    }
+    for (std::string item : items) {
+      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM) {
+        std::transform(item.begin(), item.end(), item.begin(), ::toupper);
+      } else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
+        item = "\"" + pb::CEscape(item) + "\"";
+      }
+      if (item.empty() || !pb::TextFormat::ParseFieldValueFromString(item, f, m)) {
+        std::string expected = f->cpp_type_name();
+        if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM) {
+          expected = "one of";
+          for (int i = 1; i < f->enum_type()->value_count(); ++i) {
+            std::string v = f->enum_type()->value(i)->name();
+            std::transform(v.begin(), v.end(), v.begin(), ::tolower);
+            expected += (i > 1 ? ", " : " ") + v;
+          }
+        }
+        throw UserError("invalid value '" + value + "' for " + path + ": expected " + expected);
+      }
+    }
+    return;
+  }
+}
+
+void WriteFileAtomically(const std::string& path, const std::string& contents) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw UserError("cannot write " + path + ": " + std::strerror(errno));
+  size_t done = 0;
+  while (done < contents.size()) {
+    const ssize_t n = ::write(fd, contents.data() + done, contents.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const std::string why = std::strerror(errno);
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw UserError("cannot write " + path + ": " + why);
+    }
+    done += static_cast<size_t>(n);
+  }
+  // fsync before rename: after a crash the file is either the old one or the complete new one.
+  if (::fsync(fd) != 0 || ::close(fd) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    ::unlink(tmp.c_str());
+    throw UserError("cannot write " + path + ": " + why);
+  }
+}
+
+std::string ToJson(const pb::Message& message) {
+  pb::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string json;
+  const auto status = pb::util::MessageToJsonString(message, &json, options);
+  if (!status.ok()) throw std::runtime_error("cannot convert to JSON: " + status.ToString());
+  return json;
+}
+
+void FromJson(const std::string& json, pb::Message* message, const std::string& what) {
+  pb::util::JsonParseOptions options;
+  options.ignore_unknown_fields = true;
+  const auto status = pb::util::JsonStringToMessage(json, message, options);
+  if (!status.ok()) throw UserError("cannot parse " + what + " as JSON: " + status.ToString());
+}
+
+}  // namespace tempered
