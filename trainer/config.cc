@@ -51,6 +51,7 @@ RunConfig DefaultRunConfig() {
   eval->set_knn_k(200);
   eval->set_knn_temperature(0.07f);
   eval->set_metric_samples(2000);
+  eval->set_linear_epochs(10);
   eval->set_linear_lr(0.1f);
   c.set_epochs(1);
   c.set_batch_size(256);

@@ -1,0 +1,136 @@
+#include "trainer/eval.h"
+
+#include <glog/logging.h>
+
+#include "comm/comm.h"
+#include "trainer/loss.h"
+#include "trainer/metrics.h"
+
+namespace tempered {
+
+namespace {
+
+constexpr int64_t kEvalBatch = 1024;
+// The augmentation stream of the metric views: an epoch number no training epoch reaches.
+constexpr int64_t kMetricViewEpoch = int64_t{1} << 40;
+
+Embedded EmbedRange(Encoder& encoder, const Dataset& data, int64_t begin, int64_t end) {
+  std::vector<torch::Tensor> features, embeddings;
+  for (int64_t b = begin; b < end; b += kEvalBatch) {
+    const EncoderOutput out = encoder->forward(ToFloat(data.images.slice(0, b, std::min(end, b + kEvalBatch))));
+    features.push_back(out.features);
+    embeddings.push_back(out.embedding);
+  }
+  if (features.empty()) {
+    return {torch::zeros({0, encoder->feature_dim()}), torch::zeros({0, 0})};
+  }
+  return {torch::cat(features), torch::cat(embeddings)};
+}
+
+torch::Tensor EmbedViews(Encoder& encoder, const Dataset& data, const std::vector<int64_t>& indices, int view,
+                         const RunConfig& config) {
+  const torch::Tensor images =
+      AugmentBatch(data, indices, config.seed(), kMetricViewEpoch, view, AugmentOptionsFrom(config.data()));
+  return encoder->forward(images).embedding;
+}
+
+// Uniformity, tolerance, alignment, local separation and penalty entropy on the first metric_samples test images.
+void RepresentationMetrics(Encoder& encoder, const Dataset& test, const torch::Tensor& test_embedding,
+                           const RunConfig& config, Metrics* metrics) {
+  const int64_t m = std::min<int64_t>(config.eval().metric_samples(), test.size());
+  const torch::Tensor embedding = test_embedding.slice(0, 0, m);
+  metrics->set_metric_split("test");
+  metrics->set_metric_samples(static_cast<int32_t>(m));
+  metrics->set_uniformity(Uniformity(embedding));
+  metrics->set_tolerance(Tolerance(embedding, test.labels.slice(0, 0, m)));
+
+  std::vector<int64_t> indices(m);
+  for (int64_t i = 0; i < m; ++i) indices[i] = i;
+  const torch::Tensor a = EmbedViews(encoder, test, indices, 0, config);
+  const torch::Tensor b = EmbedViews(encoder, test, indices, 1, config);
+  metrics->set_alignment(Alignment(a, b));
+  const LocalSeparationStats separation = LocalSeparation(a, b);
+  metrics->set_positive_similarity(separation.positive_similarity);
+  for (double s : separation.top_negative_similarity) metrics->add_top_negative_similarity(s);
+  // Relative penalty of each view-0 anchor over the other images' view-1 embeddings, at the run's tau.
+  const torch::Tensor positive = torch::arange(m, torch::kLong);
+  const torch::Tensor exclude = torch::full({m}, -1, torch::kLong);
+  metrics->set_penalty_entropy(
+      PenaltyEntropy(a.matmul(b.t()), positive, exclude, config.loss().tau()).mean().item<double>());
+}
+
+}  // namespace
+
+Embedded EmbedAll(Encoder& encoder, const Dataset& data) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = encoder->is_training();
+  encoder->eval();
+  const int64_t n = data.size();
+  const int64_t world = comm::Size(), rank = comm::Rank();
+  const int64_t begin = n * rank / world, end = n * (rank + 1) / world;
+  const Embedded local = EmbedRange(encoder, data, begin, end);
+  encoder->train(was_training);
+  return {comm::AllGather(local.features.contiguous()), comm::AllGather(local.embedding.contiguous())};
+}
+
+double LinearTop1(const torch::Tensor& train_features, const torch::Tensor& train_labels,
+                  const torch::Tensor& test_features, const torch::Tensor& test_labels, int64_t num_classes,
+                  int epochs, double lr, uint64_t seed) {
+  torch::manual_seed(seed);
+  const torch::Tensor mean = train_features.mean(0), std = train_features.std(0) + 1e-6;
+  const torch::Tensor x = (train_features - mean) / std, x_test = (test_features - mean) / std;
+  torch::nn::Linear classifier(x.size(1), num_classes);
+  torch::optim::SGD sgd(classifier->parameters(), torch::optim::SGDOptions(lr).momentum(0.9));
+  constexpr int64_t kBatch = 256;
+  const int64_t n = x.size(0), steps = epochs * ((n + kBatch - 1) / kBatch);
+  int64_t step = 0;
+  for (int epoch = 0; epoch < epochs; ++epoch) {
+    const torch::Tensor order = torch::randperm(n, torch::kLong);
+    for (int64_t b = 0; b < n; b += kBatch, ++step) {
+      // Cosine decay of the classifier's lr over all of its steps.
+      static_cast<torch::optim::SGDOptions&>(sgd.param_groups()[0].options())
+          .lr(lr * 0.5 * (1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(steps))));
+      const torch::Tensor idx = order.slice(0, b, b + kBatch);
+      sgd.zero_grad();
+      torch::nn::functional::cross_entropy(classifier(x.index_select(0, idx)), train_labels.index_select(0, idx))
+          .backward();
+      sgd.step();
+    }
+  }
+  torch::NoGradGuard no_grad;
+  const torch::Tensor predicted = classifier(x_test).argmax(1);
+  return 100.0 * predicted.eq(test_labels).sum().item<double>() / static_cast<double>(test_labels.size(0));
+}
+
+Metrics Evaluate(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config) {
+  const Embedded train_set = EmbedAll(encoder, train);
+  const Embedded test_set = EmbedAll(encoder, test);
+  Metrics metrics;
+  if (comm::Rank() != 0) return metrics;
+
+  torch::NoGradGuard no_grad;
+  const bool was_training = encoder->is_training();
+  encoder->eval();
+  const EvalConfig& e = config.eval();
+  metrics.set_knn_top1(KnnTop1(train_set.embedding, train.labels, test_set.embedding, test.labels, e.knn_k(),
+                               e.knn_temperature(), train.num_classes));
+  RepresentationMetrics(encoder, test, test_set.embedding, config, &metrics);
+  encoder->train(was_training);
+  if (e.linear_epochs() > 0) {
+    torch::AutoGradMode grad(true);
+    metrics.set_linear_top1(LinearTop1(train_set.features, train.labels, test_set.features, test.labels,
+                                       train.num_classes, e.linear_epochs(), e.linear_lr(), config.seed()));
+  }
+  return metrics;
+}
+
+double RawPixelKnnTop1(const Dataset& train, const Dataset& test, const EvalConfig& config) {
+  const auto flat = [](const Dataset& d) {
+    return torch::nn::functional::normalize(ToFloat(d.images).flatten(1),
+                                            torch::nn::functional::NormalizeFuncOptions().dim(1));
+  };
+  return KnnTop1(flat(train), train.labels, flat(test), test.labels, config.knn_k(), config.knn_temperature(),
+                 train.num_classes);
+}
+
+}  // namespace tempered

@@ -1,0 +1,32 @@
+// Evaluation of an encoder (PAPER.md §4): kNN and linear accuracy on the test split, and the representation
+// metrics (uniformity, alignment, tolerance, local separation, relative-penalty entropy) on a fixed test subset.
+#pragma once
+
+#include "proto/tempered.pb.h"
+#include "trainer/data.h"
+#include "trainer/model.h"
+
+namespace tempered {
+
+struct Embedded {
+  torch::Tensor features;   // (N, feature_dim) backbone features
+  torch::Tensor embedding;  // (N, embed_dim) L2-normalised
+};
+
+// Embeds every image of `data` (un-augmented, eval mode). Collective: each rank embeds a contiguous block and the
+// blocks are all-gathered, so every rank returns the whole set.
+Embedded EmbedAll(Encoder& encoder, const Dataset& data);
+
+// Linear evaluation on frozen features: a softmax classifier trained with SGD on standardised train features;
+// returns test top-1 (%). Deterministic for a seed.
+double LinearTop1(const torch::Tensor& train_features, const torch::Tensor& train_labels,
+                  const torch::Tensor& test_features, const torch::Tensor& test_labels, int64_t num_classes,
+                  int epochs, double lr, uint64_t seed);
+
+// Full evaluation. Collective (every rank must call it); the returned metrics are complete on rank 0 only.
+Metrics Evaluate(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config);
+
+// kNN top-1 (%) on raw pixels (the no-learning baseline), same kNN as Evaluate.
+double RawPixelKnnTop1(const Dataset& train, const Dataset& test, const EvalConfig& config);
+
+}  // namespace tempered

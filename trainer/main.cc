@@ -1,0 +1,114 @@
+// tempered-train: one contrastive training run. Launched by mpirun (or alone for one rank):
+//   mpirun -np N tempered-train --config run.pbtxt [--tau 0.1 ...] --out_dir DIR
+// main() only parses flags, builds the config and makes one call (STYLE.md).
+#include <malloc.h>
+
+#include <gflags/gflags.h>
+#include <glog/logging.h>
+
+#include <cstdio>
+#include <utility>
+
+#include "comm/comm.h"
+#include "trainer/config.h"
+#include "trainer/train.h"
+
+DEFINE_string(config, "", "RunConfig in protobuf text format (proto/tempered.proto); unset fields take defaults");
+
+// Overrides of RunConfig fields: a flag given on the command line replaces the field at its path. They are strings
+// so that one parser (SetFieldByPath) validates every value and names the flag in its error.
+#define TEMPERED_OVERRIDE(flag, path) DEFINE_string(flag, "", "overrides RunConfig." path)
+TEMPERED_OVERRIDE(tau, "loss.tau (temperature, > 0)");
+TEMPERED_OVERRIDE(loss, "loss.name: infonce|simple|hard|hard_simple|nearest");
+TEMPERED_OVERRIDE(hard_k, "loss.hard_k (hardest negatives per anchor; 0 = hard_fraction)");
+TEMPERED_OVERRIDE(negatives, "loss.negatives: batch|memory_bank");
+TEMPERED_OVERRIDE(epochs, "epochs");
+TEMPERED_OVERRIDE(max_steps, "max_steps (global steps; 0 = no limit)");
+TEMPERED_OVERRIDE(batch_size, "batch_size (the GLOBAL batch over all ranks)");
+TEMPERED_OVERRIDE(lr, "optim.lr");
+TEMPERED_OVERRIDE(model, "model.arch: small_cnn|resnet18");
+TEMPERED_OVERRIDE(norm, "model.norm: none|batch|sync");
+TEMPERED_OVERRIDE(dataset, "data.dataset");
+TEMPERED_OVERRIDE(data_dir, "data.data_dir");
+TEMPERED_OVERRIDE(train_subset, "data.train_subset (first N training images; 0 = all)");
+TEMPERED_OVERRIDE(test_subset, "data.test_subset (first N test images; 0 = all)");
+TEMPERED_OVERRIDE(seed, "seed");
+TEMPERED_OVERRIDE(threads, "threads (intra-op threads per rank; 0 = cores / ranks on the node)");
+TEMPERED_OVERRIDE(out_dir, "out_dir");
+TEMPERED_OVERRIDE(log_every_steps, "log_every_steps");
+TEMPERED_OVERRIDE(eval_every_epochs, "eval.every_epochs");
+TEMPERED_OVERRIDE(linear_epochs, "eval.linear_epochs (0 = no linear evaluation)");
+#undef TEMPERED_OVERRIDE
+DEFINE_bool(eval_at_init, false, "also evaluate the randomly initialised model (RunResult.initial)");
+DEFINE_bool(raw_pixel_knn, false, "also report kNN accuracy on raw pixels (RunResult.raw_pixel_knn_top1)");
+
+namespace {
+
+const std::pair<const char*, const char*> kOverrides[] = {
+    {"tau", "loss.tau"}, {"loss", "loss.name"}, {"hard_k", "loss.hard_k"}, {"negatives", "loss.negatives"},
+    {"epochs", "epochs"}, {"max_steps", "max_steps"}, {"batch_size", "batch_size"}, {"lr", "optim.lr"},
+    {"model", "model.arch"}, {"norm", "model.norm"}, {"dataset", "data.dataset"}, {"data_dir", "data.data_dir"},
+    {"train_subset", "data.train_subset"}, {"test_subset", "data.test_subset"}, {"seed", "seed"},
+    {"threads", "threads"}, {"out_dir", "out_dir"}, {"log_every_steps", "log_every_steps"},
+    {"eval_every_epochs", "eval.every_epochs"}, {"linear_epochs", "eval.linear_epochs"},
+};
+
+tempered::RunConfig ConfigFromFlags() {
+  tempered::RunConfig config;
+  if (!FLAGS_config.empty()) config = tempered::ReadRunConfig(FLAGS_config);
+  for (const auto& [flag, path] : kOverrides) {
+    std::string value;
+    gflags::GetCommandLineOption(flag, &value);
+    if (gflags::GetCommandLineFlagInfoOrDie(flag).is_default) continue;
+    try {
+      tempered::SetFieldByPath(&config, path, value);
+    } catch (const tempered::UserError& e) {
+      throw tempered::UserError("--" + std::string(flag) + ": " + e.what());
+    }
+  }
+  if (FLAGS_eval_at_init) config.mutable_eval()->set_at_init(true);
+  if (FLAGS_raw_pixel_knn) config.mutable_eval()->set_raw_pixel_knn(true);
+  config = tempered::ResolveConfig(config);
+  tempered::ValidateConfig(config);
+  return config;
+}
+
+// LibTorch allocates CPU tensors with malloc; glibc returns every large block to the OS and faults it back in on
+// the next step, which costs 3-5x in this sandbox (ENV.md). Keep freed memory in the heap instead.
+void TuneAllocator() {
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  TuneAllocator();
+  gflags::SetUsageMessage("mpirun -np N tempered-train --config run.pbtxt [--flag overrides] --out_dir DIR");
+  gflags::ParseCommandLineFlags(&argc, &argv, /*remove_flags=*/true);
+  FLAGS_logtostderr = true;
+  google::InitGoogleLogging(argv[0]);
+  tempered::comm::Init(&argc, &argv);
+  int status = 0;
+  try {
+    if (argc > 1) throw tempered::UserError(std::string("unexpected argument '") + argv[1] + "'");
+    tempered::RunConfig config;
+    try {
+      config = ConfigFromFlags();
+    } catch (const tempered::UserError& e) {
+      // Every rank parses the same flags and files: all fail together; rank 0 speaks for them.
+      throw tempered::CollectiveError(e.what(), tempered::comm::Rank() == 0);
+    }
+    tempered::Train(config);
+  } catch (const tempered::CollectiveError& e) {
+    if (e.report()) std::fprintf(stderr, "tempered-train: error: %s\n", e.what());
+    status = 1;
+  } catch (const std::exception& e) {
+    // One rank failed alone: the others may be inside a collective, so take the whole job down.
+    std::fprintf(stderr, "tempered-train: error on rank %d: %s\n", tempered::comm::Rank(), e.what());
+    if (tempered::comm::Size() > 1) tempered::comm::Abort(e.what());
+    status = 1;
+  }
+  tempered::comm::Finalize();
+  return status;
+}

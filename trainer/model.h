@@ -1,0 +1,30 @@
+// Encoders: a backbone (pooled features, used by linear evaluation) and a projection head to the L2-normalised
+// embedding the contrastive loss sees (PAPER.md §1: f(x) on the unit sphere, 128-d).
+#pragma once
+
+#include <torch/torch.h>
+
+#include "proto/tempered.pb.h"
+
+namespace tempered {
+
+struct EncoderOutput {
+  torch::Tensor features;   // (B, feature_dim) pooled backbone features
+  torch::Tensor embedding;  // (B, embed_dim), rows of unit L2 norm
+};
+
+class EncoderImpl : public torch::nn::Module {
+ public:
+  EncoderImpl(const ModelConfig& config, int64_t in_channels);
+  EncoderOutput forward(const torch::Tensor& images);  // images float (B, C, H, W) in [0, 1]
+  torch::Tensor Features(const torch::Tensor& images);  // backbone only
+  int64_t feature_dim() const { return feature_dim_; }
+
+ private:
+  torch::nn::Sequential backbone_{nullptr};
+  torch::nn::Sequential head_{nullptr};
+  int64_t feature_dim_ = 0;
+};
+TORCH_MODULE(Encoder);
+
+}  // namespace tempered

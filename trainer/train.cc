@@ -1,0 +1,326 @@
+#include "trainer/train.h"
+
+#include <sys/stat.h>
+
+#include <glog/logging.h>
+
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <thread>
+
+#include <google/protobuf/text_format.h>
+
+#include "comm/comm.h"
+#include "trainer/config.h"
+#include "trainer/data.h"
+#include "trainer/eval.h"
+#include "trainer/loss.h"
+#include "trainer/model.h"
+
+namespace tempered {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Runs `fn` on every rank. If it threw on any rank, every rank throws CollectiveError (the lowest failing rank
+// reports its own message), so a setup failure on one rank never leaves the others waiting in a collective.
+void Collectively(const std::function<void()>& fn) {
+  std::string error;
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    error = e.what();
+    if (error.empty()) error = "unknown error";
+  }
+  constexpr double kNone = 1e9;
+  const double first_failed = -comm::AllReduceMax(error.empty() ? -kNone : -static_cast<double>(comm::Rank()));
+  if (first_failed < kNone) {
+    throw CollectiveError(error.empty() ? "another rank failed" : error,
+                          comm::Rank() == static_cast<int>(first_failed));
+  }
+}
+
+void MakeDirectory(const std::string& dir) {
+  // mkdir -p; each component may already exist.
+  for (size_t pos = dir.find('/', 1); ; pos = dir.find('/', pos + 1)) {
+    const std::string prefix = dir.substr(0, pos);
+    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+      throw UserError("cannot create output directory " + dir + ": " + std::strerror(errno));
+    }
+    if (pos == std::string::npos) break;
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    throw UserError("output directory " + dir + " is not a directory");
+  }
+}
+
+// Learning rate at global step `step` (0-based): linear warm-up, then cosine, step or constant.
+double LearningRate(const OptimConfig& o, int64_t step, int64_t steps_per_epoch, int64_t total_steps) {
+  const double warmup = o.warmup_epochs() * static_cast<double>(steps_per_epoch);
+  if (step < warmup) return o.lr() * (static_cast<double>(step) + 1) / warmup;
+  switch (o.schedule()) {
+    case OptimConfig::COSINE: {
+      const double progress = (step - warmup) / std::max(1.0, total_steps - warmup);
+      return o.lr() * 0.5 * (1 + std::cos(M_PI * progress));
+    }
+    case OptimConfig::STEP: {
+      double lr = o.lr();
+      for (int32_t e : o.decay_epochs()) {
+        if (step >= static_cast<int64_t>(e) * steps_per_epoch) lr *= o.decay_factor();
+      }
+      return lr;
+    }
+    default: return o.lr();
+  }
+}
+
+int ThreadsPerRank(const RunConfig& config) {
+  if (config.threads() > 0) return config.threads();
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / comm::LocalSize());
+}
+
+// Everything one step needs that does not change between steps.
+struct Trainer {
+  RunConfig config;
+  Dataset train, test;
+  Encoder encoder{nullptr};
+  std::unique_ptr<torch::optim::SGD> optimizer;
+  std::unique_ptr<comm::GradientReducer> reducer;
+  LossOptions loss;
+  AugmentOptions augment;
+  torch::Tensor bank;  // (N, d) memory bank, identical on every rank (memory_bank negatives only)
+  int64_t steps_per_epoch = 0;
+  int64_t total_steps = 0;
+};
+
+// SimCLR with global batch negatives. views (2b, C, H, W) = [view 0; view 1] of this rank's b images; the gathered
+// candidates are (2B, d) with rank r's rows at [2 offset_r, 2 offset_r + 2 b_r). Returns the sum of this rank's
+// 2b anchor losses.
+torch::Tensor BatchNegativesLoss(Trainer& t, const torch::Tensor& views, const Shard& shard) {
+  const int64_t b = shard.count;
+  const torch::Tensor z = t.encoder->forward(views).embedding;  // (2b, d)
+  const torch::Tensor candidates = comm::GatherWithGrad(z);     // (2B, d)
+  const torch::Tensor local = torch::arange(2 * b, torch::kLong);
+  const torch::Tensor self = local + 2 * shard.offset;
+  const torch::Tensor positive = (local + b).remainder(2 * b) + 2 * shard.offset;  // the other view
+  return ContrastiveLoss(z, candidates, positive, self, t.loss).sum();
+}
+
+// Memory-bank negatives (Wu et al. 2018): one view; candidates are the bank, the positive is the image's own entry.
+torch::Tensor MemoryBankLoss(Trainer& t, const torch::Tensor& view, const std::vector<int64_t>& indices,
+                             torch::Tensor* embedding) {
+  *embedding = t.encoder->forward(view).embedding;  // (b, d)
+  const torch::Tensor positive = torch::tensor(indices, torch::kLong);
+  const torch::Tensor exclude = torch::full({static_cast<int64_t>(indices.size())}, -1, torch::kLong);
+  return ContrastiveLoss(*embedding, t.bank, positive, exclude, t.loss).sum();
+}
+
+// bank[i] = normalize(m bank[i] + (1 - m) f(x_i)) for every image of the global batch, applied identically on
+// every rank from the all-gathered (index, feature) pairs.
+void UpdateBank(Trainer& t, const std::vector<int64_t>& indices, const torch::Tensor& embedding) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor index = comm::AllGather(torch::tensor(indices, torch::kLong));
+  const torch::Tensor feature = comm::AllGather(embedding.detach().contiguous());
+  const double m = t.config.loss().bank_momentum();
+  const torch::Tensor mixed = t.bank.index_select(0, index) * m + feature * (1 - m);
+  t.bank.index_copy_(0, index, torch::nn::functional::normalize(mixed,
+                                   torch::nn::functional::NormalizeFuncOptions().dim(1)));
+}
+
+// One global step; returns the mean loss over the global batch's anchors (identical on every rank).
+double Step(Trainer& t, int64_t epoch, int64_t step_in_epoch, const std::vector<int64_t>& permutation,
+            double lr) {
+  const int64_t global_batch = t.config.batch_size();
+  const Shard shard = ShardOf(global_batch, comm::Rank(), comm::Size());
+  const auto first = permutation.begin() + step_in_epoch * global_batch + shard.offset;
+  const std::vector<int64_t> indices(first, first + shard.count);
+  const uint64_t seed = t.config.seed();
+  const bool bank = t.config.loss().negatives() == LossConfig::MEMORY_BANK;
+  const int64_t anchors = bank ? global_batch : 2 * global_batch;
+
+  torch::Tensor loss_sum, embedding;
+  if (bank) {
+    loss_sum = MemoryBankLoss(t, AugmentBatch(t.train, indices, seed, epoch, 0, t.augment), indices, &embedding);
+  } else {
+    const torch::Tensor views = torch::cat({AugmentBatch(t.train, indices, seed, epoch, 0, t.augment),
+                                            AugmentBatch(t.train, indices, seed, epoch, 1, t.augment)});
+    loss_sum = BatchNegativesLoss(t, views, shard);
+  }
+  // Each rank's share, scaled by the world size: the reducer averages gradients over ranks, so the result is the
+  // gradient of the global mean loss, also with uneven shards.
+  t.optimizer->zero_grad();
+  (loss_sum * (static_cast<double>(comm::Size()) / anchors)).backward();
+  t.reducer->Finalize();
+  for (auto& group : t.optimizer->param_groups()) {
+    static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+  }
+  t.optimizer->step();
+  if (bank) UpdateBank(t, indices, embedding);
+  return comm::AllReduceSum(loss_sum.item<double>()) / anchors;
+}
+
+void WriteProgress(const RunConfig& config, int64_t step, int64_t total, int64_t epoch, double loss,
+                   double images_per_second, double eta) {
+  std::ostringstream json;
+  json << "{\"step\": " << step << ", \"total_steps\": " << total << ", \"epoch\": " << epoch
+       << ", \"epochs\": " << config.epochs() << ", \"loss\": " << loss << ", \"images_per_second\": "
+       << images_per_second << ", \"eta_seconds\": " << eta << "}\n";
+  WriteFileAtomically(config.out_dir() + "/progress.json", json.str());
+}
+
+std::string FormatDuration(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds);
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%ld:%02ld:%02ld", static_cast<long>(s / 3600), static_cast<long>(s / 60 % 60),
+                static_cast<long>(s % 60));
+  return buf;
+}
+
+void WriteResult(const RunConfig& config, const RunResult& result) {
+  if (comm::Rank() == 0) WriteFileAtomically(config.out_dir() + "/result.json", ToJson(result));
+}
+
+// Builds data, model, optimiser and reducer. Collective: a failure on any rank fails every rank.
+Trainer Setup(const RunConfig& config) {
+  Trainer t;
+  t.config = config;
+  Collectively([&] {
+    if (comm::Rank() == 0) MakeDirectory(config.out_dir());
+    t.train = LoadDataset(config.data(), /*train=*/true);
+    t.test = LoadDataset(config.data(), /*train=*/false);
+    t.steps_per_epoch = StepsPerEpoch(t.train.size(), config.batch_size());
+    if (t.steps_per_epoch == 0) {
+      throw UserError("batch_size " + std::to_string(config.batch_size()) + " is larger than the " +
+                      std::to_string(t.train.size()) + " training images");
+    }
+    if (config.batch_size() < comm::Size()) {
+      throw UserError("batch_size " + std::to_string(config.batch_size()) + " is smaller than the " +
+                      std::to_string(comm::Size()) + " ranks: every rank needs at least one image per step");
+    }
+  });
+  t.total_steps = t.steps_per_epoch * config.epochs();
+  if (config.max_steps() > 0) t.total_steps = std::min(t.total_steps, config.max_steps());
+
+  torch::manual_seed(config.seed());  // identical initial parameters on every rank
+  t.encoder = Encoder(config.model(), t.train.images.size(1));
+  for (auto& p : t.encoder->parameters()) comm::Broadcast(p, 0);  // and made certain of it
+  t.optimizer = std::make_unique<torch::optim::SGD>(
+      t.encoder->parameters(), torch::optim::SGDOptions(config.optim().lr())
+                                   .momentum(config.optim().momentum())
+                                   .weight_decay(config.optim().weight_decay()));
+  t.reducer = std::make_unique<comm::GradientReducer>(t.encoder->parameters());
+  t.loss.name = config.loss().name();
+  t.loss.tau = config.loss().tau();
+  const bool bank = config.loss().negatives() == LossConfig::MEMORY_BANK;
+  t.loss.hard_k = HardK(config.loss(), bank ? t.train.size() - 1 : 2 * config.batch_size() - 2);
+  t.augment = AugmentOptionsFrom(config.data());
+  if (bank) {
+    // Initialised uniform on the sphere from the run's seed: identical on every rank.
+    torch::manual_seed(config.seed() + 1);
+    t.bank = torch::nn::functional::normalize(torch::randn({t.train.size(), config.model().embed_dim()}),
+                                              torch::nn::functional::NormalizeFuncOptions().dim(1));
+  }
+  return t;
+}
+
+void LogConfig(const RunConfig& config) {
+  std::string text;
+  google::protobuf::TextFormat::PrintToString(config, &text);
+  LOG(INFO) << "tempered-train: " << comm::Size() << " rank(s), " << at::get_num_threads()
+            << " thread(s) per rank, resolved config:\n" << text;
+}
+
+}  // namespace
+
+RunResult Train(const RunConfig& config) {
+  const Clock::time_point run_start = Clock::now();
+  at::set_num_threads(ThreadsPerRank(config));
+  if (comm::Rank() == 0) LogConfig(config);
+  Trainer t = Setup(config);
+
+  RunResult result;
+  *result.mutable_config() = config;
+  result.set_world_size(comm::Size());
+  result.set_status(RunResult::RUNNING);
+  WriteResult(config, result);
+  if (config.eval().at_init()) *result.mutable_initial() = Evaluate(t.encoder, t.train, t.test, config);
+  if (config.eval().raw_pixel_knn() && comm::Rank() == 0) {
+    result.set_raw_pixel_knn_top1(RawPixelKnnTop1(t.train, t.test, config.eval()));
+  }
+
+  t.encoder->train();
+  double train_seconds = 0;
+  int64_t step = 0;
+  const int64_t epochs = (t.total_steps + t.steps_per_epoch - 1) / t.steps_per_epoch;
+  for (int64_t epoch = 0; epoch < epochs; ++epoch) {
+    const std::vector<int64_t> permutation = EpochPermutation(t.train.size(), config.seed(), epoch);
+    const Clock::time_point epoch_start = Clock::now();
+    Clock::time_point window_start = epoch_start;
+    int64_t window_steps = 0;
+    double loss_total = 0;
+    int64_t epoch_steps = 0;
+    double lr = 0;
+    for (int64_t s = 0; s < t.steps_per_epoch && step < t.total_steps; ++s, ++step, ++epoch_steps) {
+      lr = LearningRate(config.optim(), step, t.steps_per_epoch, t.total_steps);
+      const double loss = Step(t, epoch, s, permutation, lr);
+      if (!std::isfinite(loss)) {
+        throw CollectiveError("the loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") +
+                                  " at global step " + std::to_string(step + 1) + " (epoch " +
+                                  std::to_string(epoch + 1) + ", lr " + std::to_string(lr) + ", tau " +
+                                  std::to_string(config.loss().tau()) + ")",
+                              comm::Rank() == 0);
+      }
+      StepLoss* entry = result.add_step_loss();
+      entry->set_step(step + 1);
+      entry->set_loss(loss);
+      loss_total += loss;
+      ++window_steps;
+      if (comm::Rank() == 0 && ((step + 1) % config.log_every_steps() == 0 || step + 1 == t.total_steps)) {
+        const double rate = window_steps * config.batch_size() / SecondsSince(window_start);
+        const double eta = (t.total_steps - step - 1) * config.batch_size() / rate;
+        LOG(INFO) << "step " << step + 1 << "/" << t.total_steps << "  epoch " << epoch + 1 << "/" << epochs
+                  << "  loss " << loss << "  lr " << lr << "  " << static_cast<int64_t>(rate)
+                  << " img/s  ETA " << FormatDuration(eta);
+        WriteProgress(config, step + 1, t.total_steps, epoch + 1, loss, rate, eta);
+        window_start = Clock::now();
+        window_steps = 0;
+      }
+    }
+    const double epoch_seconds = SecondsSince(epoch_start);
+    train_seconds += epoch_seconds;
+    EpochResult* e = result.add_epochs();
+    e->set_epoch(static_cast<int32_t>(epoch + 1));
+    e->set_global_step(step);
+    e->set_mean_loss(loss_total / std::max<int64_t>(1, epoch_steps));
+    e->set_images_per_second(epoch_steps * config.batch_size() / epoch_seconds);
+    e->set_lr(lr);
+    const bool last = epoch + 1 == epochs;
+    if (!last && config.eval().every_epochs() > 0 && (epoch + 1) % config.eval().every_epochs() == 0) {
+      *e->mutable_metrics() = Evaluate(t.encoder, t.train, t.test, config);
+      t.encoder->train();
+    }
+    WriteResult(config, result);
+  }
+
+  *result.mutable_final() = Evaluate(t.encoder, t.train, t.test, config);
+  if (!result.epochs().empty()) *result.mutable_epochs()->rbegin()->mutable_metrics() = result.final();
+  if (comm::Rank() == 0) torch::save(t.encoder, config.out_dir() + "/model.pt");
+  result.set_global_steps(step);
+  result.set_train_seconds(train_seconds);
+  result.set_images_per_second(step * config.batch_size() / std::max(train_seconds, 1e-9));
+  result.set_wall_seconds(SecondsSince(run_start));
+  result.set_status(RunResult::FINISHED);
+  WriteResult(config, result);
+  return result;
+}
+
+}  // namespace tempered

@@ -1,0 +1,25 @@
+// The training run behind tempered-train: composed of a data source, an encoder, a loss, an optimiser and a
+// gradient reducer (STYLE.md: no god-trainer). Every rank calls Train with the same resolved, validated config.
+#pragma once
+
+#include "proto/tempered.pb.h"
+#include "trainer/errors.h"
+
+namespace tempered {
+
+// An error every rank raises together (a setup failure agreed on by all ranks, a non-finite loss seen by all), so
+// the job can end cleanly without MPI_Abort. `report` is true on exactly one rank: the one that prints it.
+class CollectiveError : public UserError {
+ public:
+  CollectiveError(const std::string& message, bool report) : UserError(message), report_(report) {}
+  bool report() const { return report_; }
+
+ private:
+  bool report_;
+};
+
+// Trains, evaluates and writes config.out_dir()/result.json (rank 0). Returns the result on every rank (metrics
+// are filled on rank 0 only). Throws CollectiveError for setup failures and non-finite losses.
+RunResult Train(const RunConfig& config);
+
+}  // namespace tempered
