@@ -20,11 +20,19 @@ struct LossOptions {
 };
 
 // anchors (n, d); candidates (C, d); positive (n) int64 candidate index of each anchor's positive; exclude (n)
-// int64 candidate index to leave out of each anchor's row (-1 = none). Returns per-anchor losses (n), fp32.
-// Numerically safe down to tau = 0.01 (log-sum-exp with a running max, never a raw exp(s / tau)).
+// int64 candidate index to leave out of each anchor's row (-1 = none; never the positive). Returns per-anchor
+// losses (n) in the inputs' dtype. Numerically safe down to tau = 0.01 (log-sum-exp with a running max, never a
+// raw exp(s / tau)). Every anchor needs at least one negative; HARD and HARD_SIMPLE clamp hard_k to the smallest
+// number of negatives of any anchor (every anchor has the same number in both the batch and the bank form).
 torch::Tensor ContrastiveLoss(const torch::Tensor& anchors, const torch::Tensor& candidates,
                               const torch::Tensor& positive, const torch::Tensor& exclude,
                               const LossOptions& options);
+
+// The same losses on precomputed similarities sims (n, C) = anchors @ candidates^T: ContrastiveLoss is
+// LossFromSimilarities(anchors.matmul(candidates.t()), ...). Exposed so that tests and the analysis can take
+// gradients with respect to s itself (PAPER.md §3: dL/ds_ij = P_ij / tau).
+torch::Tensor LossFromSimilarities(const torch::Tensor& sims, const torch::Tensor& positive,
+                                   const torch::Tensor& exclude, const LossOptions& options);
 
 // K for a loss given the number of negatives per anchor: config.hard_k if set, else
 // round(hard_fraction * negatives), at least 1, at most negatives.
