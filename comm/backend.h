@@ -1,0 +1,53 @@
+// Private to comm/: the table of functions every backend fills (as in nccl-tests), and the helpers the backends
+// share. comm.cc validates arguments, handles the one-rank case and picks the table by the tensor's device, so a
+// backend sees only contiguous tensors of a supported dtype with consistent sizes, on a world of 2 or more ranks.
+// No mpi.h or nccl.h here: each stays inside the one .cc that needs it.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+namespace tempered::comm::detail {
+
+enum class Reduction { kSum, kMax };
+
+struct Backend {
+  const char* name;
+  // out (sum(elems) elements) = concatenation of every rank's in (elems[rank] elements).
+  void (*all_gather)(const torch::Tensor& in, torch::Tensor& out, const std::vector<int64_t>& elems);
+  // In place over all of t.
+  void (*all_reduce)(torch::Tensor& t, Reduction op);
+  // out (elems[rank] elements) = this rank's block of the sum over ranks of full (sum(elems) elements).
+  void (*reduce_scatter)(const torch::Tensor& full, torch::Tensor& out, const std::vector<int64_t>& elems);
+  void (*broadcast)(torch::Tensor& t, int root);
+};
+
+extern const Backend kMpiBackend;   // mpi_backend.cc: CPU tensors
+extern const Backend kNcclBackend;  // nccl_backend.cc, or no_nccl.cc which refuses CUDA tensors
+
+// AllGather that also returns the rows contributed by each rank (GatherWithGrad keeps them for its backward).
+torch::Tensor AllGatherRows(const torch::Tensor& in, std::vector<int64_t>* rows);
+
+// Small host-side collectives over MPI, used by every backend.
+// Concatenation over ranks of `mine` (the same length on every rank).
+std::vector<int64_t> AllGatherInt64(const std::vector<int64_t>& mine);
+// Raw bytes from root to everyone (the NCCL unique id).
+void BroadcastBytes(void* data, int64_t bytes, int root);
+
+// Tears the NCCL communicator down, if one was made. Finalize calls it before MPI_Finalize.
+void DestroyNccl();
+
+// "host:rank" for error messages (rank -1 before Init).
+std::string Where();
+
+}  // namespace tempered::comm::detail
+
+// Argument checks of a collective. A throw on one rank would leave the others waiting inside the collective, so a
+// failed check takes the whole job down with a sentence saying what was expected.
+#define COMM_REQUIRE(cond, ...)                                                                          \
+  do {                                                                                                   \
+    if (!(cond)) ::tempered::comm::Abort(c10::str("comm: ", __VA_ARGS__, " [" #cond ", ", __FILE__, ":", \
+                                                  __LINE__, "]"));                                       \
+  } while (0)

@@ -1,0 +1,119 @@
+// The tensor collectives of comm.h: validate the arguments, take the one-rank shortcut (a copy or nothing, no
+// library call), make the tensors contiguous, and hand them to the backend of their device (CPU -> MPI,
+// CUDA -> NCCL).
+#include "comm/comm.h"
+
+#include <numeric>
+
+#include "comm/backend.h"
+
+namespace tempered::comm {
+namespace {
+
+const detail::Backend& BackendFor(const torch::Tensor& t) {
+  if (t.is_cuda()) return detail::kNcclBackend;
+  COMM_REQUIRE(t.is_cpu(), "tensors on ", t.device(), " cannot be communicated (CPU uses MPI, CUDA uses NCCL)");
+  return detail::kMpiBackend;
+}
+
+// Elements in one row (dims 1..); well defined when there are 0 rows.
+int64_t RowElements(const torch::Tensor& t) {
+  int64_t n = 1;
+  for (int64_t d = 1; d < t.dim(); ++d) n *= t.size(d);
+  return n;
+}
+
+// The shape of `t` with dim 0 replaced by `rows`.
+std::vector<int64_t> WithRows(const torch::Tensor& t, int64_t rows) {
+  std::vector<int64_t> shape = t.sizes().vec();
+  shape[0] = rows;
+  return shape;
+}
+
+std::vector<int64_t> Times(const std::vector<int64_t>& rows, int64_t row_elements) {
+  std::vector<int64_t> elems;
+  for (int64_t r : rows) elems.push_back(r * row_elements);
+  return elems;
+}
+
+// In-place collectives work on a contiguous buffer and copy back only when t was not contiguous.
+template <typename Op>
+void InPlace(torch::Tensor& t, Op op) {
+  torch::NoGradGuard no_grad;
+  if (t.is_contiguous()) return op(t);
+  torch::Tensor buffer = t.contiguous();
+  op(buffer);
+  t.copy_(buffer);
+}
+
+void AllReduce(torch::Tensor& t, detail::Reduction op) {
+  if (Size() == 1 || t.numel() == 0) return;  // every rank holds the same shape, so all skip together
+  const detail::Backend& backend = BackendFor(t);
+  InPlace(t, [&](torch::Tensor& buffer) { backend.all_reduce(buffer, op); });
+}
+
+}  // namespace
+
+namespace detail {
+
+torch::Tensor AllGatherRows(const torch::Tensor& in, std::vector<int64_t>* rows) {
+  COMM_REQUIRE(in.dim() >= 1, "AllGather needs a tensor with a row dimension, got a 0-dim tensor");
+  torch::Tensor local = in.detach().contiguous();  // a plain gather has no gradient (see GatherWithGrad)
+  if (Size() == 1) {
+    *rows = {in.size(0)};
+    return local.clone();
+  }
+  // One small host-side exchange gives every rank the row counts (to size the output) and lets it check that the
+  // rows agree in size and dtype, which would otherwise corrupt memory silently. NCCL needs the sizes on the host
+  // too, so this costs CUDA tensors nothing extra.
+  const int64_t row_elements = RowElements(local);
+  const auto dtype = static_cast<int64_t>(local.scalar_type());
+  const std::vector<int64_t> all = AllGatherInt64({local.size(0), row_elements, dtype});
+  rows->clear();
+  for (int r = 0; r < Size(); ++r) {
+    COMM_REQUIRE(all[3 * r + 1] == row_elements && all[3 * r + 2] == dtype, "AllGather: rank ", r, " sends rows of ",
+                 all[3 * r + 1], " elements of dtype ", static_cast<torch::ScalarType>(all[3 * r + 2]), ", rank ",
+                 Rank(), " rows of ", row_elements, " elements of dtype ", local.scalar_type());
+    rows->push_back(all[3 * r]);
+  }
+  const int64_t total = std::accumulate(rows->begin(), rows->end(), int64_t{0});
+  torch::Tensor out = torch::empty(WithRows(local, total), local.options());
+  BackendFor(local).all_gather(local, out, Times(*rows, row_elements));
+  return out;
+}
+
+}  // namespace detail
+
+std::vector<int64_t> AllGatherCounts(int64_t rows) { return detail::AllGatherInt64({rows}); }
+
+torch::Tensor AllGather(const torch::Tensor& in) {
+  std::vector<int64_t> rows;
+  return detail::AllGatherRows(in, &rows);
+}
+
+void AllReduceSum(torch::Tensor& t) { AllReduce(t, detail::Reduction::kSum); }
+void AllReduceMax(torch::Tensor& t) { AllReduce(t, detail::Reduction::kMax); }
+
+torch::Tensor ReduceScatterSum(const torch::Tensor& full, const std::vector<int64_t>& counts) {
+  COMM_REQUIRE(full.dim() >= 1, "ReduceScatterSum needs a tensor with a row dimension, got a 0-dim tensor");
+  COMM_REQUIRE(static_cast<int>(counts.size()) == Size(), "ReduceScatterSum needs one count per rank (", Size(),
+               "), got ", counts.size());
+  const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  COMM_REQUIRE(total == full.size(0), "ReduceScatterSum: the counts add up to ", total, " rows but the tensor has ",
+               full.size(0));
+  for (int64_t c : counts) COMM_REQUIRE(c >= 0, "ReduceScatterSum: negative count ", c);
+  torch::Tensor in = full.detach().contiguous();
+  if (Size() == 1) return in.clone();
+  torch::Tensor out = torch::empty(WithRows(in, counts[Rank()]), in.options());
+  BackendFor(in).reduce_scatter(in, out, Times(counts, RowElements(in)));
+  return out;
+}
+
+void Broadcast(torch::Tensor& t, int root) {
+  COMM_REQUIRE(root >= 0 && root < Size(), "Broadcast: root ", root, " is not a rank of a world of ", Size());
+  if (Size() == 1 || t.numel() == 0) return;
+  const detail::Backend& backend = BackendFor(t);
+  InPlace(t, [&](torch::Tensor& buffer) { backend.broadcast(buffer, root); });
+}
+
+}  // namespace tempered::comm

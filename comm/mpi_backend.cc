@@ -1,0 +1,203 @@
+// The MPI side of comm: process setup (init, rank, size, local rank, teardown), the job-wide abort, the scalar
+// helpers, and the backend for CPU tensors. The only file besides nccl_backend.cc that includes a library header.
+#include <mpi.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+
+#include "comm/backend.h"
+#include "comm/comm.h"
+
+namespace tempered::comm {
+namespace {
+
+struct State {
+  bool initialized = false;
+  bool finalized = false;
+  bool owns_mpi = false;  // false when someone else called MPI_Init first: they finalise it too
+  int rank = -1;
+  int size = 1;
+  int local_rank = 0;
+  int local_size = 1;
+  MPI_Comm local = MPI_COMM_NULL;
+};
+
+State& GetState() {
+  static State state;
+  return state;
+}
+
+// The failure path of MPI_CHECK. MPI_Error_string and MPI_Abort are the two calls left bare: the reporter cannot
+// check itself. MPI_COMM_WORLD has MPI_ERRORS_RETURN (set in Init), so errors reach here instead of MPI's own
+// handler, which prints neither the call nor the line.
+[[noreturn]] void MpiFail(const char* call, const char* file, int line, int code) {
+  char text[MPI_MAX_ERROR_STRING] = "unknown MPI error";
+  int length = 0;
+  MPI_Error_string(code, text, &length);
+  Abort(c10::str(file, ":", line, ": MPI error in `", call, "`: ", text));
+}
+
+#define MPI_CHECK(cmd)                                                           \
+  do {                                                                           \
+    const int mpi_check_rc = (cmd);                                              \
+    if (mpi_check_rc != MPI_SUCCESS) MpiFail(#cmd, __FILE__, __LINE__, mpi_check_rc); \
+  } while (0)
+
+const State& Ready() {
+  const State& s = GetState();
+  COMM_REQUIRE(s.initialized, "comm::Init must be called before any other comm function");
+  return s;
+}
+
+MPI_Datatype MpiType(const torch::Tensor& t) {
+  switch (t.scalar_type()) {
+    case torch::kFloat: return MPI_FLOAT;
+    case torch::kDouble: return MPI_DOUBLE;
+    case torch::kLong: return MPI_INT64_T;
+    case torch::kInt: return MPI_INT32_T;
+    case torch::kShort: return MPI_INT16_T;
+    case torch::kChar: return MPI_INT8_T;
+    case torch::kByte: return MPI_UINT8_T;
+    default:
+      Abort(c10::str("comm: the MPI backend cannot move ", t.scalar_type(),
+                     " tensors (supported: float32, float64, int64, int32, int16, int8, uint8)"));
+  }
+}
+
+// MPI counts and displacements are int: one call moves at most 2^31-1 elements per rank and in total.
+int MpiCount(int64_t n) {
+  COMM_REQUIRE(n >= 0 && n <= INT_MAX, "one MPI collective can move at most ", INT_MAX, " elements, got ", n);
+  return static_cast<int>(n);
+}
+
+// Counts and displacements (in elements) of an uneven collective.
+void Layout(const std::vector<int64_t>& elems, std::vector<int>* counts, std::vector<int>* displs) {
+  int64_t offset = 0;
+  for (int64_t e : elems) {
+    counts->push_back(MpiCount(e));
+    displs->push_back(MpiCount(offset));
+    offset += e;
+  }
+  MpiCount(offset);
+}
+
+void MpiAllGather(const torch::Tensor& in, torch::Tensor& out, const std::vector<int64_t>& elems) {
+  std::vector<int> counts, displs;
+  Layout(elems, &counts, &displs);
+  const MPI_Datatype type = MpiType(in);
+  MPI_CHECK(MPI_Allgatherv(in.data_ptr(), counts[Rank()], type, out.data_ptr(), counts.data(), displs.data(),
+                           type, MPI_COMM_WORLD));
+}
+
+void MpiAllReduce(torch::Tensor& t, detail::Reduction op) {
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, t.data_ptr(), MpiCount(t.numel()), MpiType(t),
+                          op == detail::Reduction::kSum ? MPI_SUM : MPI_MAX, MPI_COMM_WORLD));
+}
+
+// MPI_Reduce_scatter takes per-rank counts (MPI_Reduce_scatter_block only equal ones).
+void MpiReduceScatter(const torch::Tensor& full, torch::Tensor& out, const std::vector<int64_t>& elems) {
+  std::vector<int> counts, displs;
+  Layout(elems, &counts, &displs);
+  MPI_CHECK(MPI_Reduce_scatter(full.data_ptr(), out.data_ptr(), counts.data(), MpiType(full), MPI_SUM,
+                               MPI_COMM_WORLD));
+}
+
+void MpiBroadcast(torch::Tensor& t, int root) {
+  MPI_CHECK(MPI_Bcast(t.data_ptr(), MpiCount(t.numel()), MpiType(t), root, MPI_COMM_WORLD));
+}
+
+}  // namespace
+
+namespace detail {
+
+const Backend kMpiBackend = {"MPI", MpiAllGather, MpiAllReduce, MpiReduceScatter, MpiBroadcast};
+
+std::vector<int64_t> AllGatherInt64(const std::vector<int64_t>& mine) {
+  const State& s = Ready();
+  if (s.size == 1) return mine;
+  std::vector<int64_t> all(mine.size() * s.size);
+  const int k = MpiCount(static_cast<int64_t>(mine.size()));
+  MPI_CHECK(MPI_Allgather(mine.data(), k, MPI_INT64_T, all.data(), k, MPI_INT64_T, MPI_COMM_WORLD));
+  return all;
+}
+
+void BroadcastBytes(void* data, int64_t bytes, int root) {
+  if (Ready().size == 1) return;
+  MPI_CHECK(MPI_Bcast(data, MpiCount(bytes), MPI_BYTE, root, MPI_COMM_WORLD));
+}
+
+std::string Where() {
+  char host[256] = "unknown-host";
+  gethostname(host, sizeof(host) - 1);
+  return c10::str(host, ":", GetState().rank);
+}
+
+}  // namespace detail
+
+void Init(int* argc, char*** argv) {
+  State& s = GetState();
+  if (s.initialized) return;
+  int already = 0;
+  MPI_CHECK(MPI_Initialized(&already));
+  if (!already) {
+    // FUNNELED: only the main thread calls MPI (LibTorch's worker threads never do). Without mpirun, Open MPI
+    // starts a singleton world of one process.
+    int provided = 0;
+    MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+    s.owns_mpi = true;
+    COMM_REQUIRE(provided >= MPI_THREAD_FUNNELED, "MPI provides thread level ", provided, " < MPI_THREAD_FUNNELED");
+  }
+  s.initialized = true;
+  // Errors come back as codes, so MPI_CHECK can name the call and line before taking the job down. Communicators
+  // split from MPI_COMM_WORLD inherit the handler.
+  MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+  MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &s.rank));
+  MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &s.size));
+  // The processes that share memory are the processes of this node.
+  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, s.rank, MPI_INFO_NULL, &s.local));
+  MPI_CHECK(MPI_Comm_rank(s.local, &s.local_rank));
+  MPI_CHECK(MPI_Comm_size(s.local, &s.local_size));
+}
+
+void Finalize() {
+  State& s = GetState();
+  if (!s.initialized || s.finalized) return;
+  // Teardown order: the NCCL communicator first. It was bootstrapped over MPI and ncclCommDestroy may still
+  // exchange messages with its peers; after MPI_Finalize the job's processes may already be gone.
+  detail::DestroyNccl();
+  MPI_CHECK(MPI_Comm_free(&s.local));
+  if (s.owns_mpi) MPI_CHECK(MPI_Finalize());
+  s.finalized = true;
+}
+
+bool Initialized() { return GetState().initialized && !GetState().finalized; }
+int Rank() { return Ready().rank; }
+int Size() { return Ready().size; }
+int LocalRank() { return Ready().local_rank; }
+int LocalSize() { return Ready().local_size; }
+
+double AllReduceSum(double v) {
+  if (Ready().size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+  return v;
+}
+
+double AllReduceMax(double v) {
+  if (Ready().size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
+  return v;
+}
+
+void Barrier() {
+  if (Ready().size > 1) MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+}
+
+void Abort(const std::string& message, int code) {
+  std::fprintf(stderr, "[tempered %s] %s\n", detail::Where().c_str(), message.c_str());
+  std::fflush(stderr);
+  const State& s = GetState();
+  if (s.initialized && !s.finalized) MPI_Abort(MPI_COMM_WORLD, code);  // kills every rank: nobody hangs
+  std::exit(code);
+}
+
+}  // namespace tempered::comm

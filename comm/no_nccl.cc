@@ -1,0 +1,25 @@
+// Built without NCCL (TEMPERED_NCCL=OFF): CUDA tensors cannot be communicated across ranks. With one rank every
+// collective is a no-op or a copy and never reaches here, so single-GPU runs still work.
+#include "comm/backend.h"
+#include "comm/comm.h"
+
+namespace tempered::comm::detail {
+namespace {
+
+[[noreturn]] void Refuse() {
+  Abort("comm: a CUDA tensor reached a collective, but this build has no NCCL backend. Rebuild with "
+        "-DTEMPERED_CUDA=ON -DTEMPERED_NCCL=ON, or move the tensor to the CPU.");
+}
+
+void AllGather(const torch::Tensor&, torch::Tensor&, const std::vector<int64_t>&) { Refuse(); }
+void AllReduce(torch::Tensor&, Reduction) { Refuse(); }
+void ReduceScatter(const torch::Tensor&, torch::Tensor&, const std::vector<int64_t>&) { Refuse(); }
+void Broadcast(torch::Tensor&, int) { Refuse(); }
+
+}  // namespace
+
+const Backend kNcclBackend = {"none", AllGather, AllReduce, ReduceScatter, Broadcast};
+
+void DestroyNccl() {}
+
+}  // namespace tempered::comm::detail
