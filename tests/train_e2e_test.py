@@ -1,0 +1,126 @@
+"""End-to-end tests of tempered-train under mpirun: world-size invariance and clear errors on bad input."""
+import gzip
+import math
+import os
+import shutil
+import subprocess
+import unittest
+
+from tempered_testing import FASHION_MNIST, TempDir, read_result, run_train
+
+# A few steps on a small subset: the invariance holds step by step, so a short run shows it.
+SMALL = ["--train_subset", "640", "--test_subset", "256", "--linear_epochs", "0", "--max_steps", "5",
+         "--log_every_steps", "1", "--seed", "7", "--lr", "0.1"]
+
+
+def load_params(out_dir):
+    import torch  # Debian's python3-torch: reads the TorchScript archive the trainer saves
+    module = torch.jit.load(os.path.join(out_dir, "model.pt"))
+    return {k: v.double() for k, v in module.named_parameters()}
+
+
+class WorldSizeInvarianceTest(unittest.TestCase):
+    """The global batch defines the computation: 1x64, 2x32, 3x(22,21,21), 4x16 give the same run."""
+
+    def check_invariance(self, extra, world_sizes=(1, 2, 3, 4)):
+        with TempDir() as tmp:
+            runs = {}
+            for np_ in world_sizes:
+                out = os.path.join(tmp, f"np{np_}")
+                proc = run_train(np_, SMALL + ["--batch_size", "64", "--out_dir", out] + extra)
+                self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+                runs[np_] = (read_result(out), load_params(out))
+            ref_result, ref_params = runs[world_sizes[0]]
+            ref_losses = [s["loss"] for s in ref_result["step_loss"]]
+            self.assertEqual(len(ref_losses), 5)
+            for np_ in world_sizes[1:]:
+                result, params = runs[np_]
+                self.assertEqual(result["world_size"], np_)
+                losses = [s["loss"] for s in result["step_loss"]]
+                for step, (a, b) in enumerate(zip(ref_losses, losses), 1):
+                    self.assertLessEqual(abs(a - b), 1e-4 * abs(a), f"np={np_} step {step}: {a} vs {b}")
+                self.assertEqual(params.keys(), ref_params.keys())
+                for name, p in params.items():
+                    rel = (p - ref_params[name]).norm().item() / max(ref_params[name].norm().item(), 1e-12)
+                    self.assertLessEqual(rel, 1e-4, f"np={np_} parameter {name}: relative difference {rel}")
+            # The parameters moved: the comparison above is not between untouched initialisations.
+            self.assertTrue(all(math.isfinite(l) for l in ref_losses))
+            self.assertNotEqual(ref_losses[0], ref_losses[-1])
+
+    def test_infonce_no_norm(self):
+        self.check_invariance(["--norm", "none", "--tau", "0.1"])
+
+
+class BadInputTest(unittest.TestCase):
+    """mpirun -np 2 with bad input: every rank exits non-zero with one clear sentence, and nothing hangs."""
+
+    def assert_clean_failure(self, proc, expected):
+        self.assertNotEqual(proc.returncode, 0, proc.stderr[-2000:])
+        self.assertIn(expected, proc.stderr)
+        self.assertNotIn("Segmentation fault", proc.stderr)
+        self.assertNotIn("terminate called", proc.stderr)
+
+    def test_unknown_flag(self):
+        with TempDir() as tmp:
+            proc = run_train(2, ["--no_such_flag=3", "--out_dir", tmp], timeout=60)
+            self.assert_clean_failure(proc, "no_such_flag")
+
+    def test_invalid_value(self):
+        with TempDir() as tmp:
+            proc = run_train(2, ["--tau", "-1", "--out_dir", tmp], timeout=60)
+            self.assert_clean_failure(proc, "loss.tau must be > 0")
+            proc = run_train(2, ["--loss", "fancy", "--out_dir", tmp], timeout=60)
+            self.assert_clean_failure(proc, "--loss: invalid value 'fancy'")
+            proc = run_train(2, ["--batch_size", "abc", "--out_dir", tmp], timeout=60)
+            self.assert_clean_failure(proc, "--batch_size")
+
+    def test_malformed_config(self):
+        with TempDir() as tmp:
+            config = os.path.join(tmp, "run.pbtxt")
+            with open(config, "w") as f:
+                f.write("loss { tau: 0.1 }\nno_such_field: 3\n")
+            proc = run_train(2, ["--config", config, "--out_dir", tmp], timeout=60)
+            self.assert_clean_failure(proc, "run.pbtxt")
+            self.assertIn("no_such_field", proc.stderr)
+
+    def test_missing_data_dir(self):
+        with TempDir() as tmp:
+            missing = os.path.join(tmp, "no-such-dir")
+            proc = run_train(2, ["--data_dir", missing, "--out_dir", os.path.join(tmp, "out")], timeout=60)
+            self.assert_clean_failure(proc, missing)
+
+    def test_corrupt_gz(self):
+        with TempDir() as tmp:
+            data = os.path.join(tmp, "data")
+            shutil.copytree(FASHION_MNIST, data)
+            images = os.path.join(data, "train-images-idx3-ubyte.gz")
+            with open(images, "rb") as f:
+                raw = bytearray(f.read())
+            raw[len(raw) // 2: len(raw) // 2 + 64] = b"\xff" * 64  # damage the deflate stream
+            with open(images, "wb") as f:
+                f.write(raw)
+            proc = run_train(2, ["--data_dir", data, "--out_dir", os.path.join(tmp, "out")], timeout=120)
+            self.assert_clean_failure(proc, "train-images-idx3-ubyte.gz")
+
+    def test_truncated_gz(self):
+        with TempDir() as tmp:
+            data = os.path.join(tmp, "data")
+            shutil.copytree(FASHION_MNIST, data)
+            labels = os.path.join(data, "t10k-labels-idx1-ubyte.gz")
+            with gzip.open(labels, "rb") as f:
+                raw = f.read()
+            with gzip.open(labels, "wb") as f:
+                f.write(raw[: len(raw) // 2])
+            proc = run_train(2, ["--data_dir", data, "--out_dir", os.path.join(tmp, "out")], timeout=120)
+            self.assert_clean_failure(proc, "t10k-labels-idx1-ubyte.gz")
+
+    def test_unwritable_out_dir(self):
+        with TempDir() as tmp:
+            blocker = os.path.join(tmp, "file")
+            open(blocker, "w").close()
+            proc = run_train(2, ["--out_dir", os.path.join(blocker, "out"), "--train_subset", "256"], timeout=60)
+            self.assert_clean_failure(proc, "cannot create output directory")
+
+
+if __name__ == "__main__":
+    unittest.main()
