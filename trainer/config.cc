@@ -58,6 +58,7 @@ RunConfig DefaultRunConfig() {
   c.set_seed(1);
   c.set_out_dir("tempered-run");
   c.set_log_every_steps(20);
+  c.set_device("cpu");
   return c;
 }
 
@@ -170,6 +171,9 @@ void ValidateConfig(const RunConfig& c) {
   Require(e.every_epochs() >= 0, "eval.every_epochs", ">= 0", e.every_epochs());
   Require(e.linear_epochs() >= 0, "eval.linear_epochs", ">= 0", e.linear_epochs());
   Require(!c.out_dir().empty(), "out_dir", "a directory", "an empty path");
+  Require(c.device() == "cpu" || c.device() == "cuda", "device", "cpu or cuda", c.device());
+  Require(!c.bf16() || c.device() == "cuda", "bf16", "used with device cuda (CPU training runs in fp32)",
+          "bf16 on " + c.device());
 }
 
 void ReadTextProto(const std::string& path, pb::Message* message) {

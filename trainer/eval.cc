@@ -14,15 +14,19 @@ constexpr int64_t kEvalBatch = 1024;
 // The augmentation stream of the metric views: an epoch number no training epoch reaches.
 constexpr int64_t kMetricViewEpoch = int64_t{1} << 40;
 
+torch::Device DeviceOf(Encoder& encoder) { return encoder->parameters().front().device(); }
+
+// Embeddings are computed on the encoder's device and returned on the CPU, where the metrics run.
 Embedded EmbedRange(Encoder& encoder, const Dataset& data, int64_t begin, int64_t end) {
   std::vector<torch::Tensor> features, embeddings;
   for (int64_t b = begin; b < end; b += kEvalBatch) {
-    const EncoderOutput out = encoder->forward(ToFloat(data.images.slice(0, b, std::min(end, b + kEvalBatch))));
-    features.push_back(out.features);
-    embeddings.push_back(out.embedding);
+    const torch::Tensor images = ToFloat(data.images.slice(0, b, std::min(end, b + kEvalBatch)));
+    const EncoderOutput out = encoder->forward(images.to(DeviceOf(encoder)));
+    features.push_back(out.features.to(torch::kCPU));
+    embeddings.push_back(out.embedding.to(torch::kCPU));
   }
   if (features.empty()) {
-    return {torch::zeros({0, encoder->feature_dim()}), torch::zeros({0, 0})};
+    return {torch::zeros({0, encoder->feature_dim()}), torch::zeros({0, encoder->embed_dim()})};
   }
   return {torch::cat(features), torch::cat(embeddings)};
 }
@@ -31,7 +35,7 @@ torch::Tensor EmbedViews(Encoder& encoder, const Dataset& data, const std::vecto
                          const RunConfig& config) {
   const torch::Tensor images =
       AugmentBatch(data, indices, config.seed(), kMetricViewEpoch, view, AugmentOptionsFrom(config.data()));
-  return encoder->forward(images).embedding;
+  return encoder->forward(images.to(DeviceOf(encoder))).embedding.to(torch::kCPU);
 }
 
 // Uniformity, tolerance, alignment, local separation and penalty entropy on the first metric_samples test images.

@@ -85,7 +85,7 @@ int64_t Width(const ModelConfig& config) {
 
 }  // namespace
 
-EncoderImpl::EncoderImpl(const ModelConfig& config, int64_t in_channels) {
+EncoderImpl::EncoderImpl(const ModelConfig& config, int64_t in_channels) : embed_dim_(config.embed_dim()) {
   const int64_t width = Width(config);
   nn::Sequential backbone;
   if (config.arch() == ModelConfig::RESNET18) {

@@ -19,11 +19,13 @@ class EncoderImpl : public torch::nn::Module {
   EncoderOutput forward(const torch::Tensor& images);  // images float (B, C, H, W) in [0, 1]
   torch::Tensor Features(const torch::Tensor& images);  // backbone only
   int64_t feature_dim() const { return feature_dim_; }
+  int64_t embed_dim() const { return embed_dim_; }
 
  private:
   torch::nn::Sequential backbone_{nullptr};
   torch::nn::Sequential head_{nullptr};
   int64_t feature_dim_ = 0;
+  int64_t embed_dim_ = 0;
 };
 TORCH_MODULE(Encoder);
 

@@ -12,6 +12,8 @@
 
 #include <google/protobuf/text_format.h>
 
+#include <ATen/autocast_mode.h>
+
 #include "comm/comm.h"
 #include "trainer/config.h"
 #include "trainer/data.h"
@@ -88,6 +90,15 @@ int ThreadsPerRank(const RunConfig& config) {
   return std::max(1, cores / comm::LocalSize());
 }
 
+// The rank's device: CPU, or GPU local_rank % count so that ranks on a node spread over its GPUs.
+torch::Device DeviceFor(const RunConfig& config) {
+  if (config.device() != "cuda") return torch::kCPU;
+  if (!torch::cuda::is_available()) {
+    throw UserError("device cuda was requested, but this LibTorch has no CUDA or no GPU is visible");
+  }
+  return {torch::kCUDA, static_cast<c10::DeviceIndex>(comm::LocalRank() % torch::cuda::device_count())};
+}
+
 // Everything one step needs that does not change between steps.
 struct Trainer {
   RunConfig config;
@@ -97,19 +108,32 @@ struct Trainer {
   std::unique_ptr<comm::GradientReducer> reducer;
   LossOptions loss;
   AugmentOptions augment;
+  torch::Device device{torch::kCPU};
   torch::Tensor bank;  // (N, d) memory bank, identical on every rank (memory_bank negatives only)
   int64_t steps_per_epoch = 0;
   int64_t total_steps = 0;
 };
+
+// The encoder's embedding of a batch, in fp32. With bf16 the encoder runs under autocast (the convs and matmuls in
+// bf16) while the loss, which needs the range of fp32 at small tau, stays in fp32.
+torch::Tensor Embed(Trainer& t, const torch::Tensor& images) {
+  if (!t.config.bf16()) return t.encoder->forward(images).embedding;
+  at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+  at::autocast::set_enabled(true);
+  torch::Tensor z = t.encoder->forward(images).embedding.to(torch::kFloat32);
+  at::autocast::set_enabled(false);
+  at::autocast::clear_cache();
+  return z;
+}
 
 // SimCLR with global batch negatives. views (2b, C, H, W) = [view 0; view 1] of this rank's b images; the gathered
 // candidates are (2B, d) with rank r's rows at [2 offset_r, 2 offset_r + 2 b_r). Returns the sum of this rank's
 // 2b anchor losses.
 torch::Tensor BatchNegativesLoss(Trainer& t, const torch::Tensor& views, const Shard& shard) {
   const int64_t b = shard.count;
-  const torch::Tensor z = t.encoder->forward(views).embedding;  // (2b, d)
-  const torch::Tensor candidates = comm::GatherWithGrad(z);     // (2B, d)
-  const torch::Tensor local = torch::arange(2 * b, torch::kLong);
+  const torch::Tensor z = Embed(t, views);                   // (2b, d)
+  const torch::Tensor candidates = comm::GatherWithGrad(z);  // (2B, d)
+  const torch::Tensor local = torch::arange(2 * b, torch::TensorOptions(torch::kLong).device(t.device));
   const torch::Tensor self = local + 2 * shard.offset;
   const torch::Tensor positive = (local + b).remainder(2 * b) + 2 * shard.offset;  // the other view
   return ContrastiveLoss(z, candidates, positive, self, t.loss).sum();
@@ -118,9 +142,10 @@ torch::Tensor BatchNegativesLoss(Trainer& t, const torch::Tensor& views, const S
 // Memory-bank negatives (Wu et al. 2018): one view; candidates are the bank, the positive is the image's own entry.
 torch::Tensor MemoryBankLoss(Trainer& t, const torch::Tensor& view, const std::vector<int64_t>& indices,
                              torch::Tensor* embedding) {
-  *embedding = t.encoder->forward(view).embedding;  // (b, d)
-  const torch::Tensor positive = torch::tensor(indices, torch::kLong);
-  const torch::Tensor exclude = torch::full({static_cast<int64_t>(indices.size())}, -1, torch::kLong);
+  *embedding = Embed(t, view);  // (b, d)
+  const torch::Tensor positive = torch::tensor(indices, torch::kLong).to(t.device);
+  const torch::Tensor exclude = torch::full({static_cast<int64_t>(indices.size())}, -1,
+                                            torch::TensorOptions(torch::kLong).device(t.device));
   return ContrastiveLoss(*embedding, t.bank, positive, exclude, t.loss).sum();
 }
 
@@ -128,7 +153,7 @@ torch::Tensor MemoryBankLoss(Trainer& t, const torch::Tensor& view, const std::v
 // every rank from the all-gathered (index, feature) pairs.
 void UpdateBank(Trainer& t, const std::vector<int64_t>& indices, const torch::Tensor& embedding) {
   torch::NoGradGuard no_grad;
-  const torch::Tensor index = comm::AllGather(torch::tensor(indices, torch::kLong));
+  const torch::Tensor index = comm::AllGather(torch::tensor(indices, torch::kLong).to(t.device));
   const torch::Tensor feature = comm::AllGather(embedding.detach().contiguous());
   const double m = t.config.loss().bank_momentum();
   const torch::Tensor mixed = t.bank.index_select(0, index) * m + feature * (1 - m);
@@ -149,10 +174,12 @@ double Step(Trainer& t, int64_t epoch, int64_t step_in_epoch, const std::vector<
 
   torch::Tensor loss_sum, embedding;
   if (bank) {
-    loss_sum = MemoryBankLoss(t, AugmentBatch(t.train, indices, seed, epoch, 0, t.augment), indices, &embedding);
+    const torch::Tensor view = AugmentBatch(t.train, indices, seed, epoch, 0, t.augment).to(t.device);
+    loss_sum = MemoryBankLoss(t, view, indices, &embedding);
   } else {
     const torch::Tensor views = torch::cat({AugmentBatch(t.train, indices, seed, epoch, 0, t.augment),
-                                            AugmentBatch(t.train, indices, seed, epoch, 1, t.augment)});
+                                            AugmentBatch(t.train, indices, seed, epoch, 1, t.augment)})
+                                    .to(t.device);
     loss_sum = BatchNegativesLoss(t, views, shard);
   }
   // Each rank's share, scaled by the world size: the reducer averages gradients over ranks, so the result is the
@@ -210,8 +237,10 @@ Trainer Setup(const RunConfig& config) {
   t.total_steps = t.steps_per_epoch * config.epochs();
   if (config.max_steps() > 0) t.total_steps = std::min(t.total_steps, config.max_steps());
 
+  t.device = DeviceFor(config);
   torch::manual_seed(config.seed());  // identical initial parameters on every rank
   t.encoder = Encoder(config.model(), t.train.images.size(1));
+  t.encoder->to(t.device);
   for (auto& p : t.encoder->parameters()) comm::Broadcast(p, 0);  // and made certain of it
   t.optimizer = std::make_unique<torch::optim::SGD>(
       t.encoder->parameters(), torch::optim::SGDOptions(config.optim().lr())
@@ -227,7 +256,8 @@ Trainer Setup(const RunConfig& config) {
     // Initialised uniform on the sphere from the run's seed: identical on every rank.
     torch::manual_seed(config.seed() + 1);
     t.bank = torch::nn::functional::normalize(torch::randn({t.train.size(), config.model().embed_dim()}),
-                                              torch::nn::functional::NormalizeFuncOptions().dim(1));
+                                              torch::nn::functional::NormalizeFuncOptions().dim(1))
+                 .to(t.device);
   }
   return t;
 }
