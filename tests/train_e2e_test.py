@@ -50,6 +50,14 @@ class WorldSizeInvarianceTest(unittest.TestCase):
     def test_infonce_no_norm(self):
         self.check_invariance(["--norm", "none", "--tau", "0.1"])
 
+    def test_hard_loss_sync_batch_norm(self):
+        # The top-K is taken over the global candidates and BN statistics over the global batch.
+        self.check_invariance(["--norm", "sync", "--loss", "hard", "--hard_k", "12", "--tau", "0.2"])
+
+    def test_memory_bank(self):
+        # The bank is replicated and updated from the all-gathered (index, feature) pairs on every rank.
+        self.check_invariance(["--norm", "none", "--negatives", "memory_bank", "--tau", "0.07"])
+
 
 class BadInputTest(unittest.TestCase):
     """mpirun -np 2 with bad input: every rank exits non-zero with one clear sentence, and nothing hangs."""

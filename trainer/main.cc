@@ -38,9 +38,16 @@ TEMPERED_OVERRIDE(out_dir, "out_dir");
 TEMPERED_OVERRIDE(log_every_steps, "log_every_steps");
 TEMPERED_OVERRIDE(eval_every_epochs, "eval.every_epochs");
 TEMPERED_OVERRIDE(linear_epochs, "eval.linear_epochs (0 = no linear evaluation)");
+TEMPERED_OVERRIDE(checkpoint_every_steps, "checkpoint_every_steps (0 = every epoch)");
+TEMPERED_OVERRIDE(device, "device: cpu|cuda");
 #undef TEMPERED_OVERRIDE
 DEFINE_bool(eval_at_init, false, "also evaluate the randomly initialised model (RunResult.initial)");
 DEFINE_bool(raw_pixel_knn, false, "also report kNN accuracy on raw pixels (RunResult.raw_pixel_knn_top1)");
+DEFINE_bool(bf16, false, "run the encoder under bf16 autocast (device cuda); the loss stays fp32");
+DEFINE_bool(resume, false, "continue from out_dir/checkpoint.pt if it exists (a fresh run otherwise)");
+
+// Exit status of a run stopped by SIGTERM/SIGINT after writing its checkpoint (128 + SIGTERM, as a shell reports).
+constexpr int kExitInterrupted = 143;
 
 namespace {
 
@@ -51,6 +58,7 @@ const std::pair<const char*, const char*> kOverrides[] = {
     {"train_subset", "data.train_subset"}, {"test_subset", "data.test_subset"}, {"seed", "seed"},
     {"threads", "threads"}, {"out_dir", "out_dir"}, {"log_every_steps", "log_every_steps"},
     {"eval_every_epochs", "eval.every_epochs"}, {"linear_epochs", "eval.linear_epochs"},
+    {"checkpoint_every_steps", "checkpoint_every_steps"}, {"device", "device"},
 };
 
 tempered::RunConfig ConfigFromFlags() {
@@ -68,6 +76,7 @@ tempered::RunConfig ConfigFromFlags() {
   }
   if (FLAGS_eval_at_init) config.mutable_eval()->set_at_init(true);
   if (FLAGS_raw_pixel_knn) config.mutable_eval()->set_raw_pixel_knn(true);
+  if (FLAGS_bf16) config.set_bf16(true);
   config = tempered::ResolveConfig(config);
   tempered::ValidateConfig(config);
   return config;
@@ -99,7 +108,9 @@ int main(int argc, char** argv) {
       // Every rank parses the same flags and files: all fail together; rank 0 speaks for them.
       throw tempered::CollectiveError(e.what(), tempered::comm::Rank() == 0);
     }
-    tempered::Train(config);
+    tempered::TrainOptions options;
+    options.resume = FLAGS_resume;
+    if (tempered::Train(config, options).status() == tempered::RunResult::INTERRUPTED) status = kExitInterrupted;
   } catch (const tempered::CollectiveError& e) {
     if (e.report()) std::fprintf(stderr, "tempered-train: error: %s\n", e.what());
     status = 1;

@@ -4,7 +4,9 @@
 
 #include <glog/logging.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -15,6 +17,7 @@
 #include <ATen/autocast_mode.h>
 
 #include "comm/comm.h"
+#include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/data.h"
 #include "trainer/eval.h"
@@ -269,85 +272,142 @@ void LogConfig(const RunConfig& config) {
             << " thread(s) per rank, resolved config:\n" << text;
 }
 
+// Set by SIGTERM / SIGINT; every rank checks the maximum over ranks after each step, so all stop together.
+std::atomic<bool> g_stop_requested{false};
+
+void RequestStop(int) { g_stop_requested = true; }
+
+bool StopRequested() { return comm::AllReduceMax(g_stop_requested ? 1.0 : 0.0) > 0; }
+
+// Appends the epoch's summary; its mean loss comes from the step losses, so it is right after a resume too.
+void RecordEpoch(const Trainer& t, int64_t epoch, int64_t step, double seconds, int64_t steps_timed, double lr,
+                 RunResult* result) {
+  const int64_t first = epoch * t.steps_per_epoch;
+  double total = 0;
+  for (const StepLoss& s : result->step_loss()) {
+    if (s.step() > first && s.step() <= step) total += s.loss();
+  }
+  EpochResult* e = result->add_epochs();
+  e->set_epoch(static_cast<int32_t>(epoch + 1));
+  e->set_global_step(step);
+  e->set_mean_loss(total / std::max<int64_t>(1, step - first));
+  e->set_images_per_second(steps_timed * t.config.batch_size() / std::max(seconds, 1e-9));
+  e->set_lr(lr);
+}
+
+void Checkpoint(Trainer& t, const TrainingState& state) {
+  if (comm::Rank() == 0) SaveCheckpoint(t.config.out_dir() + "/checkpoint.pt", t.config, t.encoder, *t.optimizer, state);
+}
+
+// Loads out_dir/checkpoint.pt when resuming and it exists. Collective: every rank reads the same file.
+TrainingState Restore(Trainer& t, const TrainOptions& options) {
+  TrainingState state;
+  const std::string path = t.config.out_dir() + "/checkpoint.pt";
+  struct stat st {};
+  if (!options.resume || ::stat(path.c_str(), &st) != 0) return state;
+  Collectively([&] { LoadCheckpoint(path, t.config, t.encoder, *t.optimizer, &state); });
+  if (state.bank.defined()) t.bank = state.bank.to(t.device);
+  if (comm::Rank() == 0) LOG(INFO) << "resumed from " << path << " at global step " << state.step;
+  return state;
+}
+
 }  // namespace
 
-RunResult Train(const RunConfig& config) {
+RunResult Train(const RunConfig& config, const TrainOptions& options) {
   const Clock::time_point run_start = Clock::now();
   at::set_num_threads(ThreadsPerRank(config));
   if (comm::Rank() == 0) LogConfig(config);
   Trainer t = Setup(config);
-
-  RunResult result;
+  TrainingState state = Restore(t, options);
+  RunResult& result = state.result;
+  const double wall_before = result.wall_seconds();  // of the attempts before a resume
   *result.mutable_config() = config;
   result.set_world_size(comm::Size());
   result.set_status(RunResult::RUNNING);
   WriteResult(config, result);
-  if (config.eval().at_init()) *result.mutable_initial() = Evaluate(t.encoder, t.train, t.test, config);
-  if (config.eval().raw_pixel_knn() && comm::Rank() == 0) {
+  if (state.step == 0 && config.eval().at_init()) {
+    *result.mutable_initial() = Evaluate(t.encoder, t.train, t.test, config);
+  }
+  if (state.step == 0 && config.eval().raw_pixel_knn() && comm::Rank() == 0) {
     result.set_raw_pixel_knn_top1(RawPixelKnnTop1(t.train, t.test, config.eval()));
   }
+  std::signal(SIGTERM, RequestStop);
+  std::signal(SIGINT, RequestStop);
 
   t.encoder->train();
-  double train_seconds = 0;
-  int64_t step = 0;
   const int64_t epochs = (t.total_steps + t.steps_per_epoch - 1) / t.steps_per_epoch;
-  for (int64_t epoch = 0; epoch < epochs; ++epoch) {
-    const std::vector<int64_t> permutation = EpochPermutation(t.train.size(), config.seed(), epoch);
-    const Clock::time_point epoch_start = Clock::now();
-    Clock::time_point window_start = epoch_start;
-    int64_t window_steps = 0;
-    double loss_total = 0;
-    int64_t epoch_steps = 0;
-    double lr = 0;
-    for (int64_t s = 0; s < t.steps_per_epoch && step < t.total_steps; ++s, ++step, ++epoch_steps) {
-      lr = LearningRate(config.optim(), step, t.steps_per_epoch, t.total_steps);
-      const double loss = Step(t, epoch, s, permutation, lr);
-      if (!std::isfinite(loss)) {
-        throw CollectiveError("the loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") +
-                                  " at global step " + std::to_string(step + 1) + " (epoch " +
-                                  std::to_string(epoch + 1) + ", lr " + std::to_string(lr) + ", tau " +
-                                  std::to_string(config.loss().tau()) + ")",
-                              comm::Rank() == 0);
-      }
-      StepLoss* entry = result.add_step_loss();
-      entry->set_step(step + 1);
-      entry->set_loss(loss);
-      loss_total += loss;
-      ++window_steps;
-      if (comm::Rank() == 0 && ((step + 1) % config.log_every_steps() == 0 || step + 1 == t.total_steps)) {
-        const double rate = window_steps * config.batch_size() / SecondsSince(window_start);
-        const double eta = (t.total_steps - step - 1) * config.batch_size() / rate;
-        LOG(INFO) << "step " << step + 1 << "/" << t.total_steps << "  epoch " << epoch + 1 << "/" << epochs
-                  << "  loss " << loss << "  lr " << lr << "  " << static_cast<int64_t>(rate)
-                  << " img/s  ETA " << FormatDuration(eta);
-        WriteProgress(config, step + 1, t.total_steps, epoch + 1, loss, rate, eta);
-        window_start = Clock::now();
-        window_steps = 0;
-      }
+  const int64_t checkpoint_every = config.checkpoint_every_steps() > 0 ? config.checkpoint_every_steps()
+                                                                        : t.steps_per_epoch;
+  double train_seconds = result.train_seconds();
+  std::vector<int64_t> permutation;
+  Clock::time_point epoch_start = Clock::now(), window_start = epoch_start;
+  int64_t epoch_steps_timed = 0, window_steps = 0;
+  double lr = 0;
+  for (int64_t& step = state.step; step < t.total_steps;) {
+    const int64_t epoch = step / t.steps_per_epoch, s = step % t.steps_per_epoch;
+    if (permutation.empty() || s == 0) permutation = EpochPermutation(t.train.size(), config.seed(), epoch);
+    lr = LearningRate(config.optim(), step, t.steps_per_epoch, t.total_steps);
+    const double loss = Step(t, epoch, s, permutation, lr);
+    if (!std::isfinite(loss)) {
+      throw CollectiveError("the loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") +
+                                " at global step " + std::to_string(step + 1) + " (epoch " +
+                                std::to_string(epoch + 1) + ", lr " + std::to_string(lr) + ", tau " +
+                                std::to_string(config.loss().tau()) + ")",
+                            comm::Rank() == 0);
     }
-    const double epoch_seconds = SecondsSince(epoch_start);
-    train_seconds += epoch_seconds;
-    EpochResult* e = result.add_epochs();
-    e->set_epoch(static_cast<int32_t>(epoch + 1));
-    e->set_global_step(step);
-    e->set_mean_loss(loss_total / std::max<int64_t>(1, epoch_steps));
-    e->set_images_per_second(epoch_steps * config.batch_size() / epoch_seconds);
-    e->set_lr(lr);
-    const bool last = epoch + 1 == epochs;
-    if (!last && config.eval().every_epochs() > 0 && (epoch + 1) % config.eval().every_epochs() == 0) {
-      *e->mutable_metrics() = Evaluate(t.encoder, t.train, t.test, config);
-      t.encoder->train();
+    ++step;
+    ++epoch_steps_timed;
+    ++window_steps;
+    StepLoss* entry = result.add_step_loss();
+    entry->set_step(step);
+    entry->set_loss(loss);
+    if (comm::Rank() == 0 && (step % config.log_every_steps() == 0 || step == t.total_steps)) {
+      const double rate = window_steps * config.batch_size() / SecondsSince(window_start);
+      const double eta = (t.total_steps - step) * config.batch_size() / rate;
+      LOG(INFO) << "step " << step << "/" << t.total_steps << "  epoch " << epoch + 1 << "/" << epochs << "  loss "
+                << loss << "  lr " << lr << "  " << static_cast<int64_t>(rate) << " img/s  ETA "
+                << FormatDuration(eta);
+      WriteProgress(config, step, t.total_steps, epoch + 1, loss, rate, eta);
+      window_start = Clock::now();
+      window_steps = 0;
     }
-    WriteResult(config, result);
+    const bool epoch_done = step % t.steps_per_epoch == 0 || step == t.total_steps;
+    if (epoch_done) {
+      const double seconds = SecondsSince(epoch_start);
+      train_seconds += seconds;
+      RecordEpoch(t, epoch, step, seconds, epoch_steps_timed, lr, &result);
+      const bool evaluate = step < t.total_steps && config.eval().every_epochs() > 0 &&
+                            (epoch + 1) % config.eval().every_epochs() == 0;
+      if (evaluate) {
+        *result.mutable_epochs()->rbegin()->mutable_metrics() = Evaluate(t.encoder, t.train, t.test, config);
+        t.encoder->train();
+      }
+      epoch_start = Clock::now();
+      epoch_steps_timed = 0;
+    }
+    result.set_global_steps(step);
+    result.set_train_seconds(train_seconds + (epoch_done ? 0 : SecondsSince(epoch_start)));
+    const bool stop = StopRequested();
+    if (stop || step % checkpoint_every == 0 || step == t.total_steps) {
+      state.bank = t.bank;
+      Checkpoint(t, state);
+      WriteResult(config, result);
+    }
+    if (stop && step < t.total_steps) {
+      if (comm::Rank() == 0) LOG(WARNING) << "stopped by a signal at global step " << step << "; checkpoint written";
+      result.set_status(RunResult::INTERRUPTED);
+      result.set_wall_seconds(wall_before + SecondsSince(run_start));
+      WriteResult(config, result);
+      return result;
+    }
   }
 
   *result.mutable_final() = Evaluate(t.encoder, t.train, t.test, config);
   if (!result.epochs().empty()) *result.mutable_epochs()->rbegin()->mutable_metrics() = result.final();
   if (comm::Rank() == 0) torch::save(t.encoder, config.out_dir() + "/model.pt");
-  result.set_global_steps(step);
   result.set_train_seconds(train_seconds);
-  result.set_images_per_second(step * config.batch_size() / std::max(train_seconds, 1e-9));
-  result.set_wall_seconds(SecondsSince(run_start));
+  result.set_images_per_second(result.global_steps() * config.batch_size() / std::max(train_seconds, 1e-9));
+  result.set_wall_seconds(wall_before + SecondsSince(run_start));
   result.set_status(RunResult::FINISHED);
   WriteResult(config, result);
   return result;

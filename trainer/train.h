@@ -18,8 +18,14 @@ class CollectiveError : public UserError {
   bool report_;
 };
 
+struct TrainOptions {
+  // Continue from out_dir/checkpoint.pt when it exists (a fresh run otherwise), so a scheduler can always pass it.
+  bool resume = false;
+};
+
 // Trains, evaluates and writes config.out_dir()/result.json (rank 0). Returns the result on every rank (metrics
-// are filled on rank 0 only). Throws CollectiveError for setup failures and non-finite losses.
-RunResult Train(const RunConfig& config);
+// are filled on rank 0 only). Throws CollectiveError for setup failures and non-finite losses. A SIGTERM or SIGINT
+// on any rank stops every rank at the next step: a checkpoint is written and the status is INTERRUPTED.
+RunResult Train(const RunConfig& config, const TrainOptions& options = {});
 
 }  // namespace tempered

@@ -1,0 +1,99 @@
+"""Exact resume: a run stopped by SIGTERM (or killed) and resumed gives the same step losses and final parameters
+as an uninterrupted run at the same world size."""
+import json
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+from tempered_testing import MPI_ARGS, MPIRUN, TRAIN, TempDir, read_result, run_train
+from train_e2e_test import load_params
+
+RUN = ["--train_subset", "2560", "--test_subset", "256", "--linear_epochs", "0", "--batch_size", "64",
+       "--max_steps", "40", "--log_every_steps", "1", "--checkpoint_every_steps", "5", "--seed", "3",
+       "--norm", "batch"]
+
+
+def start_train(np_, args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.Popen([MPIRUN, *MPI_ARGS, "-np", str(np_), TRAIN, "--threads", "1", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def wait_for_step(out_dir, step, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(os.path.join(out_dir, "progress.json")) as f:
+                if json.load(f)["step"] >= step:
+                    return
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None:
+            raise AssertionError("the run ended before step %d: %s" % (step, proc.stderr.read()[-2000:]))
+        time.sleep(0.05)
+    raise AssertionError("step %d not reached in %d s" % (step, timeout))
+
+
+class ResumeTest(unittest.TestCase):
+    def assert_same_run(self, reference_dir, resumed_dir):
+        ref, res = read_result(reference_dir), read_result(resumed_dir)
+        self.assertEqual(res["status"], "FINISHED")
+        self.assertEqual([int(s["step"]) for s in res["step_loss"]], list(range(1, 41)))  # int64 is a JSON string
+        for a, b in zip(ref["step_loss"], res["step_loss"]):
+            self.assertAlmostEqual(a["loss"], b["loss"], delta=1e-5 * abs(a["loss"]), msg=f"step {a['step']}")
+        ref_params, res_params = load_params(reference_dir), load_params(resumed_dir)
+        for name, p in ref_params.items():
+            rel = (p - res_params[name]).norm().item() / max(p.norm().item(), 1e-12)
+            self.assertLessEqual(rel, 1e-5, name)
+
+    def test_sigterm_then_resume(self):
+        with TempDir() as tmp:
+            reference, resumed = os.path.join(tmp, "reference"), os.path.join(tmp, "resumed")
+            proc = run_train(2, RUN + ["--out_dir", reference])
+            self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+
+            proc = start_train(2, RUN + ["--out_dir", resumed])
+            wait_for_step(resumed, 7, proc)
+            os.killpg(proc.pid, signal.SIGTERM)  # as Slurm does at preemption: every process gets it
+            proc.wait(timeout=60)
+            interrupted = read_result(resumed)
+            self.assertEqual(interrupted["status"], "INTERRUPTED", proc.stderr.read()[-2000:])
+            self.assertLess(int(interrupted["global_steps"]), 40)
+
+            proc = run_train(2, RUN + ["--out_dir", resumed, "--resume"])
+            self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+            self.assertIn("resumed from", proc.stderr)
+            self.assert_same_run(reference, resumed)
+
+    def test_sigkill_then_resume_from_last_checkpoint(self):
+        with TempDir() as tmp:
+            reference, resumed = os.path.join(tmp, "reference"), os.path.join(tmp, "resumed")
+            proc = run_train(1, RUN + ["--out_dir", reference])
+            self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+            proc = start_train(1, RUN + ["--out_dir", resumed])
+            wait_for_step(resumed, 12, proc)
+            os.killpg(proc.pid, signal.SIGKILL)  # no chance to write anything: the periodic checkpoint must do
+            proc.wait(timeout=60)
+            proc = run_train(1, RUN + ["--out_dir", resumed, "--resume"])
+            self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+            self.assert_same_run(reference, resumed)
+
+    def test_resume_with_a_different_config_is_refused(self):
+        with TempDir() as tmp:
+            out = os.path.join(tmp, "run")
+            proc = run_train(1, RUN + ["--out_dir", out, "--max_steps", "5"])
+            self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+            proc = run_train(1, RUN + ["--out_dir", out, "--max_steps", "5", "--resume", "--tau", "0.5"])
+            self.assertNotEqual(proc.returncode, 0)
+            self.assertIn("cannot resume from", proc.stderr)
+            self.assertIn("tau", proc.stderr)
+            # Changing only what does not affect the computation is fine.
+            proc = run_train(1, RUN + ["--out_dir", out, "--max_steps", "5", "--resume", "--log_every_steps", "3"])
+            self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+
+
+if __name__ == "__main__":
+    unittest.main()

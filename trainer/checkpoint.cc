@@ -1,0 +1,83 @@
+#include "trainer/checkpoint.h"
+
+#include <google/protobuf/util/message_differencer.h>
+
+#include <sstream>
+
+#include "trainer/config.h"
+#include "trainer/errors.h"
+
+namespace tempered {
+
+namespace {
+
+// The config with every field cleared that does not change what training computes.
+RunConfig ComputationOf(const RunConfig& config) {
+  RunConfig c = config;
+  c.clear_out_dir();
+  c.clear_threads();
+  c.clear_log_every_steps();
+  c.clear_eval();
+  c.mutable_data()->clear_workers();
+  c.mutable_data()->clear_test_subset();
+  c.clear_device();  // a CUDA run may continue on the CPU and back (within float tolerance)
+  return c;
+}
+
+std::string FirstDifference(const RunConfig& a, const RunConfig& b) {
+  std::string report;
+  google::protobuf::util::MessageDifferencer differ;
+  differ.ReportDifferencesToString(&report);
+  differ.Compare(a, b);
+  return report.substr(0, report.find('\n'));
+}
+
+}  // namespace
+
+void SaveCheckpoint(const std::string& path, const RunConfig& config, Encoder& encoder,
+                    torch::optim::Optimizer& optimizer, const TrainingState& state) {
+  torch::serialize::OutputArchive archive, model, optim;
+  encoder->save(model);
+  optimizer.save(optim);
+  archive.write("model", model);
+  archive.write("optimizer", optim);
+  archive.write("step", c10::IValue(state.step));
+  archive.write("config", c10::IValue(config.SerializeAsString()));
+  archive.write("result", c10::IValue(state.result.SerializeAsString()));
+  if (state.bank.defined()) archive.write("bank", state.bank.to(torch::kCPU), /*is_buffer=*/true);
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  WriteFileAtomically(path, bytes.str());
+}
+
+void LoadCheckpoint(const std::string& path, const RunConfig& config, Encoder& encoder,
+                    torch::optim::Optimizer& optimizer, TrainingState* state) {
+  torch::serialize::InputArchive archive, model, optim;
+  c10::IValue step, saved_config, result;
+  try {
+    archive.load_from(path);
+    archive.read("model", model);
+    archive.read("optimizer", optim);
+    archive.read("step", step);
+    archive.read("config", saved_config);
+    archive.read("result", result);
+  } catch (const c10::Error& e) {
+    throw UserError("cannot read checkpoint " + path + ": " + e.what_without_backtrace());
+  }
+  RunConfig previous;
+  if (!previous.ParseFromString(saved_config.toStringRef())) {
+    throw UserError("checkpoint " + path + " holds no readable config");
+  }
+  if (!google::protobuf::util::MessageDifferencer::Equals(ComputationOf(previous), ComputationOf(config))) {
+    throw UserError("cannot resume from " + path + ": the config differs in a way that changes the result (" +
+                    FirstDifference(ComputationOf(previous), ComputationOf(config)) + ")");
+  }
+  encoder->load(model);
+  optimizer.load(optim);
+  state->step = step.toInt();
+  state->result.ParseFromString(result.toStringRef());
+  torch::Tensor bank;
+  if (archive.try_read("bank", bank, /*is_buffer=*/true)) state->bank = bank;
+}
+
+}  // namespace tempered

@@ -1,0 +1,31 @@
+// Checkpoints: everything a run needs to continue exactly where it stopped. The training randomness is a pure
+// function of (seed, epoch, image index) — the epoch permutation and every augmentation — so the state is the
+// model, the optimiser, the memory bank, the global step and the result so far; no RNG stream needs saving.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+#include "proto/tempered.pb.h"
+#include "trainer/model.h"
+
+namespace tempered {
+
+struct TrainingState {
+  int64_t step = 0;      // global steps done
+  torch::Tensor bank;    // memory bank (undefined with batch negatives)
+  RunResult result;      // step losses and epoch results so far
+};
+
+// Writes `path` atomically (temp file, fsync, rename): a crash leaves the previous checkpoint intact.
+void SaveCheckpoint(const std::string& path, const RunConfig& config, Encoder& encoder,
+                    torch::optim::Optimizer& optimizer, const TrainingState& state);
+
+// Loads `path` into encoder, optimizer and state. Throws UserError naming the file when it is unreadable, and
+// naming the first differing field when the checkpoint's config would give a different result than `config`
+// (fields that do not change the computation, like out_dir, threads, logging and evaluation, may differ).
+void LoadCheckpoint(const std::string& path, const RunConfig& config, Encoder& encoder,
+                    torch::optim::Optimizer& optimizer, TrainingState* state);
+
+}  // namespace tempered
