@@ -1,0 +1,305 @@
+#include "launch/sweep.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <google/protobuf/text_format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "launch/report.h"
+#include "launch/sweep_spec.h"
+#include "launch/sweep_state.h"
+#include "launch/sweep_status.h"
+#include "trainer/config.h"
+#include "trainer/errors.h"
+
+namespace tempered {
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void OnStopSignal(int signal) { g_stop_signal = signal; }
+
+// Without SA_RESTART, so that the coordinator's sleep ends as soon as a signal arrives.
+void InstallStopHandlers() {
+  struct sigaction action;
+  std::memset(&action, 0, sizeof(action));
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaction(s, &action, nullptr);
+}
+
+void SleepFor(double seconds) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (!g_stop_signal && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+std::string RunName(const SweepState::Run& run) { return run.run_dir().substr(run.run_dir().rfind('/') + 1); }
+
+std::string Summary(const RunResult& r) {
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), "kNN %.1f%%, linear %.1f%%, uniformity %.3f, tolerance %.3f, %s", r.final().knn_top1(),
+                r.final().linear_top1(), r.final().uniformity(), r.final().tolerance(),
+                FormatDuration(r.wall_seconds()).c_str());
+  return buf;
+}
+
+class Coordinator {
+ public:
+  explicit Coordinator(const SweepOptions& options)
+      : o_(options), display_(stdout, options.interactive) {
+    o_.backend.ranks_per_run = o_.spec.ranks_per_run();
+    o_.backend.threads_per_rank = o_.spec.threads_per_rank();
+    o_.backend.mpirun_args.assign(o_.spec.mpirun_args().begin(), o_.spec.mpirun_args().end());
+    o_.backend.slurm = o_.spec.slurm();
+    backend_ = o_.spec.backend() == SweepSpec::SLURM ? MakeSlurmBackend(o_.backend) : MakeLocalBackend(o_.backend);
+  }
+
+  SweepExit Run() {
+    MakeDirectories(o_.sweep_dir + "/runs");
+    SweepLock lock(o_.sweep_dir);
+    InstallStopHandlers();
+    Prepare();
+    const bool completed = Loop();
+    if (!completed) StopRunning();
+    display_.Final(CollectStatus(o_.sweep_dir, GridRuns()));
+    const std::string report = WriteSweepReport(o_.sweep_dir, o_.spec, GridRuns());
+    std::printf("report: %s\n", report.c_str());
+    if (!completed) {
+      std::printf("interrupted: re-run the same command to resume\n");
+      return kSweepInterrupted;
+    }
+    return Count(SweepState::Run::FAILED) > 0 ? kSweepRunsFailed : kSweepFinished;
+  }
+
+ private:
+  // Loads the state, adds the spec's new points and settles what the state file cannot know: runs that finished
+  // while no coordinator watched, and failed runs that this invocation retries.
+  void Prepare() {
+    LoadState(o_.sweep_dir, &state_);
+    *state_.mutable_spec() = o_.spec;
+    const std::vector<GridPoint> grid = ExpandGrid(o_.spec);
+    const int added = MergeGrid(grid, &state_);
+    for (const GridPoint& point : grid) grid_ids_.push_back(point.id);
+    for (auto& run : *state_.mutable_runs()) {
+      if (std::count(grid_ids_.begin(), grid_ids_.end(), run.id())) Reconcile(&run);
+    }
+    Save();
+    Log("sweep " + o_.sweep_dir + ": " + std::to_string(grid.size()) + " runs (" + std::to_string(added) +
+        " new, " + std::to_string(Count(SweepState::Run::FINISHED)) + " finished), " +
+        (o_.spec.backend() == SweepSpec::SLURM ? "slurm" : "local") + " backend, " +
+        std::to_string(o_.spec.ranks_per_run()) + " ranks x " + std::to_string(o_.spec.threads_per_rank()) +
+        " threads per run, up to " + (Slots() == INT_MAX ? std::string("all") : std::to_string(Slots())) +
+        " at a time");
+  }
+
+  void Reconcile(SweepState::Run* run) {
+    RunResult result;
+    if (ReadRunResult(RunDir(*run), &result) && result.status() == RunResult::FINISHED) {
+      if (run->state() != SweepState::Run::FINISHED) Log("found finished " + RunName(*run) + " (result.json)");
+      run->set_state(SweepState::Run::FINISHED);
+      ClearHandle(run);
+    } else if (run->state() == SweepState::Run::FINISHED) {
+      Log("the result of " + RunName(*run) + " is gone; running it again");
+      run->set_state(SweepState::Run::PENDING);
+    } else if (run->state() == SweepState::Run::FAILED) {
+      Log("retrying failed " + RunName(*run) + " (last error: " + run->last_error() + ")");
+      run->set_state(SweepState::Run::PENDING);
+    }
+    // RUNNING: started by an earlier coordinator; the first poll tells whether it still runs.
+  }
+
+  // false when a stop signal arrived.
+  bool Loop() {
+    for (;;) {
+      if (g_stop_signal) return false;
+      for (const auto& [id, how] : backend_->Ended(Running())) HandleEnded(Find(id), how);
+      LaunchPending();
+      display_.Refresh(CollectStatus(o_.sweep_dir, GridRuns()));
+      if (Running().empty() && Count(SweepState::Run::PENDING) == 0) return true;
+      SleepFor(backend_->PollSeconds());
+    }
+  }
+
+  void LaunchPending() {
+    for (SweepState::Run* run; static_cast<int>(Running().size()) < Slots() && (run = NextPending()) != nullptr;) {
+      Launch(run);
+    }
+  }
+
+  void Launch(SweepState::Run* run) {
+    const std::string dir = RunDir(*run);
+    MakeDirectories(dir);
+    RunResult result;
+    if (ReadRunResult(dir, &result) && result.status() == RunResult::FINISHED) {  // never run a config twice
+      run->set_state(SweepState::Run::FINISHED);
+      Save();
+      return;
+    }
+    const int attempt = run->attempts() + 1;
+    // Keep a failed attempt's result for inspection; progress.json would show the old attempt's numbers.
+    std::rename((dir + "/result.json").c_str(), (dir + "/attempt-" + std::to_string(attempt - 1) + ".result.json").c_str());
+    std::remove((dir + "/progress.json").c_str());
+    RunConfig config = run->config();
+    config.set_out_dir(dir);
+    config.set_threads(o_.spec.threads_per_rank());
+    std::string text;
+    google::protobuf::TextFormat::PrintToString(config, &text);
+    WriteFileAtomically(dir + "/run.pbtxt", text);
+    const std::string stem = dir + "/attempt-" + std::to_string(attempt);
+    run->set_attempts(attempt);
+    ++attempts_now_[run->id()];
+    try {
+      backend_->Launch({dir, dir + "/run.pbtxt", attempt, stem + ".out", stem + ".err"}, run);
+    } catch (const UserError& e) {
+      FailAttempt(run, e.what());
+      return;
+    }
+    run->set_state(SweepState::Run::RUNNING);
+    Save();
+    Log("launched " + RunName(*run) + " (attempt " + std::to_string(attempt) +
+        (run->slurm_job_id().empty() ? "" : ", Slurm job " + run->slurm_job_id()) + ")");
+  }
+
+  void HandleEnded(SweepState::Run* run, const std::string& how) {
+    RunResult result;
+    const bool has_result = ReadRunResult(RunDir(*run), &result);
+    ClearHandle(run);
+    if (has_result && result.status() == RunResult::FINISHED) {
+      run->set_state(SweepState::Run::FINISHED);
+      run->clear_last_error();
+      Save();
+      Log("finished " + RunName(*run) + ": " + Summary(result));
+      return;
+    }
+    const std::string log = run->run_dir() + "/attempt-" + std::to_string(run->attempts()) + ".err";
+    FailAttempt(run, has_result && !result.error().empty() ? result.error()
+                                                           : how + " without a result (see " + log + ")");
+  }
+
+  void FailAttempt(SweepState::Run* run, const std::string& error) {
+    run->set_last_error(error);
+    const bool retry = attempts_now_[run->id()] < o_.spec.max_attempts();
+    run->set_state(retry ? SweepState::Run::PENDING : SweepState::Run::FAILED);
+    Save();
+    Log((retry ? "attempt " + std::to_string(run->attempts()) + " of " : "FAILED ") + RunName(*run) + ": " +
+        error + (retry ? "; retrying" : ""));
+  }
+
+  // Stops the running runs; one that finished meanwhile counts as finished, the others run again next time.
+  void StopRunning() {
+    const std::vector<SweepState::Run> running = Running();
+    Log(std::string("stopping (") + strsignal(g_stop_signal) + "): " + std::to_string(running.size()) +
+        " running runs");
+    backend_->Stop(running);
+    for (const auto& stopped : running) {
+      SweepState::Run* run = Find(stopped.id());
+      RunResult result;
+      const bool finished = ReadRunResult(RunDir(*run), &result) && result.status() == RunResult::FINISHED;
+      run->set_state(finished ? SweepState::Run::FINISHED : SweepState::Run::PENDING);
+      if (!finished) run->set_last_error(std::string("stopped by ") + strsignal(g_stop_signal));
+      ClearHandle(run);
+    }
+    Save();
+  }
+
+  int Slots() const {
+    const int per_run = o_.spec.ranks_per_run() * o_.spec.threads_per_rank();
+    const int budget = o_.spec.core_budget() > 0 ? o_.spec.core_budget()
+                                                 : (o_.spec.backend() == SweepSpec::LOCAL ? o_.machine_cores : 0);
+    int slots = budget > 0 ? std::max(1, budget / per_run) : INT_MAX;
+    if (o_.spec.max_parallel_runs() > 0) slots = std::min(slots, o_.spec.max_parallel_runs());
+    return slots;
+  }
+
+  std::vector<SweepState::Run> GridRuns() const {
+    std::map<std::string, const SweepState::Run*> by_id;
+    for (const auto& run : state_.runs()) by_id[run.id()] = &run;
+    std::vector<SweepState::Run> runs;
+    for (const auto& id : grid_ids_) runs.push_back(*by_id.at(id));
+    return runs;
+  }
+
+  std::vector<SweepState::Run> Running() const {
+    std::vector<SweepState::Run> running;
+    for (const auto& run : GridRuns()) {
+      if (run.state() == SweepState::Run::RUNNING) running.push_back(run);
+    }
+    return running;
+  }
+
+  int Count(SweepState::Run::State state) const {
+    const auto runs = GridRuns();
+    return static_cast<int>(std::count_if(runs.begin(), runs.end(), [&](const auto& r) { return r.state() == state; }));
+  }
+
+  SweepState::Run* NextPending() {
+    for (const auto& id : grid_ids_) {
+      SweepState::Run* run = Find(id);
+      if (run->state() == SweepState::Run::PENDING) return run;
+    }
+    return nullptr;
+  }
+
+  SweepState::Run* Find(const std::string& id) {
+    for (auto& run : *state_.mutable_runs()) {
+      if (run.id() == id) return &run;
+    }
+    CHECK(false) << "run " << id << " is not in the sweep state";
+    return nullptr;
+  }
+
+  static void ClearHandle(SweepState::Run* run) {
+    run->clear_pid();
+    run->clear_pid_start_ticks();
+    run->clear_host();
+  }
+
+  std::string RunDir(const SweepState::Run& run) const { return o_.sweep_dir + "/" + run.run_dir(); }
+  void Save() { SaveState(o_.sweep_dir, state_); }
+  void Log(const std::string& line) {
+    AppendEvent(o_.sweep_dir, line);
+    display_.Event(line);
+  }
+
+  SweepOptions o_;
+  StatusDisplay display_;
+  std::unique_ptr<Backend> backend_;
+  SweepState state_;
+  std::vector<std::string> grid_ids_;        // the current spec's points, in grid order
+  std::map<std::string, int> attempts_now_;  // attempts started by this invocation (max_attempts applies to them)
+};
+
+}  // namespace
+
+SweepExit RunSweep(const SweepOptions& options) { return Coordinator(options).Run(); }
+
+void PrintSweepStatus(const std::string& sweep_dir) {
+  SweepState state;
+  if (!LoadState(sweep_dir, &state)) {
+    throw UserError("no sweep in " + sweep_dir + " (" + StatePath(sweep_dir) + " does not exist)");
+  }
+  // The latest spec's grid, in order; runs of earlier specs stay in the state but are not shown.
+  std::vector<SweepState::Run> runs;
+  for (const GridPoint& point : ExpandGrid(state.spec())) {
+    for (const auto& run : state.runs()) {
+      if (run.id() == point.id) runs.push_back(run);
+    }
+  }
+  std::fputs(FormatStatusTable(CollectStatus(sweep_dir, runs)).c_str(), stdout);
+  if (::access((sweep_dir + "/report.md").c_str(), F_OK) == 0) std::printf("report: %s/report.md\n", sweep_dir.c_str());
+}
+
+}  // namespace tempered

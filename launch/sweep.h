@@ -1,0 +1,30 @@
+// tempered-sweep's coordinator: expand the grid, schedule its runs on a backend, resume after an interruption or a
+// crash, show the live status, and aggregate the results into DIR/results.{csv,json}, DIR/report.md and plots.
+#pragma once
+
+#include <string>
+
+#include "launch/scheduler.h"
+#include "proto/tempered.pb.h"
+
+namespace tempered {
+
+struct SweepOptions {
+  SweepSpec spec;         // resolved and validated (ResolveSweepSpec, ValidateSweepSpec)
+  std::string sweep_dir;  // absolute
+  BackendOptions backend; // train binary, mpirun; ranks, threads and Slurm settings are taken from `spec`
+  int machine_cores = 1;  // the local core budget when spec.core_budget is 0
+  bool interactive = false;  // redraw the status table in place (stdout is a terminal)
+};
+
+// Exit codes of RunSweep (bad input is the caller's: UserError before anything runs).
+enum SweepExit { kSweepFinished = 0, kSweepRunsFailed = 1, kSweepInterrupted = 130 };
+
+// Runs the sweep to the end (or until SIGINT / SIGTERM / SIGHUP, which stop its runs cleanly; re-running the same
+// command resumes), writes the results and the report, and prints the report's path.
+SweepExit RunSweep(const SweepOptions& options);
+
+// Prints the status table of the sweep in `sweep_dir` (running or finished) from its state and run directories.
+void PrintSweepStatus(const std::string& sweep_dir);
+
+}  // namespace tempered

@@ -1,0 +1,77 @@
+// tempered-sweep: a grid of tempered-train runs (temperatures, losses, ...) run locally or on Slurm, resumable,
+// aggregated into one report.
+//   tempered-sweep [--spec sweep.pbtxt] [--out_dir DIR] [--backend local|slurm]   run (or resume) a sweep
+//   tempered-sweep --status DIR                                                 print a sweep's status table
+//   tempered-sweep --print_default_spec                                         the built-in quick sweep
+// main() only parses flags, builds the options and makes one call (STYLE.md).
+#include <unistd.h>
+
+#include <gflags/gflags.h>
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "launch/scheduler_process.h"
+#include "launch/sweep.h"
+#include "launch/sweep_spec.h"
+#include "launch/sweep_state.h"
+#include "trainer/errors.h"
+
+DEFINE_string(spec, "", "SweepSpec in protobuf text format (proto/tempered.proto); empty: the built-in quick sweep "
+                        "on Fashion-MNIST (--print_default_spec shows it)");
+DEFINE_string(out_dir, "tempered-sweep", "sweep directory; re-running the same command on it resumes the sweep");
+DEFINE_string(backend, "", "local or slurm; overrides the spec's backend");
+DEFINE_string(train_binary, "", "tempered-train to run (default: next to tempered-sweep, or ../trainer/)");
+DEFINE_string(mpirun, "mpirun", "mpirun to launch each run with");
+DEFINE_double(poll_seconds, 0, "how often to check runs (0: local 0.5 s, Slurm 2 s)");
+DEFINE_string(status, "", "print the status table of the sweep in this directory and exit");
+DEFINE_bool(print_default_spec, false, "print the built-in quick sweep's spec and exit");
+
+namespace {
+
+tempered::SweepOptions OptionsFromFlags() {
+  tempered::SweepSpec spec = FLAGS_spec.empty() ? tempered::DefaultSweepSpec() : tempered::ReadSweepSpec(FLAGS_spec);
+  if (!FLAGS_backend.empty()) {
+    tempered::SweepSpec::Backend backend;
+    std::string upper = FLAGS_backend;
+    std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
+    if (!tempered::SweepSpec::Backend_Parse(upper, &backend) || backend == tempered::SweepSpec::BACKEND_UNSPECIFIED) {
+      throw tempered::UserError("--backend must be local or slurm, got '" + FLAGS_backend + "'");
+    }
+    spec.set_backend(backend);
+  }
+  tempered::SweepOptions options;
+  options.machine_cores = tempered::MachineCores();
+  options.spec = tempered::ResolveSweepSpec(spec);
+  tempered::ValidateSweepSpec(options.spec, options.machine_cores);
+  options.sweep_dir = tempered::AbsolutePath(FLAGS_out_dir);
+  options.backend.train_binary = tempered::FindTrainBinary(FLAGS_train_binary);
+  options.backend.mpirun = FLAGS_mpirun;
+  options.backend.poll_seconds = FLAGS_poll_seconds;
+  options.interactive = ::isatty(STDOUT_FILENO);
+  return options;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage("tempered-sweep [--spec sweep.pbtxt] [--out_dir DIR] [--backend local|slurm] | --status DIR");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  FLAGS_logtostderr = true;
+  google::InitGoogleLogging(argv[0]);
+  try {
+    if (FLAGS_print_default_spec) {
+      std::fputs(tempered::kDefaultSweepSpec, stdout);
+      return 0;
+    }
+    if (!FLAGS_status.empty()) {
+      tempered::PrintSweepStatus(tempered::AbsolutePath(FLAGS_status));
+      return 0;
+    }
+    return tempered::RunSweep(OptionsFromFlags());
+  } catch (const tempered::UserError& e) {
+    std::fprintf(stderr, "tempered-sweep: %s\n", e.what());
+    return 2;
+  }
+}

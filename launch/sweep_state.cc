@@ -1,0 +1,133 @@
+#include "launch/sweep_state.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "trainer/config.h"
+#include "trainer/errors.h"
+
+namespace tempered {
+
+namespace {
+
+bool ReadFile(const std::string& path, std::string* contents) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  *contents = ss.str();
+  return true;
+}
+
+}  // namespace
+
+std::string StatePath(const std::string& sweep_dir) { return sweep_dir + "/sweep_state.json"; }
+
+bool LoadState(const std::string& sweep_dir, SweepState* state) {
+  std::string json;
+  if (!ReadFile(StatePath(sweep_dir), &json)) return false;
+  FromJson(json, state, StatePath(sweep_dir));
+  return true;
+}
+
+void SaveState(const std::string& sweep_dir, const SweepState& state) {
+  WriteFileAtomically(StatePath(sweep_dir), ToJson(state));
+}
+
+int MergeGrid(const std::vector<GridPoint>& points, SweepState* state) {
+  std::set<std::string> known;
+  for (const auto& run : state->runs()) known.insert(run.id());
+  int added = 0;
+  for (const GridPoint& point : points) {
+    if (known.count(point.id)) continue;
+    SweepState::Run* run = state->add_runs();
+    run->set_id(point.id);
+    *run->mutable_config() = point.config;
+    run->set_state(SweepState::Run::PENDING);
+    run->set_run_dir("runs/" + point.name);
+    ++added;
+  }
+  return added;
+}
+
+bool ReadRunResult(const std::string& run_dir, RunResult* result) {
+  std::string json;
+  if (!ReadFile(run_dir + "/result.json", &json)) return false;
+  try {
+    FromJson(json, result, run_dir + "/result.json");
+  } catch (const UserError&) {
+    return false;  // result.json is written atomically, so this is a foreign or damaged file: no result
+  }
+  return true;
+}
+
+bool ReadProgress(const std::string& run_dir, Progress* p) {
+  std::string text;
+  if (!ReadFile(run_dir + "/progress.json", &text)) return false;
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return false;
+  p->step = j.value("step", int64_t{0});
+  p->total_steps = j.value("total_steps", int64_t{0});
+  p->epoch = j.value("epoch", int64_t{0});
+  p->epochs = j.value("epochs", int64_t{0});
+  p->loss = j.value("loss", 0.0);
+  p->images_per_second = j.value("images_per_second", 0.0);
+  p->eta_seconds = j.value("eta_seconds", 0.0);
+  return true;
+}
+
+void AppendEvent(const std::string& sweep_dir, const std::string& line) {
+  const std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", std::localtime(&now));
+  std::ofstream out(sweep_dir + "/sweep.log", std::ios::app);
+  out << stamp << " " << line << "\n";
+}
+
+SweepLock::SweepLock(const std::string& sweep_dir) {
+  const std::string path = sweep_dir + "/.lock";
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw UserError("cannot open " + path + ": " + std::strerror(errno));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd_);
+    throw UserError("another tempered-sweep is running on " + sweep_dir + " (it holds " + path +
+                    "); wait for it or stop it first");
+  }
+}
+
+SweepLock::~SweepLock() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void MakeDirectories(const std::string& path) {
+  for (size_t pos = 0; pos != std::string::npos;) {
+    pos = path.find('/', pos + 1);
+    const std::string prefix = path.substr(0, pos);
+    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+      throw UserError("cannot create directory " + prefix + ": " + std::strerror(errno));
+    }
+  }
+}
+
+std::string AbsolutePath(const std::string& path) {
+  if (!path.empty() && path[0] == '/') return path;
+  char cwd[4096];
+  if (::getcwd(cwd, sizeof(cwd)) == nullptr) throw UserError(std::string("cannot read the current directory: ") +
+                                                               std::strerror(errno));
+  std::string abs = std::string(cwd) + "/" + path;
+  while (abs.size() > 1 && abs.back() == '/') abs.pop_back();
+  return abs;
+}
+
+}  // namespace tempered

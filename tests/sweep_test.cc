@@ -1,0 +1,373 @@
+// Unit tests of tempered-sweep's pure parts: grid expansion and run ids, spec validation, the state file, the
+// report's statistics, claims, CSV and Markdown, the status table, the launch commands, and the process helpers.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <google/protobuf/text_format.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <thread>
+
+#include "launch/report.h"
+#include "launch/scheduler.h"
+#include "launch/scheduler_process.h"
+#include "launch/sweep_spec.h"
+#include "launch/sweep_state.h"
+#include "launch/sweep_status.h"
+#include "trainer/config.h"
+#include "trainer/errors.h"
+
+namespace tempered {
+namespace {
+
+SweepSpec Spec(const std::string& text) {
+  SweepSpec spec;
+  EXPECT_TRUE(google::protobuf::TextFormat::ParseFromString(text, &spec)) << text;
+  return ResolveSweepSpec(spec);
+}
+
+std::string ValidationError(const std::string& text, int cores = 2) {
+  try {
+    ValidateSweepSpec(Spec(text), cores);
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string TempDir() {
+  char tmpl[] = "/tmp/sweep_test.XXXXXX";
+  return ::mkdtemp(tmpl);
+}
+
+TEST(SweepSpec, DefaultSweepCoversTheClaims) {
+  const SweepSpec spec = ResolveSweepSpec(DefaultSweepSpec());
+  ValidateSweepSpec(spec, 2);
+  const auto points = ExpandGrid(spec);
+  // infonce and hard at 5 temperatures; simple and hard_simple do not use tau and run once each.
+  ASSERT_EQ(points.size(), 12u);
+  std::multiset<std::string> losses;
+  std::set<std::string> ids;
+  for (const auto& p : points) {
+    losses.insert(LossName(p.config.loss().name()));
+    ids.insert(p.id);
+    EXPECT_EQ(p.config.out_dir(), "");  // set by the scheduler, not part of the identity
+    EXPECT_EQ(p.name.substr(p.name.size() - 16), p.id);
+  }
+  EXPECT_EQ(ids.size(), 12u);
+  EXPECT_EQ(losses.count("infonce"), 5u);
+  EXPECT_EQ(losses.count("hard"), 5u);
+  EXPECT_EQ(losses.count("simple"), 1u);
+  EXPECT_EQ(losses.count("hard_simple"), 1u);
+  EXPECT_EQ(points[0].name.substr(0, 16), "infonce_tau0.05_");
+  EXPECT_EQ(points[0].config.data().dataset(), "fashion_mnist");
+}
+
+TEST(SweepSpec, RunIdIsFnv1aOfTheConfigWithoutPlacement) {
+  // FNV-1a 64 of the empty string is its offset basis; out_dir and threads are not part of the identity.
+  RunConfig config;
+  EXPECT_EQ(RunId(config), "cbf29ce484222325");
+  config.set_out_dir("/somewhere");
+  config.set_threads(4);
+  EXPECT_EQ(RunId(config), "cbf29ce484222325");
+  // Text "seed: 7\n": FNV-1a 64 published test vectors cover single bytes; check one byte of difference matters.
+  config.set_seed(7);
+  const std::string a = RunId(config);
+  config.set_seed(8);
+  EXPECT_NE(RunId(config), a);
+  config.set_seed(7);
+  EXPECT_EQ(RunId(config), a);
+}
+
+TEST(SweepSpec, AxesThatALossIgnoresDoNotMultiplyIt) {
+  auto points = ExpandGrid(Spec(R"(loss: ["simple", "nearest"] tau: [0.1, 0.2, 0.5])"));
+  EXPECT_EQ(points.size(), 2u);
+  points = ExpandGrid(Spec(R"(loss: ["infonce", "hard", "hard_simple"] hard_k: [8, 16] tau: [0.1])"));
+  ASSERT_EQ(points.size(), 5u);  // infonce 1, hard 2, hard_simple 2
+  EXPECT_EQ(points[1].name.substr(0, 15), "hard_tau0.1_k8_");
+  EXPECT_EQ(points[1].config.loss().hard_k(), 8);
+  EXPECT_EQ(points[0].config.loss().hard_k(), 0);  // infonce keeps the base value
+}
+
+TEST(SweepSpec, GenericAxisAndSeedsMultiply) {
+  const auto points = ExpandGrid(Spec(R"(
+    tau: [0.1, 0.2]
+    seed: [1, 2]
+    axis { field: "optim.lr" values: ["0.03", "0.1"] })"));
+  ASSERT_EQ(points.size(), 8u);
+  std::set<std::string> combos;
+  for (const auto& p : points) {
+    combos.insert(FormatFloat(p.config.loss().tau()) + "/" + std::to_string(p.config.seed()) + "/" +
+                  FormatFloat(p.config.optim().lr()));
+  }
+  EXPECT_EQ(combos.size(), 8u);
+  EXPECT_TRUE(combos.count("0.2/2/0.03"));
+  EXPECT_NE(points[0].name.find("_seed1_"), std::string::npos);
+}
+
+TEST(SweepSpec, BadSpecsAreRejectedWithOneSentence) {
+  EXPECT_NE(ValidationError("tau: [0.1, 0]").find("every tau must be > 0"), std::string::npos);
+  EXPECT_NE(ValidationError("tau: [-1]").find("-1"), std::string::npos);
+  EXPECT_NE(ValidationError(R"(loss: ["infonce", "fancy"])").find("unknown loss 'fancy'"), std::string::npos);
+  EXPECT_NE(ValidationError(R"(axis { field: "optim.lr" })").find("axis 'optim.lr' has no values"),
+            std::string::npos);
+  EXPECT_NE(ValidationError(R"(axis { field: "optim.lrr" values: ["1"] })").find("unknown config field 'optim.lrr'"),
+            std::string::npos);
+  EXPECT_NE(ValidationError(R"(axis { field: "loss.tau" values: ["1"] })").find("duplicates"), std::string::npos);
+  EXPECT_NE(ValidationError(R"(axis { field: "optim.lr" values: ["fast"] })").find("invalid value 'fast'"),
+            std::string::npos);
+  EXPECT_NE(ValidationError("ranks_per_run: 2 threads_per_rank: 2").find("more than the core budget of 2"),
+            std::string::npos);
+  EXPECT_EQ(ValidationError("ranks_per_run: 2 threads_per_rank: 2 core_budget: 8"), "");
+  EXPECT_EQ(ValidationError("ranks_per_run: 4 backend: SLURM"), "");  // the cluster's cores, not this machine's
+  EXPECT_NE(ValidationError(R"(base { out_dir: "x" })").find("base.out_dir"), std::string::npos);
+  EXPECT_NE(ValidationError("base { batch_size: 1 }").find("batch_size must be >= 2"), std::string::npos);
+  EXPECT_EQ(ValidationError("tau: [0.1, 0.2]"), "");
+}
+
+TEST(SweepSpec, FormatFloatGivesTheShortestRoundTrip) {
+  EXPECT_EQ(FormatFloat(0.1f), "0.1");
+  EXPECT_EQ(FormatFloat(0.05f), "0.05");
+  EXPECT_EQ(FormatFloat(1.0f), "1");
+  EXPECT_EQ(FormatFloat(0.07f), "0.07");
+}
+
+TEST(SweepState, MergeAddsOnlyNewPointsAndTheStateRoundTrips) {
+  SweepState state;
+  auto points = ExpandGrid(Spec("tau: [0.1, 0.2]"));
+  EXPECT_EQ(MergeGrid(points, &state), 2);
+  state.mutable_runs(0)->set_state(SweepState::Run::FINISHED);
+  state.mutable_runs(0)->set_attempts(1);
+  points = ExpandGrid(Spec("tau: [0.1, 0.2, 0.5]"));
+  EXPECT_EQ(MergeGrid(points, &state), 1);
+  ASSERT_EQ(state.runs_size(), 3);
+  EXPECT_EQ(state.runs(0).state(), SweepState::Run::FINISHED);
+  EXPECT_EQ(state.runs(2).state(), SweepState::Run::PENDING);
+  EXPECT_EQ(state.runs(2).run_dir(), "runs/" + points[2].name);
+
+  const std::string dir = TempDir();
+  SweepState loaded;
+  EXPECT_FALSE(LoadState(dir, &loaded));
+  SaveState(dir, state);
+  ASSERT_TRUE(LoadState(dir, &loaded));
+  EXPECT_EQ(loaded.SerializeAsString(), state.SerializeAsString());
+}
+
+TEST(SweepState, LockIsExclusive) {
+  const std::string dir = TempDir();
+  SweepLock lock(dir);
+  // flock conflicts between open file descriptions, also within one process.
+  EXPECT_THROW(SweepLock second(dir), UserError);
+}
+
+TEST(Report, SpearmanRho) {
+  EXPECT_DOUBLE_EQ(SpearmanRho({1, 2, 3, 4, 5}, {2, 4, 9, 16, 100}), 1.0);
+  EXPECT_DOUBLE_EQ(SpearmanRho({1, 2, 3, 4, 5}, {5, 4, 3, 2, 1}), -1.0);
+  // Ties take their average rank: y ranks (1.5, 1.5, 3.5, 3.5) against (1, 2, 3, 4): 4 / sqrt(5 * 4).
+  EXPECT_NEAR(SpearmanRho({1, 2, 3, 4}, {7, 7, 9, 9}), 2 / std::sqrt(5.0), 1e-12);
+  EXPECT_TRUE(std::isnan(SpearmanRho({1, 2, 3}, {4, 4, 4})));
+  EXPECT_TRUE(std::isnan(SpearmanRho({1}, {1})));
+}
+
+TEST(Report, RelativePenaltyDensityIsANormalisedBoltzmannCurve) {
+  for (double tau : {0.01, 0.05, 0.2, 1.0, 10.0}) {
+    // Trapezoid rule over [-1, 1]; fine enough for the sharp tau = 0.01 curve.
+    const int n = 200000;
+    double integral = 0;
+    for (int i = 0; i <= n; ++i) {
+      const double s = -1 + 2.0 * i / n;
+      integral += (i == 0 || i == n ? 0.5 : 1.0) * RelativePenaltyDensity(s, tau) * (2.0 / n);
+    }
+    EXPECT_NEAR(integral, 1.0, 1e-4) << "tau " << tau;
+    EXPECT_NEAR(RelativePenaltyDensity(0.5, tau) / RelativePenaltyDensity(0.25, tau), std::exp(0.25 / tau),
+                1e-9 * std::exp(0.25 / tau));
+    EXPECT_TRUE(std::isfinite(RelativePenaltyDensity(1.0, tau)));
+  }
+  EXPECT_NEAR(RelativePenaltyDensity(0.3, 1e6), 0.5, 1e-6);  // tau -> infinity: uniform on [-1, 1]
+}
+
+Cell MakeCell(LossConfig::Name loss, double tau, double acc, double uniformity, double tolerance) {
+  Cell c;
+  c.loss = loss;
+  c.tau = tau;
+  c.runs = 1;
+  c.knn = acc - 1;
+  c.linear = acc;
+  c.uniformity = uniformity;
+  c.tolerance = tolerance;
+  return c;
+}
+
+// PAPER.md Table 1, CIFAR-10 (plus tau = 0.2 from §6's "best tau 0.2").
+std::vector<Cell> PaperCells() {
+  const auto I = LossConfig::INFONCE, H = LossConfig::HARD;
+  return {MakeCell(I, 0.07, 79.75, 3.86, 0.04),   MakeCell(I, 0.2, 83.78, 3.75, 0.12),
+          MakeCell(I, 0.3, 83.27, 3.60, 0.178),   MakeCell(I, 0.7, 82.69, 3.17, 0.333),
+          MakeCell(I, 1.0, 82.21, 2.96, 0.372),   MakeCell(H, 0.07, 79.20, 3.88, 0.034),
+          MakeCell(H, 0.3, 83.63, 3.89, 0.027),   MakeCell(H, 0.7, 84.19, 3.87, 0.030),
+          MakeCell(H, 1.0, 84.19, 3.86, 0.030),   MakeCell(LossConfig::SIMPLE, NAN, 74.83, 1.68, 0.61),
+          MakeCell(LossConfig::HARD_SIMPLE, NAN, 84.84, 3.85, 0.030)};
+}
+
+TEST(Report, ThePapersOwnNumbersAgreeWithEveryClaim) {
+  for (const ClaimCheck& c : CheckClaims(PaperCells())) EXPECT_EQ(c.verdict, "agrees") << c.claim << ": " << c.evidence;
+}
+
+TEST(Report, ClaimsSayWhenDataIsMissingOrDisagrees) {
+  std::vector<Cell> cells = {MakeCell(LossConfig::INFONCE, 0.1, 80, 3.0, 0.3),
+                             MakeCell(LossConfig::INFONCE, 0.5, 70, 3.5, 0.1)};
+  for (const ClaimCheck& c : CheckClaims(cells)) EXPECT_EQ(c.verdict, "not enough data") << c.claim;
+  cells.push_back(MakeCell(LossConfig::INFONCE, 1.0, 60, 3.8, 0.05));  // uniformity rises, accuracy peaks at edge
+  const auto checks = CheckClaims(cells);
+  EXPECT_EQ(checks[0].verdict, "disagrees");  // 3a
+  EXPECT_NE(checks[0].evidence.find("rho(tau, uniformity) = +1.00"), std::string::npos) << checks[0].evidence;
+  EXPECT_EQ(checks[1].verdict, "disagrees");  // 3b
+  EXPECT_EQ(checks[2].verdict, "disagrees");  // 4: peak at tau = 0.1, the smallest
+}
+
+RunRecord Record(LossConfig::Name loss, float tau, uint64_t seed, double knn, bool finished) {
+  RunRecord r;
+  r.config = ResolveConfig(RunConfig());
+  r.config.mutable_loss()->set_name(loss);
+  r.config.mutable_loss()->set_tau(tau);
+  r.config.set_seed(seed);
+  r.id = RunId(r.config);
+  r.name = LossName(loss) + "_" + r.id;
+  r.run_dir = "runs/" + r.name;
+  r.state = finished ? "finished" : "failed";
+  r.attempts = finished ? 1 : 2;
+  r.has_result = finished;
+  if (finished) {
+    r.result.set_status(RunResult::FINISHED);
+    r.result.mutable_final()->set_knn_top1(knn);
+    r.result.mutable_final()->set_linear_top1(knn + 1);
+    r.result.mutable_final()->set_uniformity(3.5);
+    r.result.mutable_final()->set_tolerance(0.2);
+    r.result.mutable_final()->set_metric_split("test");
+    r.result.mutable_final()->set_metric_samples(1000);
+    r.result.set_wall_seconds(12.5);
+  } else {
+    r.last_error = "exit code 1, see attempt-2.err";
+  }
+  return r;
+}
+
+TEST(Report, CsvHasOneRowPerRunAndTheRequiredColumns) {
+  const SweepSpec spec = Spec(R"(axis { field: "optim.lr" values: ["0.06"] })");
+  const std::vector<RunRecord> records = {Record(LossConfig::INFONCE, 0.1f, 1, 70, true),
+                                          Record(LossConfig::HARD, 0.2f, 1, 0, false)};
+  const std::string csv = ResultsCsv(records, spec);
+  std::vector<std::string> lines;
+  for (size_t pos = 0, next; (next = csv.find('\n', pos)) != std::string::npos; pos = next + 1) {
+    lines.push_back(csv.substr(pos, next - pos));
+  }
+  ASSERT_EQ(lines.size(), 3u);
+  for (const char* column : {"loss", "tau", "hard_k", "seed", "optim.lr", "status", "knn_top1", "linear_top1",
+                             "uniformity", "alignment", "tolerance", "wall_seconds", "run_dir"}) {
+    EXPECT_NE(lines[0].find(column), std::string::npos) << column;
+  }
+  EXPECT_EQ(lines[1].find(records[0].id + ",infonce,0.1,0,1,0.06,finished,1,70,71,3.5,0,0.2,"), 0u) << lines[1];
+  EXPECT_NE(lines[2].find(",failed,2,,,,,,"), std::string::npos) << lines[2];
+  EXPECT_NE(lines[2].find("\"exit code 1, see attempt-2.err\""), std::string::npos) << lines[2];  // quoted: a comma
+}
+
+TEST(Report, MarkdownHasTable1BestTauAndTheChecklist) {
+  std::vector<RunRecord> records;
+  for (float tau : {0.1f, 0.2f, 0.5f}) {
+    for (uint64_t seed : {1, 2}) records.push_back(Record(LossConfig::INFONCE, tau, seed, 60 + 10 * tau + seed, true));
+  }
+  records.push_back(Record(LossConfig::SIMPLE, 0.2f, 1, 40, true));
+  records.push_back(Record(LossConfig::HARD, 0.2f, 1, 0, false));
+  const auto cells = MeanByLossAndTau(records);
+  ASSERT_EQ(cells.size(), 4u);  // three infonce taus (seeds pooled) and simple
+  EXPECT_EQ(cells[0].runs, 2);
+  EXPECT_NEAR(cells[0].knn, 60 + 1 + 1.5, 1e-5);
+  const std::string md = ReportMarkdown(records, Spec(""), {"plots/accuracy_vs_tau.png"});
+  for (const char* text : {"## Table 1", "| metric | τ=0.1 | τ=0.2 | τ=0.5 | simple |", "| kNN top-1 | 62.50 |",
+                           "| runs | 2 | 2 | 2 | 1 |", "## Best τ per loss", "| infonce | 0.5 |",
+                           "3a. infonce: uniformity falls", "**not enough data**", "**disagrees**",
+                           "![accuracy_vs_tau](plots/accuracy_vs_tau.png)", "## Runs without a result",
+                           "exit code 1, see attempt-2.err"}) {
+    EXPECT_NE(md.find(text), std::string::npos) << text << "\n" << md;
+  }
+}
+
+TEST(Status, TableIsAlignedAndCounted) {
+  StatusRow a{"infonce_tau0.1_0123", "infonce", "0.1", "running", "1", "1/2", "4.1234", "350", "0:01:05", "", true};
+  StatusRow b{"simple_4567", "simple", "-", "finished", "1", "2/2", "3.0000", "360", "-", "71.2", false};
+  const std::string table = FormatStatusTable({a, b});
+  EXPECT_NE(table.find("run                  loss     tau  state     try  epoch  loss    img/s  ETA      kNN%"),
+            std::string::npos)
+      << table;
+  EXPECT_NE(table.find("2 runs: 1 finished, 1 running, 0 pending, 0 failed"), std::string::npos) << table;
+  EXPECT_EQ(FormatDuration(3725), "1:02:05");
+}
+
+TEST(Scheduler, CommandsCarryTheRootAndBindingFlags) {
+  BackendOptions o;
+  o.train_binary = "/bin/tempered-train";
+  o.ranks_per_run = 2;
+  o.threads_per_rank = 3;
+  o.slurm.set_partition("debug");
+  const LaunchRequest r{"/s/runs/a", "/s/runs/a/run.pbtxt", 2, "/s/runs/a/attempt-2.out", "/s/runs/a/attempt-2.err"};
+  const auto argv = TrainCommand(o, r);
+  std::string joined;
+  for (const auto& a : argv) joined += a + " ";
+  EXPECT_EQ(joined.find("mpirun --allow-run-as-root --oversubscribe --bind-to none"), 0u) << joined;
+  EXPECT_NE(joined.find("-np 2 /bin/tempered-train --config /s/runs/a/run.pbtxt --out_dir /s/runs/a"),
+            std::string::npos)
+      << joined;
+  const std::string script = SlurmScript(o, r, "tempered-a");
+  for (const char* line : {"#SBATCH --ntasks=2\n", "#SBATCH --cpus-per-task=3\n", "#SBATCH --partition=debug\n",
+                           "#SBATCH --output=/s/runs/a/attempt-2.out\n", "export OMP_NUM_THREADS=3",
+                           "exec 'mpirun' '--allow-run-as-root'"}) {
+    EXPECT_NE(script.find(line), std::string::npos) << line << "\n" << script;
+  }
+}
+
+TEST(Process, RunCommandCapturesOutputAndExitCode) {
+  const CommandResult r = RunCommand({"sh", "-c", "echo out; echo err >&2; exit 3"});
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_EQ(r.output, "out\nerr\n");
+  const CommandResult missing = RunCommand({"/nonexistent/binary"});
+  EXPECT_EQ(missing.exit_code, -1);
+  EXPECT_NE(missing.output.find("cannot start /nonexistent/binary"), std::string::npos) << missing.output;
+}
+
+TEST(Process, SessionHoldsEveryDescendantAndDiesTogether) {
+  const std::string dir = TempDir();
+  SpawnOptions spawn;
+  // A grandchild in its own process group (as mpirun's ranks are) stays in the session.
+  spawn.argv = {"sh", "-c", "set -m; sleep 30 & echo $TEMPERED_X; wait"};
+  spawn.env = {{"TEMPERED_X", "hello"}};
+  spawn.stdout_path = dir + "/out";
+  spawn.stderr_path = dir + "/err";
+  const pid_t pid = SpawnInNewSession(spawn);
+  ProcessInfo info;
+  ASSERT_TRUE(ReadProcessInfo(pid, &info));
+  EXPECT_EQ(info.session, pid);
+  EXPECT_TRUE(ProcessAlive(pid, info.start_ticks));
+  EXPECT_FALSE(ProcessAlive(pid, info.start_ticks + 1));  // same pid, another start: a reused pid
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_GE(SignalSession(pid, 0), 2);
+  EXPECT_GE(SignalSession(pid, SIGKILL), 2);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_EQ(DescribeWaitStatus(status), "killed by signal 9 (Killed)");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(SignalSession(pid, 0), 0);
+  EXPECT_FALSE(ProcessAlive(pid, info.start_ticks));
+  std::string out;
+  ASSERT_TRUE(std::getline(*std::make_unique<std::ifstream>(dir + "/out"), out));
+  EXPECT_EQ(out, "hello");
+}
+
+}  // namespace
+}  // namespace tempered
