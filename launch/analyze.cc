@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iomanip>
 #include <sstream>
 
 #include "trainer/errors.h"
@@ -108,7 +109,7 @@ void WritePenaltyPlot(const PenaltyCurves& curves, const std::string& out_dir) {
   const std::string tsv = out_dir + "/penalty.tsv", script = out_dir + "/penalty.gp", png = out_dir + "/penalty.png";
   {
     std::ofstream out(tsv);
-    out << "# s";
+    out << std::setprecision(12) << "# s";
     for (double tau : curves.taus) out << "\ttau=" << tau;
     out << "\n";
     for (int64_t j = 0; j < curves.s.size(0); ++j) {

@@ -92,10 +92,8 @@ std::pair<torch::Tensor, torch::Tensor> ReadViews() {
   if (paths.size() != 2) throw UserError("--views needs two .npy files: --views A.npy B.npy.");
   torch::Tensor a = ReadEmbeddings(paths[0], 2), b = ReadEmbeddings(paths[1], 2);
   if (a.sizes() != b.sizes()) {
-    std::ostringstream message;
-    message << "--views: " << paths[0] << " has shape " << a.sizes() << " but " << paths[1] << " has " << b.sizes()
-            << "; row i of each must be a view of the same sample.";
-    throw UserError(message.str());
+    throw UserError("--views: " + paths[0] + " has shape " + NpyShape(a.sizes()) + " but " + paths[1] + " has " +
+                    NpyShape(b.sizes()) + "; row i of each must be a view of the same sample.");
   }
   return {a, b};
 }

@@ -26,11 +26,15 @@ struct DType {
 constexpr DType kDTypes[] = {
     {"<f4", torch::kFloat}, {"<f8", torch::kDouble}, {"<i4", torch::kInt}, {"<i8", torch::kLong}};
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
+}  // namespace
+
+std::string NpyShape(torch::IntArrayRef shape) {
   std::string s = "(";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + (shape.size() == 1 ? ",)" : ")");
 }
+
+namespace {
 
 // The value of `key` in the header dict, up to the next top-level ',' or '}' ("'<f4'", "False", "(3, 4)").
 std::string HeaderValue(const std::string& header, const std::string& key, const std::string& path) {
@@ -106,7 +110,7 @@ torch::Tensor ReadNpy(const std::string& path) {
   const size_t found = bytes.size() - data_offset;
   if (found != expected) {
     throw UserError(path + (found < expected ? " is truncated" : " has trailing bytes") + ": its header promises " +
-                    ShapeString(shape) + " " + descr + " (" + std::to_string(expected) +
+                    NpyShape(shape) + " " + descr + " (" + std::to_string(expected) +
                     " bytes of data) but the file holds " + std::to_string(found) + ".");
   }
   std::memcpy(tensor.data_ptr(), bytes.data() + data_offset, expected);  // little-endian host, like every target
@@ -126,7 +130,7 @@ torch::Tensor ReadNpyMatrix(const std::string& path, int64_t min_rows) {
     throw UserError(path + " holds integers; expected float32 or float64 embeddings.");
   }
   if (x.dim() != 2 || x.size(1) == 0) {
-    throw UserError(path + " has shape " + ShapeString(x.sizes().vec()) + "; expected a 2-D array (rows, dim).");
+    throw UserError(path + " has shape " + NpyShape(x.sizes()) + "; expected a 2-D array (rows, dim).");
   }
   if (x.size(0) < min_rows) {
     throw UserError(path + " has " + std::to_string(x.size(0)) + " rows; expected at least " +
@@ -139,7 +143,7 @@ torch::Tensor ReadNpyLabels(const std::string& path, int64_t rows) {
   torch::Tensor y = ReadNpy(path);
   if (y.is_floating_point()) throw UserError(path + " holds floats; expected int32 or int64 class labels.");
   if (y.dim() != 1 || y.size(0) != rows) {
-    throw UserError(path + " has shape " + ShapeString(y.sizes().vec()) + "; expected (" + std::to_string(rows) +
+    throw UserError(path + " has shape " + NpyShape(y.sizes()) + "; expected (" + std::to_string(rows) +
                     ",), one label per embedding.");
   }
   return y.to(torch::kLong);
@@ -153,7 +157,7 @@ void WriteNpy(const std::string& path, const torch::Tensor& tensor) {
   }
   if (dtype == nullptr) throw std::invalid_argument("WriteNpy: unsupported dtype " + std::string(t.dtype().name()));
   std::string header = std::string("{'descr': '") + dtype->descr + "', 'fortran_order': False, 'shape': " +
-                       ShapeString(t.sizes().vec()) + ", }";
+                       NpyShape(t.sizes()) + ", }";
   // Pad with spaces so that the data starts at a multiple of 64 bytes, newline last (as numpy does).
   const size_t unpadded = kMagicSize + 4 + header.size() + 1;
   header += std::string((64 - unpadded % 64) % 64, ' ') + "\n";

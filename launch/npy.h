@@ -18,6 +18,9 @@ torch::Tensor ReadNpy(const std::string& path);
 torch::Tensor ReadNpyMatrix(const std::string& path, int64_t min_rows = 1);
 torch::Tensor ReadNpyLabels(const std::string& path, int64_t rows);
 
+// A shape as numpy prints it: (6, 8), (6,), ().
+std::string NpyShape(torch::IntArrayRef shape);
+
 // Writes a float32, float64, int32 or int64 tensor of any shape as a version 1.0 .npy file.
 void WriteNpy(const std::string& path, const torch::Tensor& tensor);
 
