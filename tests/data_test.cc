@@ -238,6 +238,34 @@ TEST(IdxTest, CorruptGzipStreamsThrowUserErrors) {
   ExpectUserError([&] { ReadIdxImages(bad_crc_path); }, bad_crc_path, "not a valid gzip stream");
 }
 
+// Every prefix of a gzip file and every single-byte corruption either reads the same data (a byte zlib ignores,
+// e.g. the header's time stamp) or throws a UserError: never a crash, never silently different data.
+TEST(IdxTest, EveryTruncationAndByteFlipIsCaught) {
+  TempDir dir;
+  const std::string plain = LabelsIdx({1, 2, 3, 4, 5, 6, 7, 8, 9});
+  const std::string gz = Gzip(plain);
+  const torch::Tensor expected = torch::arange(1, 10, torch::kInt64);
+  for (size_t length = 0; length < gz.size(); ++length) {
+    const std::string path = dir.Write("prefix.gz", gz.substr(0, length));
+    ExpectUserError([&] { ReadIdxLabels(path); }, path, "");
+  }
+  for (size_t i = 0; i < gz.size(); ++i) {
+    std::string flipped = gz;
+    flipped[i] = static_cast<char>(flipped[i] ^ 0x10);
+    const std::string path = dir.Write("flipped.gz", flipped);
+    try {
+      EXPECT_TRUE(torch::equal(ReadIdxLabels(path), expected)) << "byte " << i;
+    } catch (const UserError& error) {
+      EXPECT_NE(std::string(error.what()).find(path), std::string::npos) << error.what();
+    }
+  }
+  const std::string junk_path = dir.Write("junk_after.gz", gz + "junk");
+  ExpectUserError([&] { ReadIdxLabels(junk_path); }, junk_path, "");
+  // gzip allows concatenated members (`cat a.gz b.gz`): they read as one stream.
+  const std::string split_path = dir.Write("two_members.gz", Gzip(plain.substr(0, 11)) + Gzip(plain.substr(11)));
+  EXPECT_TRUE(torch::equal(ReadIdxLabels(split_path), expected));
+}
+
 TEST(FashionMnistTest, RejectsBadLabelsAndCountMismatches) {
   {
     TempDir dir;

@@ -28,64 +28,82 @@ namespace {
 constexpr uint32_t kIdxLabelsMagic = 0x00000801;  // 1 dimension: N
 constexpr uint32_t kIdxImagesMagic = 0x00000803;  // 3 dimensions: N, rows, cols
 
-// Owns a zlib file handle. gzopen reads gzip and plain files alike: it looks for the gzip magic (1f 8b) and
-// otherwise passes the bytes through, so one code path serves Debian's .gz files and unzipped copies.
-class GzFile {
+// Reads a file that is either gzip (detected by its magic bytes 1f 8b) or plain. The gzip path runs zlib's inflate
+// directly rather than gzread: gzread does not report a stream cut short inside its trailer, inflate does.
+class ByteStream {
  public:
-  explicit GzFile(const std::string& path) : path_(path) {
+  explicit ByteStream(const std::string& path) : path_(path) {
     std::error_code ignored;
-    if (std::filesystem::is_directory(path, ignored)) throw UserError(path + " is a directory, expected an IDX file.");
-    errno = 0;
-    file_ = gzopen(path.c_str(), "rb");
-    if (file_ == nullptr) {
-      const int error = errno;
-      throw UserError("Cannot open " + path + ": " + (error != 0 ? std::strerror(error) : "zlib could not open it") +
-                      ".");
-    }
+    if (std::filesystem::is_directory(path, ignored)) throw UserError(path + " is a directory, expected a file.");
+    file_ = std::fopen(path.c_str(), "rb");
+    if (file_ == nullptr) throw UserError("Cannot open " + path + ": " + std::strerror(errno) + ".");
+    uint8_t magic[2] = {0, 0};
+    gzip_ = std::fread(magic, 1, 2, file_) == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+    if (std::fseek(file_, 0, SEEK_SET) != 0) throw UserError("Cannot seek in " + path + ".");
+    // windowBits 15 + 16: a gzip wrapper (header, CRC-32 and length trailer) around a 32 KiB-window deflate stream.
+    if (gzip_) CHECK_EQ(inflateInit2(&stream_, 15 + 16), Z_OK);
   }
-  ~GzFile() { gzclose(file_); }
-  GzFile(const GzFile&) = delete;
-  GzFile& operator=(const GzFile&) = delete;
-
-  // Reads up to `size` bytes into `dst` (stopping early only at the end of the data); returns how many it read.
-  // Large reads inflate straight into `dst`. A corrupt gzip stream throws UserError with zlib's reason.
-  size_t Read(void* dst, size_t size) {
-    auto* out = static_cast<uint8_t*>(dst);
-    size_t done = 0;
-    while (done < size) {
-      const unsigned chunk = static_cast<unsigned>(std::min<size_t>(size - done, 1u << 30));
-      const int got = gzread(file_, out + done, chunk);
-      if (got < 0) ThrowCorrupt();
-      if (got == 0) break;
-      done += static_cast<size_t>(got);
-    }
-    return done;
+  ~ByteStream() {
+    if (gzip_) inflateEnd(&stream_);
+    std::fclose(file_);
   }
+  ByteStream(const ByteStream&) = delete;
+  ByteStream& operator=(const ByteStream&) = delete;
 
-  // True when no data follows. Reading past the end also makes zlib check the gzip trailer (CRC-32 and length),
-  // which it would otherwise skip when the caller stops at exactly the declared size.
+  // Reads up to `size` bytes into `dst`, fewer only at the end of the data; returns how many it read. Big reads
+  // inflate straight into `dst`. A corrupt gzip stream throws UserError with zlib's reason.
+  size_t Read(void* dst, size_t size) { return gzip_ ? Inflate(static_cast<uint8_t*>(dst), size) : Fread(dst, size); }
+
+  // True when no data follows; throws when a gzip stream ends before its trailer (even with all its data there).
   bool AtEnd() {
     uint8_t byte;
     if (Read(&byte, 1) != 0) return false;
-    int code = Z_OK;
-    gzerror(file_, &code);
-    // zlib reports a gzip stream cut short (even one missing only its trailer) as Z_BUF_ERROR at the end.
-    if (code == Z_BUF_ERROR) throw UserError(path_ + " is truncated: its gzip stream ends early.");
+    if (gzip_ && !member_done_) throw UserError(path_ + " is truncated: its gzip stream ends early.");
     return true;
   }
 
   const std::string& path() const { return path_; }
 
  private:
-  [[noreturn]] void ThrowCorrupt() {
-    int code = Z_OK;
-    const char* reason = gzerror(file_, &code);
-    throw UserError(path_ + " is not a valid gzip stream (zlib: " + (reason != nullptr ? reason : "unknown error") +
-                    ").");
+  size_t Fread(void* dst, size_t size) {
+    const size_t got = std::fread(dst, 1, size, file_);
+    if (std::ferror(file_)) throw UserError("Cannot read " + path_ + ": " + std::strerror(errno) + ".");
+    return got;
+  }
+
+  size_t Inflate(uint8_t* dst, size_t size) {
+    size_t done = 0;
+    while (done < size) {
+      if (stream_.avail_in == 0) {
+        stream_.avail_in = static_cast<uInt>(Fread(input_.data(), input_.size()));
+        stream_.next_in = input_.data();
+        if (stream_.avail_in == 0) break;  // end of file
+      }
+      if (member_done_) {  // more bytes after a complete member: gzip allows concatenated members
+        CHECK_EQ(inflateReset(&stream_), Z_OK);
+        member_done_ = false;
+      }
+      const auto chunk = static_cast<uInt>(std::min<size_t>(size - done, 1u << 30));
+      stream_.next_out = dst + done;
+      stream_.avail_out = chunk;
+      const int status = inflate(&stream_, Z_NO_FLUSH);
+      done += chunk - stream_.avail_out;
+      if (status == Z_STREAM_END) {
+        member_done_ = true;
+      } else if (status != Z_OK && status != Z_BUF_ERROR) {
+        throw UserError(path_ + " is not a valid gzip stream (zlib: " + (stream_.msg ? stream_.msg : "error " +
+                        std::to_string(status)) + ").");
+      }
+    }
+    return done;
   }
 
   std::string path_;
-  gzFile file_ = nullptr;
+  std::FILE* file_ = nullptr;
+  bool gzip_ = false;
+  z_stream stream_{};
+  bool member_done_ = false;  // the current gzip member ended with a valid trailer
+  std::vector<uint8_t> input_ = std::vector<uint8_t>(1 << 16);
 };
 
 std::string Hex(uint32_t value) {
@@ -99,7 +117,7 @@ uint32_t BigEndian32(const uint8_t* p) {
 }
 
 // Reads `count` big-endian 32-bit words of the header; a short read means the header is truncated.
-std::vector<uint32_t> ReadHeaderWords(GzFile& file, int count, int header_words, const std::string& kind) {
+std::vector<uint32_t> ReadHeaderWords(ByteStream& file, int count, int header_words, const std::string& kind) {
   std::vector<uint8_t> bytes(4 * count);
   const size_t got = file.Read(bytes.data(), bytes.size());
   if (got < bytes.size()) {
@@ -114,7 +132,7 @@ std::vector<uint32_t> ReadHeaderWords(GzFile& file, int count, int header_words,
 
 // Reads the header: the magic (checked first, so a file of the wrong kind says so) then `expected_magic & 0xff`
 // sizes. Only the first size, the number of items, may be zero.
-std::vector<int64_t> ReadIdxHeader(GzFile& file, uint32_t expected_magic, const std::string& kind) {
+std::vector<int64_t> ReadIdxHeader(ByteStream& file, uint32_t expected_magic, const std::string& kind) {
   const int dims = static_cast<int>(expected_magic & 0xff);
   const uint32_t magic = ReadHeaderWords(file, 1, 1 + dims, kind)[0];
   if (magic != expected_magic) {
@@ -130,7 +148,7 @@ std::vector<int64_t> ReadIdxHeader(GzFile& file, uint32_t expected_magic, const 
 }
 
 // Reads the data that follows the header straight into a new uint8 tensor of `sizes` (no intermediate copy).
-torch::Tensor ReadIdxData(GzFile& file, const std::vector<int64_t>& sizes, const std::string& kind) {
+torch::Tensor ReadIdxData(ByteStream& file, const std::vector<int64_t>& sizes, const std::string& kind) {
   // A damaged header can declare up to 2^96 bytes: refuse more than 1 TiB before multiplying further.
   constexpr int64_t kMaxBytes = int64_t{1} << 40;
   int64_t declared = 1;
@@ -470,13 +488,13 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64
 // ---------------------------------------------------------------------------------------------------------------
 
 torch::Tensor ReadIdxImages(const std::string& path) {
-  GzFile file(path);
+  ByteStream file(path);
   const std::vector<int64_t> sizes = ReadIdxHeader(file, kIdxImagesMagic, "images");
   return ReadIdxData(file, {sizes[0], 1, sizes[1], sizes[2]}, "image");
 }
 
 torch::Tensor ReadIdxLabels(const std::string& path) {
-  GzFile file(path);
+  ByteStream file(path);
   const std::vector<int64_t> sizes = ReadIdxHeader(file, kIdxLabelsMagic, "labels");
   return ReadIdxData(file, sizes, "label").to(torch::kInt64);
 }
