@@ -20,11 +20,13 @@ struct Dataset {
 };
 
 // Reads an IDX file (gzipped or not, detected by the gzip magic) with zlib. Throws UserError naming the file when
-// it is missing, truncated, has a wrong magic number, or its sizes disagree with its header.
+// it is missing, truncated, has a wrong magic number, a corrupt gzip stream, or more or less data than its header
+// declares.
 torch::Tensor ReadIdxImages(const std::string& path);  // uint8 (N, 1, rows, cols)
 torch::Tensor ReadIdxLabels(const std::string& path);  // int64 (N)
 
-// Fashion-MNIST from `dir` ({train,t10k}-{images-idx3,labels-idx1}-ubyte.gz); labels checked to lie in [0, 10).
+// Fashion-MNIST from `dir` ({train,t10k}-{images-idx3,labels-idx1}-ubyte.gz); labels checked to lie in [0, 10),
+// images to be 28x28 and as many as the labels.
 Dataset LoadFashionMnist(const std::string& dir, bool train);
 // Dispatches on config.dataset; applies train_subset / test_subset.
 Dataset LoadDataset(const DataConfig& config, bool train);
@@ -49,7 +51,8 @@ struct AugmentOptions {
   float crop_ratio_min = 3.0f / 4.0f;
   float crop_ratio_max = 4.0f / 3.0f;
   float flip_prob = 0.5f;
-  float color_jitter = 0.4f;    // brightness and contrast (all images); saturation and hue (RGB only)
+  float color_jitter = 0.4f;    // brightness and contrast (all images); saturation and hue (RGB only, hue shift
+                                // at most min(color_jitter, 0.5)), as torchvision's ColorJitter in random order
   float grayscale_prob = 0.2f;  // RGB only
   int threads = 0;              // 0 = at::get_num_threads()
 };
