@@ -88,7 +88,9 @@ std::string Script(const std::vector<Cell>& cells, const std::vector<double>& ta
   s << "# Written by tempered-sweep; redraw with: cd plots && gnuplot plots.gp\n"
     << "set terminal pngcairo size 960,600 enhanced font \"sans,11\"\nset datafile missing \"NaN\"\n"
     << "set grid\nset key outside right\nset logscale x\nset xlabel \"temperature τ\"\n"
-    << "set xrange [" << Num(taus.front() / 1.5) << ":" << Num(taus.back() * 1.5) << "]\n";
+    << "set xrange [" << Num(taus.front() / 1.5) << ":" << Num(taus.back() * 1.5) << "]\nset xtics (";
+  for (size_t i = 0; i < taus.size(); ++i) s << (i ? ", " : "") << Num(taus[i]);  // a log axis labels decades only
+  s << ")\n";
   s << "set title \"Accuracy vs temperature\"\n"
     << TauPlot(cells, losses, "accuracy_vs_tau.png", "top-1 accuracy (%)", linear ? 3 : 2,
                linear ? " linear" : " kNN");
@@ -97,7 +99,7 @@ std::string Script(const std::vector<Cell>& cells, const std::vector<double>& ta
   s << "set title \"Uniformity (-L_{uniformity}) vs temperature\"\n"
     << TauPlot(cells, losses, "uniformity_vs_tau.png", "uniformity", 4, "");
   s << "set title \"Tolerance vs temperature\"\n" << TauPlot(cells, losses, "tolerance_vs_tau.png", "tolerance", 6, "");
-  s << "unset logscale x\nunset xrange\nset autoscale x\nset title \"Uniformity vs tolerance (labels: τ)\"\n"
+  s << "unset logscale x\nset autoscale x\nset xtics autofreq\nset title \"Uniformity vs tolerance (labels: τ)\"\n"
     << "set xlabel \"tolerance\"\nset ylabel \"uniformity\"\nset output \"uniformity_vs_tolerance.png\"\nplot ";
   const char* sep = "";
   for (LossConfig::Name loss : losses) {

@@ -32,7 +32,9 @@ struct LaunchRequest {
 };
 
 // mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS
-//        [mpirun_args] -np R TRAIN --config RUN_DIR/run.pbtxt --out_dir RUN_DIR
+//        [mpirun_args] -np R TRAIN --config RUN_DIR/run.pbtxt --out_dir RUN_DIR --resume
+// --resume: an attempt after an interrupted or killed one continues from the run's last checkpoint (the run
+// directory belongs to one config, so any checkpoint in it is this config's); without one it starts afresh.
 // --bind-to none: with -np <= 2 Open MPI binds rank 0 to core 0 in every mpirun, so two concurrent runs would share
 // one core. --allow-run-as-root: as root mpirun otherwise refuses and still exits 0 (ENV.md).
 std::vector<std::string> TrainCommand(const BackendOptions& options, const LaunchRequest& request);

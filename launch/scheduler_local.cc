@@ -19,7 +19,8 @@ std::vector<std::string> TrainCommand(const BackendOptions& o, const LaunchReque
                                    "-x", "OMP_NUM_THREADS", "-x", "OPENBLAS_NUM_THREADS"};
   argv.insert(argv.end(), o.mpirun_args.begin(), o.mpirun_args.end());
   for (const std::string& a : {std::string("-np"), std::to_string(o.ranks_per_run), o.train_binary,
-                               std::string("--config"), r.config_path, std::string("--out_dir"), r.run_dir}) {
+                               std::string("--config"), r.config_path, std::string("--out_dir"), r.run_dir,
+                               std::string("--resume")}) {
     argv.push_back(a);
   }
   return argv;

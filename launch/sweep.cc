@@ -11,6 +11,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 #include <thread>
@@ -56,6 +57,16 @@ std::string Summary(const RunResult& r) {
   return buf;
 }
 
+// The last line of a run's stderr that names an error ("tempered-train: error: ..."), or "".
+std::string ErrorLine(const std::string& path) {
+  std::ifstream in(path);
+  std::string line, found;
+  while (std::getline(in, line)) {
+    if (line.find("error") != std::string::npos || line.find("Error") != std::string::npos) found = line;
+  }
+  return found.size() > 300 ? found.substr(0, 300) + "..." : found;
+}
+
 class Coordinator {
  public:
   explicit Coordinator(const SweepOptions& options)
@@ -67,7 +78,7 @@ class Coordinator {
     backend_ = o_.spec.backend() == SweepSpec::SLURM ? MakeSlurmBackend(o_.backend) : MakeLocalBackend(o_.backend);
   }
 
-  SweepExit Run() {
+  int Run() {
     MakeDirectories(o_.sweep_dir + "/runs");
     SweepLock lock(o_.sweep_dir);
     InstallStopHandlers();
@@ -79,9 +90,9 @@ class Coordinator {
     std::printf("report: %s\n", report.c_str());
     if (!completed) {
       std::printf("interrupted: re-run the same command to resume\n");
-      return kSweepInterrupted;
+      return 128 + g_stop_signal;
     }
-    return Count(SweepState::Run::FAILED) > 0 ? kSweepRunsFailed : kSweepFinished;
+    return Count(SweepState::Run::FAILED) > 0 ? 1 : 0;
   }
 
  private:
@@ -184,9 +195,9 @@ class Coordinator {
       Log("finished " + RunName(*run) + ": " + Summary(result));
       return;
     }
-    const std::string log = run->run_dir() + "/attempt-" + std::to_string(run->attempts()) + ".err";
-    FailAttempt(run, has_result && !result.error().empty() ? result.error()
-                                                           : how + " without a result (see " + log + ")");
+    const std::string log = "attempt-" + std::to_string(run->attempts()) + ".err";
+    std::string error = has_result && !result.error().empty() ? result.error() : ErrorLine(RunDir(*run) + "/" + log);
+    FailAttempt(run, how + ": " + (error.empty() ? "no result" : error) + " (see " + run->run_dir() + "/" + log + ")");
   }
 
   void FailAttempt(SweepState::Run* run, const std::string& error) {
@@ -284,7 +295,7 @@ class Coordinator {
 
 }  // namespace
 
-SweepExit RunSweep(const SweepOptions& options) { return Coordinator(options).Run(); }
+int RunSweep(const SweepOptions& options) { return Coordinator(options).Run(); }
 
 void PrintSweepStatus(const std::string& sweep_dir) {
   SweepState state;

@@ -17,12 +17,11 @@ struct SweepOptions {
   bool interactive = false;  // redraw the status table in place (stdout is a terminal)
 };
 
-// Exit codes of RunSweep (bad input is the caller's: UserError before anything runs).
-enum SweepExit { kSweepFinished = 0, kSweepRunsFailed = 1, kSweepInterrupted = 130 };
-
 // Runs the sweep to the end (or until SIGINT / SIGTERM / SIGHUP, which stop its runs cleanly; re-running the same
-// command resumes), writes the results and the report, and prints the report's path.
-SweepExit RunSweep(const SweepOptions& options);
+// command resumes), writes the results and the report, and prints the report's path. Returns the exit code: 0 when
+// every run finished, 1 when some failed max_attempts times, 128 + the signal when stopped by one. Bad input throws
+// UserError before anything runs.
+int RunSweep(const SweepOptions& options);
 
 // Prints the status table of the sweep in `sweep_dir` (running or finished) from its state and run directories.
 void PrintSweepStatus(const std::string& sweep_dir);

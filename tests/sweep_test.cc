@@ -321,7 +321,7 @@ TEST(Scheduler, CommandsCarryTheRootAndBindingFlags) {
   std::string joined;
   for (const auto& a : argv) joined += a + " ";
   EXPECT_EQ(joined.find("mpirun --allow-run-as-root --oversubscribe --bind-to none"), 0u) << joined;
-  EXPECT_NE(joined.find("-np 2 /bin/tempered-train --config /s/runs/a/run.pbtxt --out_dir /s/runs/a"),
+  EXPECT_NE(joined.find("-np 2 /bin/tempered-train --config /s/runs/a/run.pbtxt --out_dir /s/runs/a --resume"),
             std::string::npos)
       << joined;
   const std::string script = SlurmScript(o, r, "tempered-a");
