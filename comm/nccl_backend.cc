@@ -1,0 +1,169 @@
+// The backend for CUDA tensors: one NCCL communicator over all ranks, bootstrapped over MPI.
+//
+// Streams (the contract callers rely on, as in c10d):
+//   - Every NCCL call is enqueued on the *current* CUDA stream of the tensor's device
+//     (c10::cuda::getCurrentCUDAStream). Inputs produced earlier on that stream are therefore ready, and results
+//     are ready for any later work on that stream: no event, no host synchronisation.
+//   - The host must synchronise (e.g. .cpu(), .item()) before it reads a result. comm.cc's own host-side steps
+//     (row counts over MPI) read only host values.
+//   - Output tensors are allocated on the same current stream, so LibTorch's caching allocator sees no cross-stream
+//     use and needs no record_stream. A caller that switches streams between the collective and the use of its
+//     result must make the new stream wait (an event) or record the tensor on it.
+//
+// The communicator is created by the first CUDA collective (every rank reaches it in the same order, as with any
+// collective), on that tensor's device: one process drives one GPU, chosen by the caller from LocalRank().
+// It is destroyed by comm::Finalize before MPI_Finalize (see DestroyNccl).
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <algorithm>
+
+#include "comm/backend.h"
+#include "comm/comm.h"
+
+namespace tempered::comm::detail {
+namespace {
+
+[[noreturn]] void Fail(const char* library, const char* call, const char* file, int line, const std::string& error) {
+  Abort(c10::str(file, ":", line, ": ", library, " error in `", call, "`: ", error));
+}
+
+ncclComm_t nccl_comm = nullptr;
+c10::DeviceIndex nccl_device = -1;
+
+// ncclGetErrorString / ncclGetLastError are the reporter's own calls and are left bare.
+#define NCCL_CHECK(cmd)                                                                              \
+  do {                                                                                               \
+    const ncclResult_t nccl_check_rc = (cmd);                                                        \
+    if (nccl_check_rc != ncclSuccess) {                                                              \
+      Fail("NCCL", #cmd, __FILE__, __LINE__,                                                         \
+           c10::str(ncclGetErrorString(nccl_check_rc), " (", ncclGetLastError(nccl_comm), ")"));     \
+    }                                                                                                \
+  } while (0)
+
+#define CUDA_CHECK(cmd)                                                                                 \
+  do {                                                                                                  \
+    const cudaError_t cuda_check_rc = (cmd);                                                            \
+    if (cuda_check_rc != cudaSuccess) Fail("CUDA", #cmd, __FILE__, __LINE__, cudaGetErrorString(cuda_check_rc)); \
+  } while (0)
+
+ncclDataType_t NcclType(const torch::Tensor& t) {
+  switch (t.scalar_type()) {
+    case torch::kFloat: return ncclFloat32;
+    case torch::kDouble: return ncclFloat64;
+    case torch::kHalf: return ncclFloat16;
+    case torch::kLong: return ncclInt64;
+    case torch::kInt: return ncclInt32;
+    case torch::kChar: return ncclInt8;
+    case torch::kByte: return ncclUint8;
+    default:
+      Abort(c10::str("comm: the NCCL backend cannot move ", t.scalar_type(),
+                     " tensors (supported: float32, float64, float16, int64, int32, int8, uint8)"));
+  }
+}
+
+// The communicator for t's device, made on first use: rank 0 draws the unique id, MPI carries it to every rank.
+ncclComm_t CommFor(const torch::Tensor& t) {
+  const c10::DeviceIndex device = t.device().index();
+  if (nccl_comm != nullptr) {
+    COMM_REQUIRE(device == nccl_device, "NCCL communicates tensors on cuda:", static_cast<int>(nccl_device),
+                 " (one GPU per process), got one on cuda:", static_cast<int>(device));
+    return nccl_comm;
+  }
+  ncclUniqueId id;
+  if (Rank() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
+  BroadcastBytes(&id, sizeof(id), 0);
+  c10::cuda::CUDAGuard guard(device);
+  NCCL_CHECK(ncclCommInitRank(&nccl_comm, Size(), id, Rank()));
+  nccl_device = device;
+  return nccl_comm;
+}
+
+cudaStream_t StreamFor(const torch::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+// Byte offset of element `elements` of t: NCCL takes raw pointers.
+void* At(const torch::Tensor& t, int64_t elements) {
+  return static_cast<char*>(t.data_ptr()) + elements * static_cast<int64_t>(t.element_size());
+}
+
+bool AllEqual(const std::vector<int64_t>& v) {
+  return std::all_of(v.begin(), v.end(), [&](int64_t x) { return x == v.front(); });
+}
+
+// Equal blocks use ncclAllGather; uneven ones are one ncclBroadcast per rank inside a group (NCCL has no
+// all-gather-v), which NCCL runs as one fused operation.
+void NcclAllGather(const torch::Tensor& in, torch::Tensor& out, const std::vector<int64_t>& elems) {
+  ncclComm_t comm = CommFor(in);
+  c10::cuda::CUDAGuard guard(in.device());
+  const cudaStream_t stream = StreamFor(in);
+  if (AllEqual(elems)) {
+    NCCL_CHECK(ncclAllGather(in.data_ptr(), out.data_ptr(), elems[0], NcclType(in), comm, stream));
+    return;
+  }
+  NCCL_CHECK(ncclGroupStart());
+  int64_t offset = 0;
+  for (int r = 0; r < Size(); ++r) {
+    if (elems[r] > 0) {
+      const void* send = r == Rank() ? in.data_ptr() : nullptr;  // read on the root only
+      NCCL_CHECK(ncclBroadcast(send, At(out, offset), elems[r], NcclType(in), r, comm, stream));
+    }
+    offset += elems[r];
+  }
+  NCCL_CHECK(ncclGroupEnd());
+}
+
+void NcclAllReduce(torch::Tensor& t, Reduction op) {
+  ncclComm_t comm = CommFor(t);
+  c10::cuda::CUDAGuard guard(t.device());
+  NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), NcclType(t),
+                           op == Reduction::kSum ? ncclSum : ncclMax, comm, StreamFor(t)));
+}
+
+// Equal blocks use ncclReduceScatter; uneven ones are one ncclReduce per rank (to that rank) inside a group.
+void NcclReduceScatter(const torch::Tensor& full, torch::Tensor& out, const std::vector<int64_t>& elems) {
+  ncclComm_t comm = CommFor(full);
+  c10::cuda::CUDAGuard guard(full.device());
+  const cudaStream_t stream = StreamFor(full);
+  if (AllEqual(elems)) {
+    NCCL_CHECK(ncclReduceScatter(full.data_ptr(), out.data_ptr(), elems[0], NcclType(full), ncclSum, comm, stream));
+    return;
+  }
+  NCCL_CHECK(ncclGroupStart());
+  int64_t offset = 0;
+  for (int r = 0; r < Size(); ++r) {
+    if (elems[r] > 0) {
+      void* recv = r == Rank() ? out.data_ptr() : nullptr;  // written on the root only
+      NCCL_CHECK(ncclReduce(At(full, offset), recv, elems[r], NcclType(full), ncclSum, r, comm, stream));
+    }
+    offset += elems[r];
+  }
+  NCCL_CHECK(ncclGroupEnd());
+}
+
+void NcclBroadcast(torch::Tensor& t, int root) {
+  ncclComm_t comm = CommFor(t);
+  c10::cuda::CUDAGuard guard(t.device());
+  NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), NcclType(t), root, comm, StreamFor(t)));
+}
+
+}  // namespace
+
+const Backend kNcclBackend = {"NCCL", NcclAllGather, NcclAllReduce, NcclReduceScatter, NcclBroadcast};
+
+// Called by comm::Finalize *before* MPI_Finalize: the communicator was bootstrapped over MPI and its teardown
+// (ncclCommDestroy finalises it: flushes outstanding work, then frees) still talks to the other ranks.
+// Pending work on the streams finishes first: destroying a communicator under a running kernel is undefined.
+void DestroyNccl() {
+  if (nccl_comm == nullptr) return;
+  {
+    c10::cuda::CUDAGuard guard(nccl_device);
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  NCCL_CHECK(ncclCommDestroy(nccl_comm));
+  nccl_comm = nullptr;
+  nccl_device = -1;
+}
+
+}  // namespace tempered::comm::detail
