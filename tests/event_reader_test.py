@@ -1,4 +1,4 @@
-"""TensorBoard event files read by an independent reader: the TFRecord framing parsed by hand, every CRC checked
+"""TensorBoard event files read back by an independent reader: the TFRecord framing parsed by hand, every CRC checked
 with a pure-Python crc32c, and the Event protos decoded by classes that protoc generates from proto/tensorboard.proto
 (Debian's python3-protobuf). The file is written by event_writer_test's SampleForPythonReader (see WriteSample)."""
 import glob

@@ -1,5 +1,5 @@
 // TensorBoard event files: crc32c and its masking against published values, a write/read round trip, corruption
-// and write errors. event_writer_test.py reads the file of SampleForPythonReader with an independent reader.
+// and write errors. event_reader_test.py reads the file of SampleForPythonReader with an independent reader.
 #include "trainer/event_writer.h"
 
 #include <glog/logging.h>
@@ -33,7 +33,7 @@ void WriteBytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
 }
 
-// The events event_writer_test.py expects, value for value: keep the two in step.
+// The events event_reader_test.py expects, value for value: keep the two in step.
 void WriteSample(EventWriter& writer) {
   writer.AddScalar("train/loss", 1, 4.5);
   writer.AddScalar("train/loss", 2, 4.25);
@@ -164,10 +164,10 @@ TEST(EventWriterTest, WriteFailureNamesTheFile) {
   EXPECT_THROW(EventWriter("/dev/null/run"), UserError);
 }
 
-// Writes WriteSample's events to $TEMPERED_EVENT_SAMPLE_DIR for event_writer_test.py (skipped when unset).
+// Writes WriteSample's events to $TEMPERED_EVENT_SAMPLE_DIR for event_reader_test.py (skipped when unset).
 TEST(EventWriterTest, SampleForPythonReader) {
   const char* dir = std::getenv("TEMPERED_EVENT_SAMPLE_DIR");
-  if (dir == nullptr) GTEST_SKIP() << "TEMPERED_EVENT_SAMPLE_DIR is not set (event_writer_test.py sets it)";
+  if (dir == nullptr) GTEST_SKIP() << "TEMPERED_EVENT_SAMPLE_DIR is not set (event_reader_test.py sets it)";
   EventWriter writer(dir);
   WriteSample(writer);
 }
