@@ -19,6 +19,9 @@ packages=(
   python3-torch python3-numpy python3-protobuf
   # a real Slurm for the Slurm backend's tests
   slurm-wlm slurmctld slurmd slurm-client munge
+  # ip netns: the multi-node test's two hosts are network namespaces joined by a veth pair (not in Docker's
+  # minimal images)
+  iproute2
 )
 
 missing=()
