@@ -129,7 +129,11 @@ class Coordinator {
       Log("retrying failed " + RunName(*run) + " (last error: " + run->last_error() + ")");
       run->set_state(SweepState::Run::PENDING);
     }
-    // RUNNING: started by an earlier coordinator; the first poll tells whether it still runs.
+    if (run->state() == SweepState::Run::RUNNING) {  // the first poll tells whether it still runs
+      Log("watching " + RunName(*run) + ", started by an earlier coordinator (" +
+          (run->slurm_job_id().empty() ? "pid " + std::to_string(run->pid()) : "Slurm job " + run->slurm_job_id()) +
+          ")");
+    }
   }
 
   // false when a stop signal arrived.
@@ -221,6 +225,10 @@ class Coordinator {
       const bool finished = ReadRunResult(RunDir(*run), &result) && result.status() == RunResult::FINISHED;
       run->set_state(finished ? SweepState::Run::FINISHED : SweepState::Run::PENDING);
       if (!finished) run->set_last_error(std::string("stopped by ") + strsignal(g_stop_signal));
+      // A Slurm job cancelled while still queued never started (Slurm creates its output file at the start):
+      // it was no attempt, and the next one reuses its number.
+      const std::string out = RunDir(*run) + "/attempt-" + std::to_string(run->attempts()) + ".out";
+      if (!finished && ::access(out.c_str(), F_OK) != 0) run->set_attempts(run->attempts() - 1);
       ClearHandle(run);
     }
     Save();
