@@ -25,7 +25,8 @@ SUBNET = "10.201.0.0/24"  # private to the two namespaces: it cannot clash with 
 HOSTS = {"a": "10.201.0.1", "b": "10.201.0.2"}
 
 # Open MPI's remote-shell agent, called like ssh: `agent HOST COMMAND...`. Like sshd, it hands the command line (a
-# shell list such as `PATH=...; export PATH; ... orted ...`) to a shell, here in HOST's namespaces.
+# shell list such as `PATH=...; export PATH; ... orted ...`) to a shell, here in HOST's namespaces, with a clean
+# environment as an ssh session has (mpirun forwards OMPI_* variables itself, others only with -x).
 AGENT = """#!/bin/sh
 host=$1; shift
 echo "$host" >> {log}
@@ -34,7 +35,7 @@ case $host in
   {addr_b}) ns={ns_b} name=node-b ;;
   *) echo "netns agent: unknown host $host" >&2; exit 1 ;;
 esac
-exec ip netns exec "$ns" unshare --uts sh -c "hostname $name || exit 1; $*"
+exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin ip netns exec "$ns" unshare --uts sh -c "hostname $name || exit 1; $*"
 """
 
 
