@@ -84,11 +84,17 @@ class SlurmBackend : public Backend {
 
   std::map<std::string, std::string> Ended(const std::vector<SweepState::Run>& running) override {
     std::vector<std::string> ids;
-    for (const auto& run : running) ids.push_back(run.slurm_job_id());
+    for (const auto& run : running) {
+      if (!run.slurm_job_id().empty()) ids.push_back(run.slurm_job_id());
+    }
     std::map<std::string, std::string> states;
     if (!ids.empty()) states = SqueueStates(ids);
     std::map<std::string, std::string> ended;
     for (const auto& run : running) {
+      if (run.slurm_job_id().empty()) {  // e.g. started by the local backend before the spec changed
+        ended[run.id()] = "no Slurm job recorded";
+        continue;
+      }
       auto it = states.find(run.slurm_job_id());
       const std::string state = it != states.end() ? it->second : ScontrolState(run.slurm_job_id());
       if (state == "?") continue;  // Slurm unreachable: keep waiting rather than retry a run that may be running

@@ -280,7 +280,9 @@ class Coordinator {
     return nullptr;
   }
 
+  // Forgets what identified the ended attempt (sweep.log keeps its pid or job id).
   static void ClearHandle(SweepState::Run* run) {
+    run->clear_slurm_job_id();
     run->clear_pid();
     run->clear_pid_start_ticks();
     run->clear_host();
