@@ -17,9 +17,11 @@
 
 namespace tempered::comm {
 
-// Initialises MPI (thread level FUNNELED) once per process. Safe to call when not launched by mpirun (1 rank).
+// Initialises MPI (thread level FUNNELED: MPI is called from the main thread only) once per process; later calls
+// are no-ops. Safe to call when not launched by mpirun (a world of 1). Every other function needs it first.
 void Init(int* argc, char*** argv);
-// Finalises MPI. Call once, after the last collective; later calls are no-ops.
+// Destroys the NCCL communicator (if any), then finalises MPI. Call after the last collective; later calls are
+// no-ops.
 void Finalize();
 bool Initialized();
 
@@ -53,7 +55,8 @@ void Barrier();
 
 // Autograd all-gather: forward = AllGather of the local rows (B_local x d -> B_global x d); backward =
 // ReduceScatterSum of the incoming gradient, so each rank receives the summed gradient of its own rows from every
-// rank's loss. (A plain all_gather has no gradient: the MoCo trap.)
+// rank's loss. (A plain all_gather has no gradient: the MoCo trap.) The backward is a collective too: every rank
+// must backpropagate through the result.
 torch::Tensor GatherWithGrad(const torch::Tensor& local);
 
 // Averages parameter gradients across ranks after backward. Gradients are packed into buckets of about

@@ -33,10 +33,10 @@ void GradientReducer::Finalize() {
   // A parameter may have no gradient on some ranks (unused this step there) and one on others: the missing ones
   // count as zeros and receive the mean. A parameter without a gradient anywhere keeps none, as with one rank, so
   // the optimiser treats it the same at every world size.
-  torch::Tensor has_grad = torch::empty({static_cast<int64_t>(parameters_.size())}, torch::kInt32);
-  for (size_t i = 0; i < parameters_.size(); ++i) has_grad[i] = parameters_[i].grad().defined() ? 1 : 0;
-  AllReduceMax(has_grad);
-  const auto* anywhere = has_grad.data_ptr<int32_t>();
+  std::vector<int32_t> anywhere(parameters_.size());
+  for (size_t i = 0; i < parameters_.size(); ++i) anywhere[i] = parameters_[i].grad().defined() ? 1 : 0;
+  torch::Tensor flags = torch::from_blob(anywhere.data(), {static_cast<int64_t>(anywhere.size())}, torch::kInt32);
+  AllReduceMax(flags);  // in place, into `anywhere`
 
   for (const std::vector<size_t>& bucket : buckets_) {
     std::vector<torch::Tensor> pieces;
