@@ -129,6 +129,17 @@ else
   done
   # cuDNN / cuSPARSELt of the pip wheels (LibTorch's CMake looks for them; pip ships only versioned .so files).
   if [ -n "$TEMPERED_SITE_PACKAGES" ]; then
+    # CUDA libraries LibTorch's targets link (CUDA::cublas, ...): where the toolkit lacks one, the pip wheel's copy.
+    for lib in cudart cublas cublasLt cufft curand cusolver cusparse nvrtc nvJitLink cupti cufile; do
+      found=""
+      for d in "${CUDA_HOME:-/usr/local/cuda}"/lib64 "${CUDA_HOME:-/usr/local/cuda}"/lib "${CUDA_HOME:-/usr/local/cuda}"/targets/*/lib; do
+        [ -e "$d/lib$lib.so" ] && { found=1; break; }
+      done
+      [ -n "$found" ] && continue
+      l=$(find "$TEMPERED_SITE_PACKAGES/nvidia" -maxdepth 4 -name "lib$lib.so*" 2>/dev/null | sort | head -1)
+      var=$lib; [ "$lib" = cufile ] && var=cuFile
+      [ -n "$l" ] && CMAKE_ARGS+=("-DCUDA_${var}_LIBRARY=$l")
+    done
     h=$(find "$TEMPERED_SITE_PACKAGES/nvidia" -maxdepth 4 -name cudnn.h 2>/dev/null | head -1)
     l=$(find "$TEMPERED_SITE_PACKAGES/nvidia" -maxdepth 4 -name 'libcudnn.so*' 2>/dev/null | sort | head -1)
     [ -n "$h" ] && [ -n "$l" ] && CMAKE_ARGS+=("-DCUDNN_INCLUDE_PATH=$(dirname "$h")" "-DCUDNN_LIBRARY_PATH=$l")
