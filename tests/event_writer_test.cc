@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 
 #include "trainer/errors.h"
 
@@ -162,6 +163,67 @@ TEST(EventWriterTest, WriteFailureNamesTheFile) {
   }
   // A directory that cannot be created (its parent is a file).
   EXPECT_THROW(EventWriter("/dev/null/run"), UserError);
+}
+
+TEST(EventWriterTest, SimilarityHistograms) {
+  // Candidates (1,0), (0,1), (0.6,0.8), (-1,0); the anchors are the first two, both with positive 2.
+  const torch::Tensor candidates = torch::tensor({1.0, 0.0, 0.0, 1.0, 0.6, 0.8, -1.0, 0.0}).view({4, 2});
+  const torch::Tensor anchors = candidates.slice(0, 0, 2);
+  const torch::Tensor positive = torch::tensor({2, 2}, torch::kLong);
+  const std::string dir = MakeTempDir();
+  EventWriter writer(dir, "events.out.tfevents.0.test");
+  AddSimilarityHistograms(writer, 5, anchors, candidates, positive, torch::tensor({0, 1}, torch::kLong));
+  AddSimilarityHistograms(writer, 6, anchors, candidates, positive, torch::tensor({-1, -1}, torch::kLong));
+  writer.Flush();
+  const std::vector<tensorboard::Event> events = ReadEventFile(writer.path());
+  ASSERT_EQ(events.size(), 5u);
+  const auto histogram = [&](size_t i, const std::string& tag) {
+    EXPECT_EQ(events[i].summary().value(0).tag(), tag);
+    return events[i].summary().value(0).histo();
+  };
+  const tensorboard::HistogramProto positives = histogram(1, "similarity/positive");
+  EXPECT_EQ(events[1].step(), 5);
+  EXPECT_EQ(positives.num(), 2);
+  EXPECT_NEAR(positives.sum(), 0.6 + 0.8, 1e-6);
+  // Anchor 0 against (0,1) and (-1,0); anchor 1 against (1,0) and (-1,0): itself and its positive are left out.
+  const tensorboard::HistogramProto negatives = histogram(2, "similarity/negative");
+  EXPECT_EQ(negatives.num(), 4);
+  EXPECT_EQ(negatives.sum(), -1);
+  EXPECT_EQ(negatives.min(), -1);
+  EXPECT_EQ(negatives.max(), 0);
+  // Nothing excluded (memory-bank negatives): each anchor's own row counts as a negative, similarity 1.
+  const tensorboard::HistogramProto bank_negatives = histogram(4, "similarity/negative");
+  EXPECT_EQ(bank_negatives.num(), 6);
+  EXPECT_EQ(bank_negatives.sum(), 1);
+}
+
+TEST(EventWriterTest, Metrics) {
+  Metrics metrics;
+  metrics.set_knn_top1(80.5);
+  metrics.set_linear_top1(82.25);
+  metrics.set_uniformity(3.5);
+  metrics.set_alignment(0.75);
+  metrics.set_tolerance(0.5);
+  metrics.set_penalty_entropy(4.0);
+  EvalConfig eval;
+  const std::string dir = MakeTempDir();
+  EventWriter writer(dir, "events.out.tfevents.0.test");
+  AddMetrics(writer, 7, metrics, eval);  // linear_epochs 0: no linear evaluation ran
+  eval.set_linear_epochs(10);
+  AddMetrics(writer, 8, metrics, eval);
+  writer.Flush();
+  std::map<std::pair<int64_t, std::string>, float> scalars;
+  for (const tensorboard::Event& e : ReadEventFile(writer.path())) {
+    for (const auto& v : e.summary().value()) scalars[{e.step(), v.tag()}] = v.simple_value();
+  }
+  EXPECT_EQ(scalars.size(), 11u);
+  EXPECT_EQ(scalars.count({7, "eval/linear_top1"}), 0u);
+  EXPECT_EQ(scalars.at({8, "eval/linear_top1"}), 82.25f);
+  EXPECT_EQ(scalars.at({7, "eval/knn_top1"}), 80.5f);
+  EXPECT_EQ(scalars.at({7, "eval/uniformity"}), 3.5f);
+  EXPECT_EQ(scalars.at({7, "eval/alignment"}), 0.75f);
+  EXPECT_EQ(scalars.at({7, "eval/tolerance"}), 0.5f);
+  EXPECT_EQ(scalars.at({8, "eval/penalty_entropy"}), 4.0f);
 }
 
 // Writes WriteSample's events to $TEMPERED_EVENT_SAMPLE_DIR for event_reader_test.py (skipped when unset).

@@ -149,6 +149,29 @@ void EventWriter::ThrowWriteError(const std::string& what) {
   throw UserError(what + " the event file " + path_ + ": " + std::strerror(errno));
 }
 
+void AddSimilarityHistograms(EventWriter& writer, int64_t step, const torch::Tensor& anchors,
+                             const torch::Tensor& candidates, const torch::Tensor& positive,
+                             const torch::Tensor& exclude) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor similarity = anchors.detach().mm(candidates.detach().t());  // (n, m)
+  const torch::Tensor rows = torch::arange(similarity.size(0), positive.options());
+  torch::Tensor negative = torch::ones_like(similarity, torch::kBool);
+  negative.index_put_({rows, positive}, false);
+  const torch::Tensor has_self = exclude >= 0;
+  negative.index_put_({rows.masked_select(has_self), exclude.masked_select(has_self)}, false);
+  writer.AddHistogram("similarity/positive", step, similarity.gather(1, positive.unsqueeze(1)));
+  writer.AddHistogram("similarity/negative", step, similarity.masked_select(negative));
+}
+
+void AddMetrics(EventWriter& writer, int64_t step, const Metrics& metrics, const EvalConfig& eval) {
+  writer.AddScalar("eval/knn_top1", step, metrics.knn_top1());
+  if (eval.linear_epochs() > 0) writer.AddScalar("eval/linear_top1", step, metrics.linear_top1());
+  writer.AddScalar("eval/uniformity", step, metrics.uniformity());
+  writer.AddScalar("eval/alignment", step, metrics.alignment());
+  writer.AddScalar("eval/tolerance", step, metrics.tolerance());
+  writer.AddScalar("eval/penalty_entropy", step, metrics.penalty_entropy());
+}
+
 std::vector<tensorboard::Event> ReadEventFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UserError("cannot open the event file " + path);

@@ -11,6 +11,7 @@
 
 #include <torch/torch.h>
 
+#include "proto/tempered.pb.h"
 #include "proto/tensorboard.pb.h"
 
 namespace tempered {
@@ -50,6 +51,16 @@ class EventWriter {
   std::string path_;
   std::FILE* file_ = nullptr;
 };
+
+// What tempered-train writes (rank 0), under the tags TensorBoard groups by their prefix:
+// histograms similarity/positive and similarity/negative of one step's cosine similarities: anchors (n, d) against
+// candidates (m, d), both L2-normalised, any device; row i's positive is candidates[positive[i]], and
+// candidates[exclude[i]] (the anchor itself; -1 for none) is neither positive nor negative.
+void AddSimilarityHistograms(EventWriter& writer, int64_t step, const torch::Tensor& anchors,
+                             const torch::Tensor& candidates, const torch::Tensor& positive,
+                             const torch::Tensor& exclude);
+// Scalars eval/<metric> of one evaluation; eval/linear_top1 only when linear evaluation ran (linear_epochs > 0).
+void AddMetrics(EventWriter& writer, int64_t step, const Metrics& metrics, const EvalConfig& eval);
 
 // Reads every record of an event file, checking both CRCs of each. Throws UserError naming the file and the
 // record's offset on a truncated or corrupt record. For tests and tools (TensorBoard has its own reader).
