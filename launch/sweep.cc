@@ -319,6 +319,8 @@ void PrintSweepStatus(const std::string& sweep_dir) {
       if (run.id() == point.id) runs.push_back(run);
     }
   }
+  // None found: the ids were made by another tempered-train's defaults; show every run the state knows.
+  if (runs.empty()) runs.assign(state.runs().begin(), state.runs().end());
   std::fputs(FormatStatusTable(CollectStatus(sweep_dir, runs)).c_str(), stdout);
   if (::access((sweep_dir + "/report.md").c_str(), F_OK) == 0) std::printf("report: %s/report.md\n", sweep_dir.c_str());
 }

@@ -84,6 +84,9 @@ std::string RunId(const RunConfig& resolved) {
   RunConfig identity = resolved;
   identity.clear_out_dir();
   identity.clear_threads();
+  identity.clear_log_every_steps();
+  identity.clear_checkpoint_every_steps();
+  if (identity.has_data()) identity.mutable_data()->clear_workers();
   std::string text;
   pb::TextFormat::PrintToString(identity, &text);
   uint64_t hash = 14695981039346656037ull;  // FNV-1a 64 offset basis

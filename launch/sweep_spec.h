@@ -36,12 +36,14 @@ struct GridPoint {
 // value, so each distinct run appears once. Duplicates (same id) are dropped.
 std::vector<GridPoint> ExpandGrid(const SweepSpec& spec);
 
-// 16 hex digits of FNV-1a 64 over the text format of the resolved config without out_dir and threads. Why these
-// choices: text format prints fields in field-number order with shortest round-trip floats, so the id is stable
-// across runs and protobuf versions and can be recomputed from run.pbtxt by hand; out_dir and threads say where
-// and how fast a run executes, not what it computes (the global batch defines the computation, DESIGN.md), so
-// moving a sweep or changing threads_per_rank keeps finished runs. FNV-1a needs no crypto library, and 64 bits
-// make a collision within a sweep of a million points a ~1e-8 event (not adversarial input).
+// 16 hex digits of FNV-1a 64 over the text format of the resolved config without the fields that say where and how
+// a run executes rather than what it computes and reports: out_dir, threads, data.workers, log_every_steps and
+// checkpoint_every_steps (the global batch defines the computation, DESIGN.md), so moving a sweep or changing
+// threads_per_rank keeps finished runs. Everything else counts, evaluation settings included (they change the
+// reported metrics), and so do defaults: a new default in DefaultRunConfig is a new config. Why these choices:
+// text format prints fields in field-number order with shortest round-trip floats, so the id is stable across runs
+// and protobuf versions and can be recomputed from run.pbtxt by hand; FNV-1a needs no crypto library, and 64 bits
+// make a collision within a sweep of a million points a ~3e-8 event (the input is not adversarial).
 std::string RunId(const RunConfig& resolved);
 
 // Whether a loss's formula involves tau / hard_k (PAPER.md §2).

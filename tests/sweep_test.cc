@@ -76,6 +76,9 @@ TEST(SweepSpec, RunIdIsFnv1aOfTheConfigWithoutPlacement) {
   EXPECT_EQ(RunId(config), "cbf29ce484222325");
   config.set_out_dir("/somewhere");
   config.set_threads(4);
+  config.set_log_every_steps(7);
+  config.set_checkpoint_every_steps(100);
+  config.mutable_data()->set_workers(2);
   EXPECT_EQ(RunId(config), "cbf29ce484222325");
   // Text "seed: 7\n": FNV-1a 64 published test vectors cover single bytes; check one byte of difference matters.
   config.set_seed(7);
