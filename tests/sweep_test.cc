@@ -78,8 +78,13 @@ TEST(SweepSpec, RunIdIsFnv1aOfTheConfigWithoutPlacement) {
   config.set_threads(4);
   config.set_log_every_steps(7);
   config.set_checkpoint_every_steps(100);
-  config.mutable_data()->set_workers(2);
   EXPECT_EQ(RunId(config), "cbf29ce484222325");
+  RunConfig data;
+  data.mutable_data()->set_dataset("cifar10");
+  RunConfig more_workers = data;
+  more_workers.mutable_data()->set_workers(2);
+  EXPECT_EQ(RunId(more_workers), RunId(data));
+  config.clear_out_dir();
   // Text "seed: 7\n": FNV-1a 64 published test vectors cover single bytes; check one byte of difference matters.
   config.set_seed(7);
   const std::string a = RunId(config);
