@@ -59,9 +59,16 @@ const Cell* Best(const std::vector<Cell>& cells, const Accuracy& acc) {
   return best;
 }
 
-ClaimCheck Monotone(const std::string& claim, const std::vector<Cell>& infonce, double (*value)(const Cell&),
+// PAPER.md §7.3: roughly monotone over tau in [0.1, 0.8], flat or noisy at the extremes. The check uses that range
+// when the sweep has >= 3 temperatures in it, and all of the sweep's temperatures otherwise.
+ClaimCheck Monotone(const std::string& claim, const std::vector<Cell>& all, double (*value)(const Cell&),
                     const char* metric, double sign) {
-  if (infonce.size() < 3) return {claim, kNotEnough, "needs infonce at >= 3 temperatures"};
+  if (all.size() < 3) return {claim, kNotEnough, "needs infonce at >= 3 temperatures"};
+  std::vector<Cell> infonce;
+  for (const Cell& c : all) {
+    if (c.tau >= 0.1 - 1e-6 && c.tau <= 0.8 + 1e-6) infonce.push_back(c);
+  }
+  if (infonce.size() < 3) infonce = all;
   std::vector<double> tau, y;
   for (const Cell& c : infonce) {
     tau.push_back(c.tau);

@@ -240,6 +240,17 @@ TEST(Report, ClaimsSayWhenDataIsMissingOrDisagrees) {
   EXPECT_EQ(checks[2].verdict, "disagrees");  // 4: peak at tau = 0.1, the smallest
 }
 
+TEST(Report, MonotoneClaimsUseThePapersTauRangeWhenTheSweepCoversIt) {
+  // tau = 0.05 is an outlier (PAPER.md: flat or noisy at the extremes); over [0.1, 0.8] uniformity falls.
+  const auto I = LossConfig::INFONCE;
+  const std::vector<Cell> cells = {MakeCell(I, 0.05, 70, 1.0, 0.8), MakeCell(I, 0.1, 75, 3.0, 0.3),
+                                   MakeCell(I, 0.2, 76, 2.9, 0.4), MakeCell(I, 0.5, 74, 2.8, 0.5)};
+  const ClaimCheck uniformity = CheckClaims(cells)[0];
+  EXPECT_EQ(uniformity.verdict, "agrees") << uniformity.evidence;
+  EXPECT_NE(uniformity.evidence.find("= -1.00 over tau 0.1: 3.000, 0.2: 2.900, 0.5: 2.800"), std::string::npos)
+      << uniformity.evidence;
+}
+
 RunRecord Record(LossConfig::Name loss, float tau, uint64_t seed, double knn, bool finished) {
   RunRecord r;
   r.config = ResolveConfig(RunConfig());
