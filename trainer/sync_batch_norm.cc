@@ -39,21 +39,20 @@ torch::Tensor SyncBatchNorm2dImpl::forward(const torch::Tensor& x) {
     return (x - running_mean.view(shape)) * torch::rsqrt(running_var.view(shape) + eps_) * weight.view(shape) +
            bias.view(shape);
   }
-  // (3, C): per-channel count, sum and sum of squares, summed over ranks with gradient.
+  // Two passes over the global batch, each one all-reduce of (C) sums with gradient: the mean, then the variance
+  // around it. (E[x^2] - mean^2 in one pass loses fp32 digits when the mean is large against the spread.)
   const auto dims = std::vector<int64_t>{0, 2, 3};
   const double local_count = static_cast<double>(x.numel() / std::max<int64_t>(x.size(1), 1));
-  torch::Tensor stats = torch::stack({torch::full({x.size(1)}, local_count, x.options()), x.sum(dims),
-                                      (x * x).sum(dims)});
-  stats = AllReduceSumFunction::apply(stats);
-  const torch::Tensor count = stats[0];
-  const torch::Tensor mean = stats[1] / count;
-  const torch::Tensor var = (stats[2] / count - mean * mean).clamp_min(0);  // biased, as BatchNorm normalises
+  const torch::Tensor count = torch::full({1}, comm::AllReduceSum(local_count), x.options());
+  const torch::Tensor mean = AllReduceSumFunction::apply(x.sum(dims)) / count;
+  const torch::Tensor centered = x - mean.view(shape);
+  const torch::Tensor var = AllReduceSumFunction::apply((centered * centered).sum(dims)) / count;  // biased
   {
     torch::NoGradGuard no_grad;
     running_mean.mul_(1 - momentum_).add_(momentum_ * mean.detach());
     running_var.mul_(1 - momentum_).add_(momentum_ * var.detach() * count / (count - 1).clamp_min(1));
   }
-  return (x - mean.view(shape)) * torch::rsqrt(var.view(shape) + eps_) * weight.view(shape) + bias.view(shape);
+  return centered * torch::rsqrt(var.view(shape) + eps_) * weight.view(shape) + bias.view(shape);
 }
 
 }  // namespace tempered
