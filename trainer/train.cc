@@ -15,6 +15,7 @@
 #include <google/protobuf/text_format.h>
 
 #include <ATen/autocast_mode.h>
+#include <torch/version.h>
 
 #include "comm/comm.h"
 #include "trainer/checkpoint.h"
@@ -117,14 +118,24 @@ struct Trainer {
   int64_t total_steps = 0;
 };
 
+// LibTorch 2.4 replaced the CUDA-specific autocast switches with per-device ones; the code builds against both.
+void SetCudaAutocast(bool enabled) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  at::autocast::set_autocast_enabled(at::kCUDA, enabled);
+#else
+  at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+  at::autocast::set_enabled(enabled);
+#endif
+}
+
 // The encoder's embedding of a batch, in fp32. With bf16 the encoder runs under autocast (the convs and matmuls in
 // bf16) while the loss, which needs the range of fp32 at small tau, stays in fp32.
 torch::Tensor Embed(Trainer& t, const torch::Tensor& images) {
   if (!t.config.bf16()) return t.encoder->forward(images).embedding;
-  at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-  at::autocast::set_enabled(true);
+  SetCudaAutocast(true);
   torch::Tensor z = t.encoder->forward(images).embedding.to(torch::kFloat32);
-  at::autocast::set_enabled(false);
+  SetCudaAutocast(false);
   at::autocast::clear_cache();
   return z;
 }
