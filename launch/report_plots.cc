@@ -1,5 +1,6 @@
 // The sweep's plots: data files and one gnuplot script under DIR/plots (kept, so `cd plots && gnuplot plots.gp`
-// redraws them after an edit), rendered with pngcairo, which works headless.
+// redraws them after an edit), rendered with pngcairo, which works headless. Text is not "enhanced": an underscore in
+// a loss name (hard_simple) would otherwise become a subscript.
 #include <glog/logging.h>
 
 #include <cmath>
@@ -72,7 +73,7 @@ std::string TauPlot(const std::vector<Cell>& cells, const std::set<LossConfig::N
       const double v = column == 2 ? c.knn : column == 3 ? c.linear : column == 4 ? c.uniformity : c.tolerance;
       if (c.loss == loss && !std::isnan(v)) {
         series << ", " << Num(v) << " with lines dt 2 lw 2 lc " << LossColor(loss) << " title \"" << name << suffix
-               << " (no tau)\"";
+               << " (no τ)\"";
       }
     }
   }
@@ -86,7 +87,7 @@ std::string Script(const std::vector<Cell>& cells, const std::vector<double>& ta
   for (const Cell& c : cells) losses.insert(c.loss);
   std::ostringstream s;
   s << "# Written by tempered-sweep; redraw with: cd plots && gnuplot plots.gp\n"
-    << "set terminal pngcairo size 960,600 enhanced font \"sans,11\"\nset datafile missing \"NaN\"\n"
+    << "set terminal pngcairo size 960,600 noenhanced font \"sans,11\"\nset datafile missing \"NaN\"\n"
     << "set grid\nset key outside right\nset logscale x\nset xlabel \"temperature τ\"\n"
     << "set xrange [" << Num(taus.front() / 1.5) << ":" << Num(taus.back() * 1.5) << "]\nset xtics (";
   for (size_t i = 0; i < taus.size(); ++i) s << (i ? ", " : "") << Num(taus[i]);  // a log axis labels decades only
@@ -96,7 +97,7 @@ std::string Script(const std::vector<Cell>& cells, const std::vector<double>& ta
                linear ? " linear" : " kNN");
   s << "set title \"kNN accuracy vs temperature\"\n"
     << TauPlot(cells, losses, "knn_vs_tau.png", "kNN top-1 accuracy (%)", 2, "");
-  s << "set title \"Uniformity (-L_{uniformity}) vs temperature\"\n"
+  s << "set title \"Uniformity (-L_uniformity, larger = more uniform) vs temperature\"\n"
     << TauPlot(cells, losses, "uniformity_vs_tau.png", "uniformity", 4, "");
   s << "set title \"Tolerance vs temperature\"\n" << TauPlot(cells, losses, "tolerance_vs_tau.png", "tolerance", 6, "");
   s << "unset logscale x\nset autoscale x\nset xtics autofreq\nset title \"Uniformity vs tolerance (labels: τ)\"\n"
