@@ -146,3 +146,44 @@ class EventFileTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TrainingRunEventsTest(unittest.TestCase):
+    """A real tempered-train run (2 ranks) writes one event file whose scalars match its result.json."""
+
+    def test_run_writes_matching_events(self):
+        from tempered_testing import read_result, run_train
+        with TempDir() as tmp:
+            subprocess.run(["protoc", f"--proto_path={os.path.join(SOURCE, 'proto')}", f"--python_out={tmp}",
+                            "tensorboard.proto"], check=True)
+            sys.path.insert(0, tmp)
+            try:
+                import tensorboard_pb2
+            finally:
+                sys.path.remove(tmp)
+            out = os.path.join(tmp, "run")
+            proc = run_train(2, ["--train_subset", "512", "--test_subset", "256", "--batch_size", "64",
+                                 "--max_steps", "4", "--log_every_steps", "2", "--linear_epochs", "0",
+                                 "--out_dir", out])
+            self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+            files = glob.glob(os.path.join(out, "events.out.tfevents.*"))
+            self.assertEqual(len(files), 1, files)  # rank 0 only
+            scalars, histograms = {}, set()
+            for payload in read_records(files[0]):
+                event = tensorboard_pb2.Event()
+                event.ParseFromString(payload)
+                for value in event.summary.value:
+                    if value.HasField("histo"):
+                        histograms.add(value.tag)
+                        self.assertGreater(value.histo.num, 0)
+                    else:
+                        scalars[(value.tag, event.step)] = value.simple_value
+            result = read_result(out)
+            for entry in result["step_loss"]:
+                step = int(entry["step"])
+                if step % 2 == 0:
+                    self.assertEqual(scalars[("train/loss", step)], float32(entry["loss"]))
+            self.assertEqual(scalars[("eval/knn_top1", 4)], float32(result["final"]["knn_top1"]))
+            self.assertEqual(scalars[("eval/uniformity", 4)], float32(result["final"]["uniformity"]))
+            self.assertIn(("train/lr", 2), scalars)
+            self.assertTrue(histograms, "no similarity histograms")

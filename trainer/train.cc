@@ -22,6 +22,7 @@
 #include "trainer/config.h"
 #include "trainer/data.h"
 #include "trainer/eval.h"
+#include "trainer/event_writer.h"
 #include "trainer/loss.h"
 #include "trainer/model.h"
 
@@ -116,6 +117,8 @@ struct Trainer {
   torch::Tensor bank;  // (N, d) memory bank, identical on every rank (memory_bank negatives only)
   int64_t steps_per_epoch = 0;
   int64_t total_steps = 0;
+  // The last step's anchors, candidates, positive and excluded indices, for the similarity histograms (rank 0).
+  torch::Tensor anchors, candidates, positive, exclude;
 };
 
 // LibTorch 2.4 replaced the CUDA-specific autocast switches with per-device ones; the code builds against both.
@@ -150,6 +153,7 @@ torch::Tensor BatchNegativesLoss(Trainer& t, const torch::Tensor& views, const S
   const torch::Tensor local = torch::arange(2 * b, torch::TensorOptions(torch::kLong).device(t.device));
   const torch::Tensor self = local + 2 * shard.offset;
   const torch::Tensor positive = (local + b).remainder(2 * b) + 2 * shard.offset;  // the other view
+  t.anchors = z.detach(), t.candidates = candidates.detach(), t.positive = positive, t.exclude = self;
   return ContrastiveLoss(z, candidates, positive, self, t.loss).sum();
 }
 
@@ -160,6 +164,7 @@ torch::Tensor MemoryBankLoss(Trainer& t, const torch::Tensor& view, const std::v
   const torch::Tensor positive = torch::tensor(indices, torch::kLong).to(t.device);
   const torch::Tensor exclude = torch::full({static_cast<int64_t>(indices.size())}, -1,
                                             torch::TensorOptions(torch::kLong).device(t.device));
+  t.anchors = embedding->detach(), t.candidates = t.bank, t.positive = positive, t.exclude = exclude;
   return ContrastiveLoss(*embedding, t.bank, positive, exclude, t.loss).sum();
 }
 
@@ -330,6 +335,8 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
   if (comm::Rank() == 0) LogConfig(config);
   Trainer t = Setup(config);
   TrainingState state = Restore(t, options);
+  std::unique_ptr<EventWriter> events;
+  if (comm::Rank() == 0) events = std::make_unique<EventWriter>(config.out_dir());
   RunResult& result = state.result;
   const double wall_before = result.wall_seconds();  // of the attempts before a resume
   *result.mutable_config() = config;
@@ -379,6 +386,12 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
                 << loss << "  lr " << lr << "  " << static_cast<int64_t>(rate) << " img/s  ETA "
                 << FormatDuration(eta);
       WriteProgress(config, step, t.total_steps, epoch + 1, loss, rate, eta);
+      events->AddScalar("train/loss", step, loss);
+      events->AddScalar("train/lr", step, lr);
+      events->AddScalar("train/tau", step, config.loss().tau());
+      events->AddScalar("train/images_per_second", step, rate);
+      AddSimilarityHistograms(*events, step, t.anchors, t.candidates, t.positive, t.exclude);
+      events->Flush();
       window_start = Clock::now();
       window_steps = 0;
     }
@@ -391,6 +404,10 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
                             (epoch + 1) % config.eval().every_epochs() == 0;
       if (evaluate) {
         *result.mutable_epochs()->rbegin()->mutable_metrics() = Evaluate(t.encoder, t.train, t.test, config);
+        if (events) {
+          AddMetrics(*events, step, result.epochs().rbegin()->metrics(), config.eval());
+          events->Flush();
+        }
         t.encoder->train();
       }
       epoch_start = Clock::now();
@@ -415,6 +432,10 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
 
   *result.mutable_final() = Evaluate(t.encoder, t.train, t.test, config);
   if (!result.epochs().empty()) *result.mutable_epochs()->rbegin()->mutable_metrics() = result.final();
+  if (events) {
+    AddMetrics(*events, result.global_steps(), result.final(), config.eval());
+    events->Flush();
+  }
   if (comm::Rank() == 0) torch::save(t.encoder, config.out_dir() + "/model.pt");
   result.set_train_seconds(train_seconds);
   result.set_images_per_second(result.global_steps() * config.batch_size() / std::max(train_seconds, 1e-9));
