@@ -113,7 +113,8 @@ torch::Tensor ReadNpy(const std::string& path) {
                     NpyShape(shape) + " " + descr + " (" + std::to_string(expected) +
                     " bytes of data) but the file holds " + std::to_string(found) + ".");
   }
-  std::memcpy(tensor.data_ptr(), bytes.data() + data_offset, expected);  // little-endian host, like every target
+  // An empty tensor's data_ptr() is null, and memcpy from or to null is undefined even for 0 bytes (UBSan).
+  if (expected > 0) std::memcpy(tensor.data_ptr(), bytes.data() + data_offset, expected);  // little-endian host
   if (tensor.is_floating_point() && tensor.numel() > 0) {
     const torch::Tensor bad = torch::isfinite(tensor).logical_not().view(-1).nonzero();
     if (bad.numel() > 0) {
