@@ -17,6 +17,9 @@ struct LossOptions {
   double tau = 0.1;
   // Hardest negatives per anchor for HARD and HARD_SIMPLE (clamped to the number of negatives).
   int64_t hard_k = 0;
+  // Candidates per tile of the streaming loss (trainer/streaming_loss.h): its extra memory is O(n x tile) instead
+  // of the naive (n x C). 0 = the naive loss. ContrastiveLoss itself ignores it.
+  int64_t tile = 4096;
 };
 
 // anchors (n, d); candidates (C, d); positive (n) int64 candidate index of each anchor's positive; exclude (n)

@@ -1,0 +1,276 @@
+// Streaming (tiled) forms of the losses of PAPER.md §2; trainer/loss.cc is the reference they must match.
+//
+// Notation: n anchors a_i, C candidates c_k (d each), s_ik = a_i . c_k, p_i the positive, e_i the excluded candidate
+// (-1 = none), scale = 1 / tau (1 for hard_simple and nearest, where tau does not appear). Every tile works on
+// z_ik = (s_ik - s_ii) * scale, the shift that keeps the naive loss precise when it is small.
+#include "trainer/streaming_loss.h"
+
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <functional>
+#include <limits>
+
+namespace tempered {
+namespace {
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// A tile of candidates [begin, begin + t) is computed into a window (n, 1 + t): column 0 is a sink, columns
+// 1..t are the tile. Per-anchor indices that fall outside the tile are sent to the sink, so the positive and the
+// excluded candidate are masked with one scatter of n entries instead of an (n, t) mask.
+Tensor WindowColumn(const Tensor& index, int64_t begin, int64_t t) {  // index any shape -> same shape
+  const Tensor local = index - begin;
+  return (local + 1).masked_fill_(local.lt(0).logical_or(local.ge(t)), 0);
+}
+
+// window (n, 1 + t) <- [-inf | bias + scaled_anchors @ tile^T], -inf at each anchor's positive and excluded column.
+// -inf drops out of max, top-K and exp sums and gets zero gradient, as in the naive loss.
+void ScoreTile(const Tensor& window, const Tensor& scaled_anchors, const Tensor& tile, const Tensor& bias,
+               const Tensor& positive, const Tensor& exclude, int64_t begin) {
+  const int64_t t = tile.size(0);
+  Tensor scores = window.narrow(1, 1, t);  // (n, t), written in place by the matmul
+  torch::addmm_out(scores, bias.unsqueeze(1), scaled_anchors, tile.t());
+  window.select(1, 0).fill_(-kInf);
+  window.scatter_(1, WindowColumn(positive, begin, t).unsqueeze(1), -kInf);
+  window.scatter_(1, WindowColumn(exclude, begin, t).unsqueeze(1), -kInf);
+}
+
+Tensor RowDot(const Tensor& a, const Tensor& b) { return (a * b).sum(1); }  // (n, d), (n, d) -> (n)
+
+// Backward shared by the tiled losses. With g_i the incoming gradient and the loss's derivatives written as
+// dL_i/ds_ik = r_i G_ik (negatives) and dL_i/ds_ii = r_i w_i (the positive), where fill_tile writes G for one
+// tile into the window's columns 1..t:
+//   d anchors_i = r_i (sum_k G_ik c_k + w_i c_{p_i}),   d c_k = sum_i G_ik r_i a_i (+ r_i w_i a_i where k = p_i).
+// Peak extra memory: one window (n, 1 + tile).
+using FillTile = std::function<void(const Tensor& window, int64_t begin, int64_t t)>;
+variable_list TiledBackward(const Tensor& anchors, const Tensor& candidates, const Tensor& positive,
+                            const Tensor& row_scale, const Tensor& positive_weight, int64_t tile,
+                            const FillTile& fill_tile) {
+  const int64_t n = anchors.size(0), candidates_count = candidates.size(0);
+  const Tensor weighted_anchors = anchors * row_scale.unsqueeze(1);  // (n, d) r_i a_i
+  Tensor anchors_grad = torch::zeros_like(anchors);                  // (n, d) sum_k G_ik c_k
+  Tensor candidates_grad = torch::empty_like(candidates);            // (C, d), every row written by one tile
+  Tensor buffer = torch::empty({n, 1 + std::min(tile, candidates_count)}, anchors.options());
+  for (int64_t begin = 0; begin < candidates_count; begin += tile) {
+    const int64_t t = std::min(tile, candidates_count - begin);
+    const Tensor window = buffer.narrow(1, 0, 1 + t);
+    fill_tile(window, begin, t);
+    const Tensor g = window.narrow(1, 1, t);  // (n, t)
+    const Tensor tile_candidates = candidates.narrow(0, begin, t);
+    anchors_grad.addmm_(g, tile_candidates);
+    Tensor tile_grad = candidates_grad.narrow(0, begin, t);  // (t, d)
+    torch::mm_out(tile_grad, g.t(), weighted_anchors);
+  }
+  const Tensor positive_row_weight = (row_scale * positive_weight).unsqueeze(1);  // (n, 1)
+  anchors_grad.mul_(row_scale.unsqueeze(1)).add_(candidates.index_select(0, positive) * positive_row_weight);
+  candidates_grad.index_add_(0, positive, anchors * positive_row_weight);
+  return {anchors_grad, candidates_grad};
+}
+
+// InfoNCE, Eq 1: L_i = log(1 + sum_{k negative} e^{z_ik}) with z = (s - s_ii) / tau. Forward keeps a running max m
+// and a running sum l of e^{z - m} over the tiles (both start from the positive's own term, z = 0), so no exp
+// overflows at tau = 0.01. Backward recomputes each tile: dL_i/ds_ik = P_ik / tau with P_ik = e^{z_ik - L_i}, and
+// dL_i/ds_ii = -(1/tau) sum_k P_ik = expm1(-L_i) / tau.
+struct InfoNceFunction : public torch::autograd::Function<InfoNceFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& anchors, const Tensor& candidates, const Tensor& positive,
+                        const Tensor& exclude, double tau, int64_t tile) {
+    const int64_t n = anchors.size(0), candidates_count = candidates.size(0);
+    const Tensor scaled = anchors / tau;                                              // (n, d)
+    const Tensor bias = RowDot(scaled, candidates.index_select(0, positive)).neg_();  // (n) -s_ii / tau
+    Tensor max = torch::zeros({n}, anchors.options());                                // (n) m
+    Tensor sum = torch::ones({n}, anchors.options());                                 // (n) l
+    Tensor buffer = torch::empty({n, 1 + std::min(tile, candidates_count)}, anchors.options());
+    for (int64_t begin = 0; begin < candidates_count; begin += tile) {
+      const int64_t t = std::min(tile, candidates_count - begin);
+      const Tensor window = buffer.narrow(1, 0, 1 + t);  // (n, 1 + t) z of the tile
+      ScoreTile(window, scaled, candidates.narrow(0, begin, t), bias, positive, exclude, begin);
+      const Tensor new_max = torch::maximum(max, window.amax(1));
+      sum.mul_((max - new_max).exp_()).add_(window.sub_(new_max.unsqueeze(1)).exp_().sum(1));
+      max = new_max;
+    }
+    const Tensor loss = max + sum.log();  // (n)
+    ctx->save_for_backward({anchors, candidates, positive, exclude, loss});
+    ctx->saved_data["tau"] = tau;
+    ctx->saved_data["tile"] = tile;
+    return loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    torch::NoGradGuard no_grad;
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &anchors = saved[0], &candidates = saved[1], &positive = saved[2], &exclude = saved[3],
+                 &loss = saved[4];
+    const double tau = ctx->saved_data["tau"].toDouble();
+    const Tensor scaled = anchors / tau;
+    // window = z - L = s / tau - (s_ii / tau + L): its exp is P directly.
+    const Tensor bias = RowDot(scaled, candidates.index_select(0, positive)).add_(loss).neg_();  // (n)
+    const FillTile probabilities = [&](const Tensor& window, int64_t begin, int64_t t) {
+      ScoreTile(window, scaled, candidates.narrow(0, begin, t), bias, positive, exclude, begin);
+      window.exp_();
+    };
+    variable_list grads = TiledBackward(anchors, candidates, positive, grad_outputs[0] / tau, torch::expm1(-loss),
+                                        ctx->saved_data["tile"].toInt(), probabilities);
+    return {grads[0], grads[1], {}, {}, {}, {}};
+  }
+};
+
+// HARD (Eq 9), HARD_SIMPLE and NEAREST: functions of each anchor's K largest negative z (NEAREST: K = 1). Forward
+// merges a running top-K with every tile; only the values (n, K) and their candidate indices (n, K) are kept.
+// Backward: dL_i/dz for the K selected entries (zero elsewhere) scattered into each tile, then two matmuls.
+struct HardestFunction : public torch::autograd::Function<HardestFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& anchors, const Tensor& candidates, const Tensor& positive,
+                        const Tensor& exclude, int64_t name, double scale, int64_t k, int64_t tile) {
+    const int64_t n = anchors.size(0), candidates_count = candidates.size(0);
+    // The merge sorts K + tile entries per anchor and tile: a tile of at least K keeps that within 2 n C in all.
+    tile = std::max(tile, k);
+    const Tensor scaled = anchors * scale;
+    const Tensor bias = RowDot(scaled, candidates.index_select(0, positive)).neg_();  // (n) -s_ii * scale
+    // buffer (n, K + 1 + tile) = [running top-K values | sink | tile]; topk over it merges the tile in.
+    Tensor buffer = torch::empty({n, k + 1 + std::min(tile, candidates_count)}, anchors.options());
+    buffer.narrow(1, 0, k).fill_(-kInf);
+    Tensor index = torch::zeros({n, k}, positive.options());  // (n, K) candidate index of each running value
+    for (int64_t begin = 0; begin < candidates_count; begin += tile) {
+      const int64_t t = std::min(tile, candidates_count - begin);
+      ScoreTile(buffer.narrow(1, k, 1 + t), scaled, candidates.narrow(0, begin, t), bias, positive, exclude, begin);
+      auto [values, at] = buffer.narrow(1, 0, k + 1 + t).topk(k, 1, /*largest=*/true, /*sorted=*/false);
+      // at < K: a running entry kept; at > K: column at - K - 1 of the tile (the sink, at = K, is -inf and loses
+      // to the >= K negatives every anchor has over all tiles).
+      index = torch::where(at.lt(k), index.gather(1, at.clamp_max(k - 1)), at + (begin - k - 1));
+      buffer.narrow(1, 0, k).copy_(values);
+    }
+    const Tensor hardest = buffer.narrow(1, 0, k).clone();  // (n, K) z of the K hardest negatives
+    Tensor loss;
+    switch (static_cast<LossConfig::Name>(name)) {
+      case LossConfig::HARD:  // log(1 + sum_K e^z), the positive's term being e^0
+        loss = torch::cat({torch::zeros({n, 1}, hardest.options()), hardest}, 1).logsumexp(1);
+        break;
+      case LossConfig::HARD_SIMPLE:  // -s_ii + mean_K s = mean_K (s - s_ii)
+        loss = hardest.mean(1);
+        break;
+      case LossConfig::NEAREST:  // max(s_max - s_ii, 0)
+        loss = torch::relu(hardest.squeeze(1));
+        break;
+      default:
+        LOG(FATAL) << "not a top-K loss: " << LossConfig::Name_Name(static_cast<LossConfig::Name>(name));
+    }
+    ctx->save_for_backward({anchors, candidates, positive, hardest, index, loss});
+    ctx->saved_data["name"] = name;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["tile"] = tile;
+    return loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    torch::NoGradGuard no_grad;
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &anchors = saved[0], &candidates = saved[1], &positive = saved[2], &hardest = saved[3],
+                 &index = saved[4], &loss = saved[5];
+    // dL/dz for the K hardest (n, K) and for the positive (n); dz/ds = scale.
+    Tensor weight, positive_weight;
+    switch (static_cast<LossConfig::Name>(ctx->saved_data["name"].toInt())) {
+      case LossConfig::HARD:  // softmax over [positive, K hardest]; the positive's is -(1 - e^{-L})
+        weight = (hardest - loss.unsqueeze(1)).exp();
+        positive_weight = torch::expm1(-loss);
+        break;
+      case LossConfig::HARD_SIMPLE:
+        weight = torch::full_like(hardest, 1.0 / hardest.size(1));
+        positive_weight = -torch::ones_like(loss);
+        break;
+      default:  // NEAREST: relu's gradient is 0 at 0, as LibTorch's
+        weight = hardest.gt(0).to(hardest.dtype());
+        positive_weight = -weight.squeeze(1);
+        break;
+    }
+    const FillTile scatter = [&](const Tensor& window, int64_t begin, int64_t t) {
+      window.zero_().scatter_add_(1, WindowColumn(index, begin, t), weight);  // the sink collects the others
+    };
+    variable_list grads =
+        TiledBackward(anchors, candidates, positive, grad_outputs[0] * ctx->saved_data["scale"].toDouble(),
+                      positive_weight, ctx->saved_data["tile"].toInt(), scatter);
+    return {grads[0], grads[1], {}, {}, {}, {}, {}, {}};
+  }
+};
+
+// SIMPLE, Eq 3: -s_ii + (1 / C_i) sum_{k negative} s_ik with C_i = the positive plus the negatives. Linear in s, so
+// the sum over negatives is a_i . (sum_k c_k) less the positive's and the excluded candidate's similarity; plain
+// autograd differentiates it.
+Tensor SimpleLoss(const Tensor& anchors, const Tensor& candidates, const Tensor& positive, const Tensor& exclude) {
+  const Tensor positive_similarity = RowDot(anchors, candidates.index_select(0, positive));  // (n)
+  const Tensor has_exclude = exclude.ge(0);                                                  // (n)
+  const Tensor excluded_similarity =
+      RowDot(anchors, candidates.index_select(0, exclude.clamp_min(0))).masked_fill(has_exclude.logical_not(), 0);
+  const Tensor negative_sum = anchors.matmul(candidates.sum(0)) - positive_similarity - excluded_similarity;
+  const Tensor count = (candidates.size(0) - has_exclude.to(anchors.dtype()));
+  return negative_sum / count - positive_similarity;
+}
+
+void CheckArguments(const Tensor& anchors, const Tensor& candidates, const Tensor& positive, const Tensor& exclude,
+                    const LossOptions& options) {
+  CHECK(anchors.dim() == 2 && candidates.dim() == 2 && anchors.size(1) == candidates.size(1))
+      << "anchors (n, d) and candidates (C, d) must share d";
+  const int64_t n = anchors.size(0), columns = candidates.size(0);
+  CHECK(positive.scalar_type() == torch::kLong && exclude.scalar_type() == torch::kLong)
+      << "positive and exclude must be int64";
+  CHECK(positive.dim() == 1 && positive.size(0) == n) << "positive must be (" << n << ")";
+  CHECK(exclude.dim() == 1 && exclude.size(0) == n) << "exclude must be (" << n << ")";
+  CHECK_GT(options.tau, 0.0) << "tau must be positive";
+  CHECK_GT(options.tile, 0) << "the streaming loss needs tile > 0 (0 is the naive loss)";
+  if (n == 0) return;
+  CHECK(positive.min().item<int64_t>() >= 0 && positive.max().item<int64_t>() < columns)
+      << "positive index out of range [0, " << columns << ")";
+  CHECK(exclude.min().item<int64_t>() >= -1 && exclude.max().item<int64_t>() < columns)
+      << "exclude index out of range [-1, " << columns << ")";
+  CHECK(!exclude.eq(positive).any().item<bool>()) << "an anchor excludes its own positive";
+}
+
+}  // namespace
+
+Tensor StreamingContrastiveLoss(const Tensor& anchors, const Tensor& candidates, const Tensor& positive,
+                                const Tensor& exclude, const LossOptions& options) {
+  CheckArguments(anchors, candidates, positive, exclude, options);
+  const int64_t n = anchors.size(0);
+  if (n == 0) return torch::zeros({0}, anchors.options());
+  // fp32 (the range small tau needs) unless the inputs are fp64; autograd casts the gradients back.
+  const auto compute = anchors.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  const Tensor a = anchors.to(compute), c = candidates.to(compute);
+  // Every anchor has C - 1 negatives, one fewer if it excludes a candidate.
+  const int64_t min_negatives = candidates.size(0) - 1 - (exclude.ge(0).any().item<bool>() ? 1 : 0);
+  CHECK_GE(min_negatives, 1) << "every anchor needs at least one negative";
+  Tensor loss;
+  switch (options.name) {
+    case LossConfig::INFONCE:
+      loss = InfoNceFunction::apply(a, c, positive, exclude, options.tau, options.tile);
+      break;
+    case LossConfig::SIMPLE:
+      loss = SimpleLoss(a, c, positive, exclude);
+      break;
+    case LossConfig::HARD:
+    case LossConfig::HARD_SIMPLE: {
+      CHECK_GT(options.hard_k, 0) << "HARD and HARD_SIMPLE need hard_k > 0 (see HardK)";
+      const double scale = options.name == LossConfig::HARD ? 1.0 / options.tau : 1.0;
+      loss = HardestFunction::apply(a, c, positive, exclude, static_cast<int64_t>(options.name), scale,
+                                    std::min(options.hard_k, min_negatives), options.tile);
+      break;
+    }
+    case LossConfig::NEAREST:
+      loss = HardestFunction::apply(a, c, positive, exclude, static_cast<int64_t>(options.name), 1.0, int64_t{1},
+                                    options.tile);
+      break;
+    default:
+      LOG(FATAL) << "unknown loss " << LossConfig::Name_Name(options.name);
+  }
+  return loss.to(anchors.scalar_type());
+}
+
+Tensor StreamingOrNaiveLoss(const Tensor& anchors, const Tensor& candidates, const Tensor& positive,
+                            const Tensor& exclude, const LossOptions& options) {
+  return options.tile > 0 ? StreamingContrastiveLoss(anchors, candidates, positive, exclude, options)
+                          : ContrastiveLoss(anchors, candidates, positive, exclude, options);
+}
+
+}  // namespace tempered
