@@ -1,5 +1,6 @@
 #include "launch/npy.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -53,6 +54,9 @@ std::string HeaderValue(const std::string& header, const std::string& key, const
 
 std::vector<int64_t> ParseShape(const std::string& text, const std::string& path) {
   std::vector<int64_t> shape;
+  if (text.size() < 2 || text.front() != '(' || text.back() != ')') {
+    throw UserError(path + ": malformed shape '" + text + "' in the .npy header, expected a tuple.");
+  }
   std::string inner = text.substr(1, text.size() - 2);  // without the parentheses
   std::stringstream items(inner);
   for (std::string item; std::getline(items, item, ',');) {
@@ -91,7 +95,7 @@ torch::Tensor ReadNpy(const std::string& path) {
   const std::string header = bytes.substr(8 + length_size, header_length);
 
   std::string descr = HeaderValue(header, "descr", path);
-  descr = descr.substr(1, descr.size() >= 2 ? descr.size() - 2 : 0);  // strip the quotes
+  descr = descr.size() >= 2 ? descr.substr(1, descr.size() - 2) : "";  // strip the quotes ('descr': , has none)
   const DType* dtype = nullptr;
   for (const DType& candidate : kDTypes) {
     if (descr == candidate.descr) dtype = &candidate;
@@ -105,14 +109,24 @@ torch::Tensor ReadNpy(const std::string& path) {
   }
   const std::vector<int64_t> shape = ParseShape(HeaderValue(header, "shape", path), path);
 
-  torch::Tensor tensor = torch::empty(shape, torch::TensorOptions().dtype(dtype->type));
-  const size_t expected = static_cast<size_t>(tensor.numel()) * tensor.element_size();
+  // The data size is checked against the file before anything is allocated: a damaged shape such as
+  // (544804800, 9999) must not allocate terabytes (or overflow) to find out that the file is 100 bytes long.
   const size_t found = bytes.size() - data_offset;
-  if (found != expected) {
-    throw UserError(path + (found < expected ? " is truncated" : " has trailing bytes") + ": its header promises " +
-                    NpyShape(shape) + " " + descr + " (" + std::to_string(expected) +
-                    " bytes of data) but the file holds " + std::to_string(found) + ".");
+  size_t expected = std::count(shape.begin(), shape.end(), 0) > 0 ? 0 : torch::elementSize(dtype->type);
+  for (int64_t dim : shape) {
+    if (expected > found / static_cast<size_t>(std::max<int64_t>(dim, 1))) {
+      expected = SIZE_MAX;  // more than the file holds
+      break;
+    }
+    expected *= static_cast<size_t>(dim);
   }
+  if (found != expected) {
+    const std::string promised = expected == SIZE_MAX ? "more than " + std::to_string(found) : std::to_string(expected);
+    throw UserError(path + (found < expected ? " is truncated" : " has trailing bytes") + ": its header promises " +
+                    NpyShape(shape) + " " + descr + " (" + promised + " bytes of data) but the file holds " +
+                    std::to_string(found) + ".");
+  }
+  torch::Tensor tensor = torch::empty(shape, torch::TensorOptions().dtype(dtype->type));
   // An empty tensor's data_ptr() is null, and memcpy from or to null is undefined even for 0 bytes (UBSan).
   if (expected > 0) std::memcpy(tensor.data_ptr(), bytes.data() + data_offset, expected);  // little-endian host
   if (tensor.is_floating_point() && tensor.numel() > 0) {
