@@ -3,6 +3,7 @@
 
 #include <ATen/Parallel.h>
 #include <glog/logging.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -63,6 +64,17 @@ class ByteStream {
   }
 
   const std::string& path() const { return path_; }
+  bool gzip() const { return gzip_; }
+
+  // The most bytes of data the rest of the file can yield: what is left of a plain file; for gzip, deflate's maximum
+  // expansion (1032:1) of the whole file. -1 when unknown (not a regular file).
+  int64_t MaxDataBytes() const {
+    struct stat info;
+    if (::fstat(::fileno(file_), &info) != 0 || !S_ISREG(info.st_mode)) return -1;
+    if (gzip_) return int64_t{1032} * info.st_size;
+    const long at = std::ftell(file_);
+    return at < 0 ? -1 : info.st_size - at;
+  }
 
  private:
   size_t Fread(void* dst, size_t size) {
@@ -157,6 +169,13 @@ torch::Tensor ReadIdxData(ByteStream& file, const std::vector<int64_t>& sizes, c
       throw UserError(file.path() + " is malformed: its header declares more than 1 TiB of " + kind + " data.");
     }
     declared *= size;
+  }
+  // Checked before allocating: a damaged 16-byte header must not allocate hundreds of GB (found by the idx fuzzer).
+  const int64_t capacity = file.MaxDataBytes();
+  if (capacity >= 0 && declared > capacity) {
+    throw UserError(file.path() + " is truncated: expected " + std::to_string(declared) + " bytes of " + kind +
+                    " data, " + (file.gzip() ? "more than the compressed file can hold" : "got " +
+                    std::to_string(capacity)) + ".");
   }
   torch::Tensor data;
   try {
