@@ -17,6 +17,8 @@ packages=(
   dataset-fashion-mnist
   # the PyTorch reference scripts of the tests and benchmarks (use /usr/bin/python3)
   python3-torch python3-numpy python3-protobuf
+  # tests/sanitize.sh and tests/fuzz.sh: clang with its ASan, UBSan and libFuzzer runtimes
+  clang libclang-rt-14-dev
   # a real Slurm for the Slurm backend's tests
   slurm-wlm slurmctld slurmd slurm-client munge
   # ip netns: the multi-node test's two hosts are network namespaces joined by a veth pair (not in Docker's

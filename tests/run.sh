@@ -8,3 +8,5 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$(nproc)"
 # Tests run one at a time: the multi-rank ones already use every core (and oversubscribe them).
 ctest --test-dir build --output-on-failure "$@"
+# ASan + UBSan unit tests and bounded libFuzzer runs of every parser (clang, its own build dir build-asan).
+tests/sanitize.sh
