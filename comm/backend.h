@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,25 @@ torch::Tensor AllGatherRows(const torch::Tensor& in, std::vector<int64_t>* rows)
 std::vector<int64_t> AllGatherInt64(const std::vector<int64_t>& mine);
 // Raw bytes from root to everyone (the NCCL unique id).
 void BroadcastBytes(void* data, int64_t bytes, int root);
+
+// Non-blocking in-place sums over ranks of contiguous CPU tensors (MPI_Iallreduce), to overlap communication
+// with computation. Every rank starts the same sums in the same order (the collective contract), and a started
+// tensor must stay alive and untouched until WaitAll returns. Open MPI has no progress thread here: a started sum
+// advances only inside MPI calls, so call Progress() between pieces of work. MPI is called from the thread that
+// calls these (FUNNELED: the main thread).
+class AsyncSums {
+ public:
+  AsyncSums();
+  ~AsyncSums();
+  void Start(torch::Tensor& t);
+  void Progress();
+  void WaitAll();
+  bool Outstanding() const;
+
+ private:
+  struct Requests;  // the MPI_Requests, in mpi_backend.cc
+  std::unique_ptr<Requests> requests_;
+};
 
 // Tears the NCCL communicator down, if one was made. Finalize calls it before MPI_Finalize.
 void DestroyNccl();

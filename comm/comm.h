@@ -59,18 +59,49 @@ void Barrier();
 // must backpropagate through the result.
 torch::Tensor GatherWithGrad(const torch::Tensor& local);
 
-// Averages parameter gradients across ranks after backward. Gradients are packed into buckets of about
-// bucket_bytes in a fixed order (the parameters' order, identical on every rank) and all-reduced bucket by bucket.
+// When a GradientReducer all-reduces its buckets.
+enum class ReduceTiming {
+  // In Finalize, after backward: one blocking all-reduce per bucket, buckets in the parameters' order.
+  kAfterBackward,
+  // During backward, from autograd hooks: buckets in reverse parameter order (backward produces the last layers'
+  // gradients first), each started (non-blocking) as soon as backward has accumulated all its gradients, so the
+  // communication of the late layers overlaps the computation of the early ones; Finalize waits for them. CPU
+  // (MPI) only: with CUDA parameters the reducer works as kAfterBackward. Exactly one backward per Finalize.
+  kDuringBackward,
+};
+
+struct ReducerOptions {
+  // A bucket is one flat buffer of about this many bytes: one all-reduce of a few MiB costs little more than one
+  // of a few KiB. Overlap needs several buckets, so kDuringBackward wants it smaller than the model.
+  int64_t bucket_bytes = 8 << 20;
+  ReduceTiming timing = ReduceTiming::kAfterBackward;
+};
+
+// Averages parameter gradients across ranks. Gradients are packed into buckets of about bucket_bytes in a fixed
+// order (the parameters' order, identical on every rank) and all-reduced bucket by bucket.
+//
+// Contract for kDuringBackward: every rank runs backward over the same graph, so autograd (one thread per device,
+// deterministic order) fires the hooks in the same order everywhere; buckets are moreover started strictly in
+// bucket order (a bucket complete early waits for the earlier ones), so every rank starts the same all-reduces in
+// the same order, also interleaved with the collectives of a backward (GatherWithGrad, sync batch norm).
 class GradientReducer {
  public:
   explicit GradientReducer(std::vector<torch::Tensor> parameters, int64_t bucket_bytes = 8 << 20);
+  GradientReducer(std::vector<torch::Tensor> parameters, const ReducerOptions& options);
+  ~GradientReducer();
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
+
   // Call after backward, before the optimiser step: every parameter's grad becomes the mean over ranks.
-  // Parameters without a gradient are treated as zero gradients.
+  // Parameters without a gradient are treated as zero gradients; one without a gradient on any rank keeps none.
   void Finalize();
 
  private:
+  struct Overlap;  // the kDuringBackward state and its autograd hooks (comm/reducer.cc)
+
   std::vector<torch::Tensor> parameters_;
-  std::vector<std::vector<size_t>> buckets_;  // indices into parameters_
+  std::vector<std::vector<size_t>> buckets_;  // indices into parameters_ (kAfterBackward)
+  std::unique_ptr<Overlap> overlap_;          // null unless kDuringBackward is in effect
 };
 
 }  // namespace tempered::comm

@@ -128,6 +128,35 @@ void BroadcastBytes(void* data, int64_t bytes, int root) {
   MPI_CHECK(MPI_Bcast(data, MpiCount(bytes), MPI_BYTE, root, MPI_COMM_WORLD));
 }
 
+struct AsyncSums::Requests {
+  std::vector<MPI_Request> pending;
+};
+
+AsyncSums::AsyncSums() : requests_(std::make_unique<Requests>()) {}
+AsyncSums::~AsyncSums() = default;
+
+void AsyncSums::Start(torch::Tensor& t) {
+  COMM_REQUIRE(t.is_cpu() && t.is_contiguous(), "AsyncSums needs a contiguous CPU tensor");
+  requests_->pending.emplace_back();
+  MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, t.data_ptr(), MpiCount(t.numel()), MpiType(t), MPI_SUM, MPI_COMM_WORLD,
+                           &requests_->pending.back()));
+}
+
+void AsyncSums::Progress() {
+  std::vector<MPI_Request>& pending = requests_->pending;
+  if (pending.empty()) return;
+  int done = 0;  // completed requests become MPI_REQUEST_NULL; WaitAll clears them
+  MPI_CHECK(MPI_Testall(static_cast<int>(pending.size()), pending.data(), &done, MPI_STATUSES_IGNORE));
+}
+
+void AsyncSums::WaitAll() {
+  std::vector<MPI_Request>& pending = requests_->pending;
+  MPI_CHECK(MPI_Waitall(static_cast<int>(pending.size()), pending.data(), MPI_STATUSES_IGNORE));
+  pending.clear();
+}
+
+bool AsyncSums::Outstanding() const { return !requests_->pending.empty(); }
+
 std::string Where() {
   char host[256] = "unknown-host";
   gethostname(host, sizeof(host) - 1);
