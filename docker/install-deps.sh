@@ -15,8 +15,13 @@ packages=(
   zlib1g-dev nlohmann-json3-dev gnuplot-nox
   # the embedded default data set (60k + 10k Fashion-MNIST images, IDX .gz)
   dataset-fashion-mnist
+  # the native data set formats: SVHN's .mat files (matio), image folders (OpenCV's decoders and resize only: the
+  # libopencv-dev metapackage would pull in ~1 GB more)
+  libmatio-dev libopencv-imgcodecs-dev libopencv-imgproc-dev
   # the PyTorch reference scripts of the tests and benchmarks (use /usr/bin/python3)
   python3-torch python3-numpy python3-protobuf
+  # the data set end-to-end test writes its JPEGs with PIL
+  python3-pil
   # tests/sanitize.sh and tests/fuzz.sh: clang with its ASan, UBSan and libFuzzer runtimes
   clang libclang-rt-14-dev
   # a real Slurm for the Slurm backend's tests

@@ -1,5 +1,6 @@
 // SimCLR augmentations: determinism (independent of threads and batch position), ranges, and exact special cases
-// (identity, mirror, grayscale), with the resized crop checked against torch's own bilinear interpolation.
+// (identity, mirror, grayscale), with the resized crop checked against torch's own bilinear interpolation and the
+// Gaussian blur against a reflect-padded convolution.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -170,6 +171,70 @@ TEST(AugmentRgbTest, GrayscaleProbabilityOneGivesEqualChannelsOfTheLuma) {
   for (int c = 0; c < 3; ++c) EXPECT_TRUE(torch::allclose(views.select(1, c), luma, 0, 1e-6));
 }
 
+// torchvision's gaussian_blur as the reference: taps exp(-x^2 / (2 sigma^2)) normalised, reflect padding, one 2-D
+// depthwise convolution (the augmentation runs two 1-D passes).
+torch::Tensor ReferenceBlur(const torch::Tensor& images, int64_t radius, double sigma) {
+  const torch::Tensor x = torch::arange(-radius, radius + 1, torch::kDouble);
+  torch::Tensor taps = torch::exp(-0.5 * (x / sigma).pow(2));
+  taps = (taps / taps.sum()).to(torch::kFloat);
+  const int64_t channels = images.size(1);
+  const torch::Tensor kernel = torch::outer(taps, taps).expand({channels, 1, 2 * radius + 1, 2 * radius + 1});
+  const torch::Tensor padded = F::pad(images, F::PadFuncOptions({radius, radius, radius, radius}).mode(torch::kReflect));
+  return F::conv2d(padded, kernel, F::Conv2dFuncOptions().groups(channels));
+}
+
+// Kernel size: floor(10% of the size) / 2 taps on each side at the default fraction (64 px: 3), and other fractions.
+TEST(AugmentBlurTest, MatchesTorchvisionsGaussianBlurWithReflectPadding) {
+  struct Case {
+    int64_t size;
+    float fraction;
+    int64_t radius;
+  };
+  for (const Case& c : {Case{64, 0.1f, 3}, Case{32, 0.25f, 4}, Case{28, 0.1f, 1}}) {
+    for (int64_t channels : {1, 3}) {
+      const Dataset data = RandomImages(4, channels, c.size);
+      AugmentOptions options = IdentityOptions();
+      options.blur_prob = 1;
+      options.blur_sigma_min = options.blur_sigma_max = 1.3f;
+      options.blur_kernel_fraction = c.fraction;
+      const torch::Tensor views = AugmentBatch(data, Iota(4), 1, 0, 0, options);
+      const torch::Tensor expected = ReferenceBlur(ToFloat(data.images), c.radius, 1.3);
+      EXPECT_LT((views - expected).abs().max().item<float>(), 2e-6f) << c.size << " px, " << channels << " channels";
+    }
+  }
+}
+
+TEST(AugmentBlurTest, AppliedWithItsProbabilityWithSigmaInRange) {
+  const Dataset data = RandomImages(200, 3, 32);
+  AugmentOptions options = IdentityOptions();
+  options.blur_prob = 0.5f;
+  const torch::Tensor views = AugmentBatch(data, Iota(200), 1, 0, 0, options);
+  const torch::Tensor images = ToFloat(data.images);
+  int blurred = 0;
+  for (int64_t b = 0; b < 200; ++b) {
+    if (torch::equal(views[b], images[b])) continue;
+    ++blurred;
+    // A blurred view lies between the blurs at the ends of the sigma range [0.1, 2]: a sigma of 0.1 leaves the
+    // image as it is (the side taps are e^-50), so its distance from the image is below that of the sigma-2 blur.
+    const float distance = (views[b] - images[b]).abs().mean().item<float>();
+    const torch::Tensor strongest = ReferenceBlur(images.narrow(0, b, 1), 1, 2.0)[0];
+    EXPECT_LE(distance, (strongest - images[b]).abs().mean().item<float>() + 1e-6f) << "image " << b;
+  }
+  EXPECT_GT(blurred, 70);  // Binomial(200, 0.5): 100 +- 7
+  EXPECT_LT(blurred, 130);
+}
+
+// The blur draws its random numbers after every other operation: with sigma 0.1 (an identity blur) the views equal
+// those without blur, so data sets without blur keep their views.
+TEST(AugmentBlurTest, LeavesTheOtherRandomDrawsUnchanged) {
+  const Dataset data = RandomImages(16, 3, 32);
+  AugmentOptions options;
+  const torch::Tensor plain = AugmentBatch(data, Iota(16), 9, 1, 0, options);
+  options.blur_prob = 1;
+  options.blur_sigma_min = options.blur_sigma_max = 0.1f;
+  EXPECT_LT((AugmentBatch(data, Iota(16), 9, 1, 0, options) - plain).abs().max().item<float>(), 1e-6f);
+}
+
 TEST(AugmentOptionsTest, CopiedFromTheResolvedConfig) {
   DataConfig config;
   config.set_crop_scale_min(0.3f);
@@ -186,6 +251,19 @@ TEST(AugmentOptionsTest, CopiedFromTheResolvedConfig) {
   EXPECT_EQ(options.flip_prob, 0.0f);
   EXPECT_EQ(options.threads, 3);
   EXPECT_FLOAT_EQ(options.crop_ratio_min, 3.0f / 4.0f);  // not in the config: torchvision's default
+  EXPECT_EQ(options.blur_prob, 0.0f);  // not for an unnamed (Fashion-MNIST) data set
+
+  // Gaussian blur, p = 0.5, sigma in [0.1, 2], kernel 10% of the image: for ImageNet-style folders only (PAPER §5).
+  for (const char* dataset : {"fashion_mnist", "cifar10", "cifar100", "svhn"}) {
+    config.set_dataset(dataset);
+    EXPECT_EQ(AugmentOptionsFrom(config).blur_prob, 0.0f) << dataset;
+  }
+  config.set_dataset("imagefolder");
+  const AugmentOptions imagenet = AugmentOptionsFrom(config);
+  EXPECT_EQ(imagenet.blur_prob, 0.5f);
+  EXPECT_FLOAT_EQ(imagenet.blur_sigma_min, 0.1f);
+  EXPECT_FLOAT_EQ(imagenet.blur_sigma_max, 2.0f);
+  EXPECT_FLOAT_EQ(imagenet.blur_kernel_fraction, 0.1f);
 }
 
 // Not a check: prints the time of one batch of 256 Fashion-MNIST-sized images (the number quoted in data.cc).

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/data_test_util.h"
 #include "trainer/data.h"
 #include "trainer/errors.h"
 
@@ -74,37 +75,6 @@ std::string Gzip(const std::string& bytes) {
   return out;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "tempered_data_test_XXXXXX").string();
-    path_ = mkdtemp(pattern.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string Write(const std::string& name, const std::string& bytes) const {
-    const std::string path = path_ + "/" + name;
-    std::ofstream(path, std::ios::binary) << bytes;
-    return path;
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-// Runs `load` and expects a UserError whose message names `path` and contains `fragment`.
-template <typename Load>
-void ExpectUserError(Load load, const std::string& path, const std::string& fragment) {
-  try {
-    load();
-    ADD_FAILURE() << "no UserError for " << path;
-  } catch (const UserError& error) {
-    const std::string message = error.what();
-    EXPECT_NE(message.find(path), std::string::npos) << message;
-    EXPECT_NE(message.find(fragment), std::string::npos) << message;
-  }
-}
-
 // Writes a Fashion-MNIST-named train split into `dir`.
 void WriteFashionMnist(const TempDir& dir, const std::string& images, const std::string& labels) {
   dir.Write("train-images-idx3-ubyte.gz", Gzip(images));
@@ -157,7 +127,8 @@ TEST(LoadDatasetTest, DefaultsToDebianFashionMnistAndTakesSubsets) {
 TEST(LoadDatasetTest, RejectsBadNamesDirectoriesAndSubsets) {
   DataConfig config;
   config.set_dataset("imagenet_21k");
-  ExpectUserError([&] { LoadDataset(config, true); }, "imagenet_21k", "known: fashion_mnist");
+  ExpectUserError([&] { LoadDataset(config, true); }, "imagenet_21k",
+                  "known: fashion_mnist, cifar10, cifar100, svhn, imagefolder");
 
   config.set_dataset("fashion_mnist");
   config.set_data_dir("/nonexistent/fmnist");

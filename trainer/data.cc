@@ -1,4 +1,6 @@
-// Data: IDX readers (zlib), data set dispatch, sharding, epoch permutations and SimCLR augmentations.
+// Data: IDX readers (zlib), CIFAR binary readers, data set dispatch, sharding, epoch permutations and SimCLR
+// augmentations. The readers that need other libraries live in datasets_svhn.cc (matio) and
+// datasets_imagefolder.cc (OpenCV).
 #include "trainer/data.h"
 
 #include <ATen/Parallel.h>
@@ -14,9 +16,11 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <random>
 #include <thread>
 
+#include "trainer/dataset_util.h"
 #include "trainer/errors.h"
 
 namespace tempered {
@@ -200,24 +204,6 @@ torch::Tensor ReadIdxData(ByteStream& file, const std::vector<int64_t>& sizes, c
 // ---------------------------------------------------------------------------------------------------------------
 // Data sets.
 
-void RequireDirectory(const std::string& dir, const std::string& what) {
-  std::error_code error;
-  if (!std::filesystem::is_directory(dir, error)) {
-    throw UserError(what + " " + dir + " does not exist or is not a directory.");
-  }
-}
-
-// Checks that every label lies in [0, num_classes).
-void CheckLabelRange(const torch::Tensor& labels, int64_t num_classes, const std::string& path) {
-  const int64_t* label = labels.data_ptr<int64_t>();
-  for (int64_t i = 0; i < labels.numel(); ++i) {
-    if (label[i] < 0 || label[i] >= num_classes) {
-      throw UserError(path + " has label " + std::to_string(label[i]) + " at index " + std::to_string(i) +
-                      ", expected labels in [0, " + std::to_string(num_classes) + ").");
-    }
-  }
-}
-
 // The first `subset` items (0 = all). The copy releases the memory of the rest.
 Dataset TakeFirst(Dataset data, int64_t subset, const std::string& field, const std::string& dataset) {
   if (subset == 0) return data;
@@ -230,16 +216,51 @@ Dataset TakeFirst(Dataset data, int64_t subset, const std::string& field, const 
   return data;
 }
 
+// Reads CIFAR binary files of `record_bytes`-byte records (label bytes, then 3x32x32 pixels) and keeps the label at
+// byte `label_byte` of each record. The file size must be a positive multiple of the record size: a truncated
+// file, or one of the other CIFAR version (3073 vs 3074 bytes), fails here.
+Dataset ReadCifarBinary(const std::vector<std::string>& paths, int64_t record_bytes, int64_t label_byte,
+                        int64_t num_classes, const std::string& format) {
+  constexpr int64_t kPixelBytes = 3 * 32 * 32;
+  std::vector<torch::Tensor> images, labels;
+  for (const std::string& path : paths) {
+    const int64_t size = FileSize(path);
+    if (size == 0 || size % record_bytes != 0) {
+      throw UserError(path + " has " + std::to_string(size) + " bytes, not a positive multiple of " + format +
+                      "'s " + std::to_string(record_bytes) + "-byte records: it is truncated or not " + format +
+                      " (binary version).");
+    }
+    torch::Tensor records = torch::empty({size / record_bytes, record_bytes}, torch::kUInt8);
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
+    if (file == nullptr) throw UserError("Cannot open " + path + ": " + std::strerror(errno) + ".");
+    if (std::fread(records.data_ptr<uint8_t>(), 1, size, file.get()) != static_cast<size_t>(size)) {
+      throw UserError("Cannot read " + path + ": it is shorter than its size of " + std::to_string(size) + " bytes.");
+    }
+    labels.push_back(records.select(1, label_byte).to(torch::kInt64));
+    CheckLabelRange(labels.back(), num_classes, path);
+    images.push_back(records.narrow(1, record_bytes - kPixelBytes, kPixelBytes).reshape({-1, 3, 32, 32}));
+  }
+  Dataset data;
+  data.images = torch::cat(images);
+  data.labels = torch::cat(labels);
+  data.num_classes = num_classes;
+  return data;
+}
+
 struct KnownDataset {
   const char* name;
-  const char* default_dir;
+  const char* default_dir;  // "" = none: data.data_dir must be set
   std::function<Dataset(const std::string& dir, bool train)> load;
 };
 
-// The data sets LoadDataset knows. CIFAR-10/100 (binary version) and SVHN go here as they are written.
+// The data sets LoadDataset knows.
 const std::vector<KnownDataset>& KnownDatasets() {
   static const std::vector<KnownDataset> known = {
       {"fashion_mnist", "/usr/share/datasets/fashion-mnist", LoadFashionMnist},
+      {"cifar10", "", LoadCifar10},
+      {"cifar100", "", LoadCifar100},
+      {"svhn", "", LoadSvhn},
+      {"imagefolder", "", [](const std::string& dir, bool train) { return LoadImageFolder(dir, train); }},
   };
   return known;
 }
@@ -444,6 +465,42 @@ void AdjustHue(float* image, int64_t pixels, float shift) {
   for (int64_t i = 0; i < pixels; ++i) ShiftHue(image[i], image[pixels + i], image[2 * pixels + i], shift);
 }
 
+// Half width of the blur kernel: floor(fraction x size) / 2 taps (SimCLR: 10% of 224 -> 23 taps), at most size - 1
+// so that reflect padding stays inside the image.
+int64_t BlurRadius(const AugmentOptions& options, int64_t height, int64_t width) {
+  const int64_t size = std::min(height, width);
+  return std::min(static_cast<int64_t>(options.blur_kernel_fraction * size) / 2, size - 1);
+}
+
+// Index of the sample at i in a line of n samples reflect-padded (torchvision/numpy "reflect": -1 -> 1, n -> n - 2).
+int64_t Reflect(int64_t i, int64_t n) { return i < 0 ? -i : i >= n ? 2 * (n - 1) - i : i; }
+
+// Separable Gaussian blur of each plane, as torchvision's gaussian_blur on tensors: taps exp(-x^2 / (2 sigma^2))
+// for x in [-radius, radius], normalised to sum 1, reflect padding; one pass along rows, one along columns.
+void GaussianBlur(float* image, int64_t channels, int64_t height, int64_t width, int64_t radius, float sigma) {
+  std::vector<float> taps(2 * radius + 1);
+  double total = 0;
+  for (int64_t k = -radius; k <= radius; ++k) total += std::exp(-0.5 * (k / sigma) * (k / sigma));
+  for (int64_t k = -radius; k <= radius; ++k) {
+    taps[k + radius] = static_cast<float>(std::exp(-0.5 * (k / sigma) * (k / sigma)) / total);
+  }
+  // Blurs n samples spaced `stride` apart in place, through a copy of the line.
+  std::vector<float> line(std::max(height, width));
+  auto blur_line = [&](float* start, int64_t n, int64_t stride) {
+    for (int64_t i = 0; i < n; ++i) line[i] = start[i * stride];
+    for (int64_t i = 0; i < n; ++i) {
+      float sum = 0;
+      for (int64_t k = -radius; k <= radius; ++k) sum += taps[k + radius] * line[Reflect(i + k, n)];
+      start[i * stride] = sum;
+    }
+  };
+  for (int64_t c = 0; c < channels; ++c) {
+    float* plane = image + c * height * width;
+    for (int64_t y = 0; y < height; ++y) blur_line(plane + y * width, width, 1);
+    for (int64_t x = 0; x < width; ++x) blur_line(plane + x, height, width);
+  }
+}
+
 void ToGrayscale(float* image, int64_t pixels) {
   for (int64_t i = 0; i < pixels; ++i) {
     const float gray = Luma(image[i], image[pixels + i], image[2 * pixels + i]);
@@ -475,8 +532,10 @@ void ColorJitter(float* image, int64_t channels, int64_t pixels, float strength,
   }
 }
 
-// The paper's pipeline (InstDisc order): RandomResizedCrop -> ColorJitter -> RandomGrayscale -> HorizontalFlip.
-// The flip is folded into the resize: every later step is per pixel, so mirroring first gives the same image.
+// The paper's pipeline (InstDisc order): RandomResizedCrop -> ColorJitter -> RandomGrayscale -> HorizontalFlip, with
+// SimCLR's Gaussian blur after the grayscale for ImageNet. The flip is folded into the resize: every later step is
+// per pixel or a mirror-symmetric filter, so mirroring first gives the same image. The blur draws its numbers last,
+// so enabling it leaves every other draw (and the views of data sets without blur) unchanged.
 void AugmentImage(const uint8_t* src, int64_t channels, int64_t height, int64_t width, ImageRng& rng,
                   const AugmentOptions& options, float* dst) {
   const CropBox box = SampleCrop(rng, height, width, options);
@@ -484,6 +543,10 @@ void AugmentImage(const uint8_t* src, int64_t channels, int64_t height, int64_t 
   ResizeCropInto(src, channels, height, width, box, flip, dst);
   ColorJitter(dst, channels, height * width, options.color_jitter, rng);
   if (channels == 3 && rng.Bernoulli(options.grayscale_prob)) ToGrayscale(dst, height * width);
+  if (options.blur_prob > 0 && rng.Bernoulli(options.blur_prob)) {
+    const auto sigma = static_cast<float>(rng.Uniform(options.blur_sigma_min, options.blur_sigma_max));
+    GaussianBlur(dst, channels, height, width, BlurRadius(options, height, width), sigma);
+  }
 }
 
 // Runs body(begin, end) over [0, n) on `threads` threads (0: LibTorch's intra-op pool). The split does not matter
@@ -505,6 +568,31 @@ void ParallelFor(int64_t n, int threads, const std::function<void(int64_t, int64
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
+
+void RequireDirectory(const std::string& dir, const std::string& what) {
+  std::error_code error;
+  if (!std::filesystem::is_directory(dir, error)) {
+    throw UserError(what + " " + dir + " does not exist or is not a directory.");
+  }
+}
+
+void CheckLabelRange(const torch::Tensor& labels, int64_t num_classes, const std::string& path) {
+  const int64_t* label = labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < labels.numel(); ++i) {
+    if (label[i] < 0 || label[i] >= num_classes) {
+      throw UserError(path + " has label " + std::to_string(label[i]) + " at index " + std::to_string(i) +
+                      ", expected labels in [0, " + std::to_string(num_classes) + ").");
+    }
+  }
+}
+
+int64_t FileSize(const std::string& path) {
+  std::error_code error;
+  const auto status = std::filesystem::status(path, error);
+  if (!std::filesystem::exists(status)) throw UserError("Cannot open " + path + ": no such file.");
+  if (!std::filesystem::is_regular_file(status)) throw UserError(path + " is not a regular file.");
+  return static_cast<int64_t>(std::filesystem::file_size(path, error));
+}
 
 torch::Tensor ReadIdxImages(const std::string& path) {
   ByteStream file(path);
@@ -539,6 +627,22 @@ Dataset LoadFashionMnist(const std::string& dir, bool train) {
   return data;
 }
 
+Dataset LoadCifar10(const std::string& dir, bool train) {
+  RequireDirectory(dir, "The CIFAR-10 directory");
+  std::vector<std::string> paths;
+  if (train) {
+    for (int batch = 1; batch <= 5; ++batch) paths.push_back(dir + "/data_batch_" + std::to_string(batch) + ".bin");
+  } else {
+    paths.push_back(dir + "/test_batch.bin");
+  }
+  return ReadCifarBinary(paths, 1 + 3072, 0, 10, "CIFAR-10");
+}
+
+Dataset LoadCifar100(const std::string& dir, bool train) {
+  RequireDirectory(dir, "The CIFAR-100 directory");
+  return ReadCifarBinary({dir + (train ? "/train.bin" : "/test.bin")}, 2 + 3072, 1, 100, "CIFAR-100");
+}
+
 Dataset LoadDataset(const DataConfig& config, bool train) {
   // An unset name means the default data set (ResolveConfig normally fills it in).
   const std::string name = config.dataset().empty() ? "fashion_mnist" : config.dataset();
@@ -547,6 +651,7 @@ Dataset LoadDataset(const DataConfig& config, bool train) {
     known_names += (known_names.empty() ? "" : ", ") + std::string(known.name);
     if (name != known.name) continue;
     const std::string dir = config.data_dir().empty() ? known.default_dir : config.data_dir();
+    if (dir.empty()) throw UserError("data.data_dir must name the directory of the " + name + " files.");
     RequireDirectory(dir, "data.data_dir");
     Dataset data = known.load(dir, train);
     return train ? TakeFirst(std::move(data), config.train_subset(), "train_subset", name + " training")
@@ -590,6 +695,7 @@ AugmentOptions AugmentOptionsFrom(const DataConfig& config) {
   options.color_jitter = config.color_jitter();
   options.grayscale_prob = config.grayscale_prob();
   options.flip_prob = config.flip_prob();
+  options.blur_prob = config.dataset() == "imagefolder" ? 0.5f : 0.0f;
   options.threads = config.workers();
   return options;
 }

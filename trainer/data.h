@@ -25,10 +25,39 @@ struct Dataset {
 torch::Tensor ReadIdxImages(const std::string& path);  // uint8 (N, 1, rows, cols)
 torch::Tensor ReadIdxLabels(const std::string& path);  // int64 (N)
 
+// Every reader below throws UserError naming the file (or folder) when it is missing, truncated, of the wrong size
+// or format, or holds a label outside [0, num_classes).
+
 // Fashion-MNIST from `dir` ({train,t10k}-{images-idx3,labels-idx1}-ubyte.gz); labels checked to lie in [0, 10),
 // images to be 28x28 and as many as the labels.
 Dataset LoadFashionMnist(const std::string& dir, bool train);
-// Dispatches on config.dataset; applies train_subset / test_subset.
+
+// CIFAR-10 / CIFAR-100, binary versions (https://www.cs.toronto.edu/~kriz/cifar.html), files directly in `dir`:
+// CIFAR-10: data_batch_1..5.bin (train) / test_batch.bin, records of 1 label byte + 3072 pixel bytes;
+// CIFAR-100: train.bin / test.bin, records of 1 coarse + 1 fine label byte + 3072 pixel bytes (the fine label is
+// used: 100 classes). Pixels are stored as planes R, G, B of 32x32, which is already (3, 32, 32).
+Dataset LoadCifar10(const std::string& dir, bool train);
+Dataset LoadCifar100(const std::string& dir, bool train);
+
+// SVHN, cropped digits (http://ufldl.stanford.edu/housenumbers/): train_32x32.mat / test_32x32.mat, read with
+// matio (MAT v5, compressed or not, or v7.3). X is uint8 32x32x3xN (MATLAB order), y holds N labels in 1..10,
+// where 10 is the digit 0; labels are mapped to the digit (0..9). Needs a build with TEMPERED_DATASETS=ON.
+Dataset LoadSvhn(const std::string& dir, bool train);
+
+// ImageNet's layout: dir/train/<class>/<image> and dir/val/<class>/<image>. Classes are the sorted names of the
+// folders in dir/train (label = position), images the files of each folder in name order with an image extension
+// (.jpg .jpeg .png .bmp .ppm .pgm .tif .tiff .webp, any case; other files are skipped). Every image is decoded
+// with OpenCV (JPEGs checked for truncation first), its shorter side resized to `image_size` with area averaging
+// and the centre image_size x image_size kept, so the set lives in memory as uint8 (N, 3, S, S): 64x64 costs 12 KiB
+// per image (1.6 GB for ImageNet-100's 126,689 training images). Decoding runs on at::get_num_threads() threads.
+// Needs a build with TEMPERED_DATASETS=ON.
+struct ImageFolderOptions {
+  int64_t image_size = 64;
+};
+Dataset LoadImageFolder(const std::string& dir, bool train, const ImageFolderOptions& options = {});
+
+// Dispatches on config.dataset; applies train_subset / test_subset. cifar10, cifar100, svhn and imagefolder have
+// no default directory: data.data_dir must name one. imagefolder images are 64x64.
 Dataset LoadDataset(const DataConfig& config, bool train);
 
 // The shard of one global batch that a rank computes. The global batch is rows [begin, end) of the epoch's
@@ -54,8 +83,16 @@ struct AugmentOptions {
   float color_jitter = 0.4f;    // brightness and contrast (all images); saturation and hue (RGB only, hue shift
                                 // at most min(color_jitter, 0.5)), as torchvision's ColorJitter in random order
   float grayscale_prob = 0.2f;  // RGB only
-  int threads = 0;              // 0 = at::get_num_threads()
+  // Gaussian blur (SimCLR's, added for ImageNet in the paper): with probability blur_prob, a separable Gaussian of
+  // sigma uniform in [blur_sigma_min, blur_sigma_max] pixels and a (2r + 1)-tap kernel, r = floor(blur_kernel_fraction
+  // x image size) / 2, reflect-padded at the borders (torchvision's gaussian_blur). Applied last.
+  float blur_prob = 0.0f;
+  float blur_sigma_min = 0.1f;
+  float blur_sigma_max = 2.0f;
+  float blur_kernel_fraction = 0.1f;
+  int threads = 0;  // 0 = at::get_num_threads()
 };
+// The config's options; Gaussian blur with p = 0.5 for imagefolder (ImageNet-style) data sets only, as in the paper.
 AugmentOptions AugmentOptionsFrom(const DataConfig& config);
 
 // One augmented view of each selected image, as float (B, C, H, W) in [0, 1] at the input resolution, normalised

@@ -78,17 +78,80 @@ nn::Sequential ResNet18(ModelConfig::Norm norm, int64_t in_channels, int64_t wid
   return seq;
 }
 
+// ResNet bottleneck block (torchvision's ResNet v1.5: the stride sits on the 3x3 conv): 1x1 conv to `mid` channels,
+// 3x3 conv, 1x1 conv to 4 mid channels, relu(branch(x) + shortcut(x)); the shortcut a 1x1 conv when the shape changes.
+class BottleneckImpl : public nn::Module {
+ public:
+  BottleneckImpl(ModelConfig::Norm norm, int64_t in, int64_t mid, int64_t stride) {
+    nn::Sequential branch;
+    branch->push_back(Conv(norm, in, mid, 1, 1));
+    AddNorm(branch, norm, mid);
+    branch->push_back(nn::ReLU(nn::ReLUOptions(true)));
+    AddConvBlock(branch, norm, mid, mid, stride);
+    branch->push_back(Conv(norm, mid, 4 * mid, 1, 1));
+    AddNorm(branch, norm, 4 * mid);
+    branch_ = register_module("branch", branch);
+    if (stride != 1 || in != 4 * mid) {
+      nn::Sequential shortcut;
+      shortcut->push_back(Conv(norm, in, 4 * mid, 1, stride));
+      AddNorm(shortcut, norm, 4 * mid);
+      shortcut_ = register_module("shortcut", shortcut);
+    }
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return torch::relu(branch_->forward(x) + (shortcut_ ? shortcut_->forward(x) : x));
+  }
+
+ private:
+  nn::Sequential branch_{nullptr};
+  nn::Sequential shortcut_{nullptr};
+};
+TORCH_MODULE(Bottleneck);
+
+// Inputs at least this large get ResNet-50's ImageNet stem; smaller ones (CIFAR, SVHN) the CIFAR stem, as ResNet-18.
+constexpr int64_t kImageNetStemMinSize = 64;
+
+// ResNet-50 (PAPER.md §5, for ImageNet-100): stages of 3, 4, 6, 3 bottleneck blocks, 4 x 8 width = 2048 features at
+// width 64. The stem is ImageNet's (7x7 stride-2 conv, 3x3 stride-2 max-pool: 64x64 -> 16x16, 224 -> 56) for inputs
+// of at least 64 px, and the CIFAR one (3x3 stride-1 conv, no max-pool) below that, where 4x downsampling would leave
+// 1x1 maps after the last stage.
+nn::Sequential ResNet50(ModelConfig::Norm norm, int64_t in_channels, int64_t width, int64_t image_size) {
+  nn::Sequential seq;
+  if (image_size >= kImageNetStemMinSize) {
+    seq->push_back(Conv(norm, in_channels, width, 7, 2));
+    AddNorm(seq, norm, width);
+    seq->push_back(nn::ReLU(nn::ReLUOptions(true)));
+    seq->push_back(nn::MaxPool2d(nn::MaxPool2dOptions(3).stride(2).padding(1)));
+  } else {
+    AddConvBlock(seq, norm, in_channels, width, 1);
+  }
+  const int blocks[4] = {3, 4, 6, 3};
+  int64_t channels = width;
+  for (int stage = 0; stage < 4; ++stage) {
+    const int64_t mid = width << stage;
+    for (int b = 0; b < blocks[stage]; ++b) {
+      seq->push_back(Bottleneck(norm, channels, mid, stage > 0 && b == 0 ? 2 : 1));
+      channels = 4 * mid;
+    }
+  }
+  return seq;
+}
+
 int64_t Width(const ModelConfig& config) {
   if (config.width() > 0) return config.width();
-  return config.arch() == ModelConfig::RESNET18 ? 64 : 32;
+  return config.arch() == ModelConfig::RESNET18 || config.arch() == ModelConfig::RESNET50 ? 64 : 32;
 }
 
 }  // namespace
 
-EncoderImpl::EncoderImpl(const ModelConfig& config, int64_t in_channels) : embed_dim_(config.embed_dim()) {
+EncoderImpl::EncoderImpl(const ModelConfig& config, int64_t in_channels, int64_t image_size)
+    : embed_dim_(config.embed_dim()) {
   const int64_t width = Width(config);
   nn::Sequential backbone;
-  if (config.arch() == ModelConfig::RESNET18) {
+  if (config.arch() == ModelConfig::RESNET50) {
+    backbone = ResNet50(config.norm(), in_channels, width, image_size);
+    feature_dim_ = 32 * width;
+  } else if (config.arch() == ModelConfig::RESNET18) {
     backbone = ResNet18(config.norm(), in_channels, width);
     feature_dim_ = 8 * width;
   } else {

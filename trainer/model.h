@@ -15,7 +15,8 @@ struct EncoderOutput {
 
 class EncoderImpl : public torch::nn::Module {
  public:
-  EncoderImpl(const ModelConfig& config, int64_t in_channels);
+  // image_size: the inputs' height and width; it picks ResNet-50's stem (ImageNet's for >= 64 px, CIFAR's below).
+  EncoderImpl(const ModelConfig& config, int64_t in_channels, int64_t image_size = 32);
   EncoderOutput forward(const torch::Tensor& images);  // images float (B, C, H, W) in [0, 1]
   torch::Tensor Features(const torch::Tensor& images);  // backbone only
   int64_t feature_dim() const { return feature_dim_; }

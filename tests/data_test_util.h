@@ -1,0 +1,52 @@
+// Helpers of the data tests: a temporary directory that files are written into, and the check that a reader's
+// UserError names the file.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "trainer/errors.h"
+
+namespace tempered {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "tempered_data_test_XXXXXX").string();
+    path_ = mkdtemp(pattern.data());
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  // Writes `bytes` to path()/name, creating the folders in `name`; returns the file's path.
+  std::string Write(const std::string& name, const std::string& bytes) const {
+    const std::string path = path_ + "/" + name;
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+    std::ofstream(path, std::ios::binary) << bytes;
+    return path;
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Runs `load` and expects a UserError whose message names `path` and contains `fragment`.
+template <typename Load>
+void ExpectUserError(Load load, const std::string& path, const std::string& fragment) {
+  try {
+    load();
+    ADD_FAILURE() << "no UserError for " << path;
+  } catch (const UserError& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find(path), std::string::npos) << message;
+    EXPECT_NE(message.find(fragment), std::string::npos) << message;
+  }
+}
+
+}  // namespace tempered
