@@ -163,6 +163,12 @@ EncoderImpl::EncoderImpl(const ModelConfig& config, int64_t in_channels, int64_t
   backbone_ = register_module("backbone", backbone);
 
   nn::Sequential head;
+  // The pooled features of a ReLU network share a large common component, so at initialisation every embedding
+  // points the same way (uniformity ~0.01). InfoNCE escapes that state, but the hard-negative loss, whose few
+  // hardest negatives are then as close as the positive, collapses into it. Normalising the features over the
+  // batch (with the backbone's normalisation) removes the common component.
+  if (config.norm() == ModelConfig::BATCH) head->push_back(nn::BatchNorm1d(feature_dim_));
+  if (config.norm() == ModelConfig::SYNC) head->push_back(SyncBatchNorm2d(feature_dim_));
   if (config.head() == ModelConfig::MLP) {
     head->push_back(nn::Linear(feature_dim_, feature_dim_));
     head->push_back(nn::ReLU(nn::ReLUOptions(true)));

@@ -34,6 +34,7 @@ SyncBatchNorm2dImpl::SyncBatchNorm2dImpl(int64_t channels, double momentum, doub
 }
 
 torch::Tensor SyncBatchNorm2dImpl::forward(const torch::Tensor& x) {
+  if (x.dim() == 2) return forward(x.view({x.size(0), x.size(1), 1, 1})).view({x.size(0), x.size(1)});
   const auto shape = std::vector<int64_t>{1, x.size(1), 1, 1};
   if (!is_training()) {
     return (x - running_mean.view(shape)) * torch::rsqrt(running_var.view(shape) + eps_) * weight.view(shape) +

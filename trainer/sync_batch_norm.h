@@ -9,7 +9,7 @@ namespace tempered {
 class SyncBatchNorm2dImpl : public torch::nn::Module {
  public:
   explicit SyncBatchNorm2dImpl(int64_t channels, double momentum = 0.1, double eps = 1e-5);
-  torch::Tensor forward(const torch::Tensor& x);  // (N, C, H, W); N may differ across ranks, even be 0
+  torch::Tensor forward(const torch::Tensor& x);  // (N, C, H, W) or (N, C); N may differ across ranks, even 0
 
   torch::Tensor weight, bias, running_mean, running_var;
 
