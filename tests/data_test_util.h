@@ -7,6 +7,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
 #include <string>
 
 #include "trainer/errors.h"
@@ -17,7 +20,10 @@ class TempDir {
  public:
   TempDir() {
     std::string pattern = (std::filesystem::temp_directory_path() / "tempered_data_test_XXXXXX").string();
-    path_ = mkdtemp(pattern.data());
+    const char* made = mkdtemp(pattern.data());
+    // A failed mkdtemp (e.g. TMPDIR naming a missing folder) must fail the test, not construct a string from null.
+    if (made == nullptr) throw std::runtime_error("mkdtemp(" + pattern + ") failed: " + std::strerror(errno));
+    path_ = made;
   }
   ~TempDir() { std::filesystem::remove_all(path_); }
   TempDir(const TempDir&) = delete;
