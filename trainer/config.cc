@@ -192,6 +192,22 @@ RunConfig ReadRunConfig(const std::string& path) {
   return config;
 }
 
+namespace {
+
+// The field of DefaultRunConfig() at `path`'s parent, for a leaf `f`: whether the default sets it, and its text.
+bool DefaultIsSet(const std::string& path, const pb::FieldDescriptor* f, std::string* text) {
+  static const RunConfig defaults = DefaultRunConfig();
+  const pb::Message* m = &defaults;
+  for (size_t begin = 0, dot; (dot = path.find('.', begin)) != std::string::npos; begin = dot + 1) {
+    m = &m->GetReflection()->GetMessage(*m, m->GetDescriptor()->FindFieldByName(path.substr(begin, dot - begin)));
+  }
+  if (!IsSet(*m, f)) return false;
+  pb::TextFormat::PrintFieldValueToString(*m, f, -1, text);
+  return true;
+}
+
+}  // namespace
+
 void SetFieldByPath(pb::Message* message, const std::string& path, const std::string& value) {
   pb::Message* m = message;
   std::string rest = path;
@@ -226,7 +242,11 @@ void SetFieldByPath(pb::Message* message, const std::string& path, const std::st
       } else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
         item = "\"" + pb::CEscape(item) + "\"";
       }
-      if (item.empty() || !pb::TextFormat::ParseFieldValueFromString(item, f, m)) {
+      // A parser that reports to nobody: the static TextFormat function logs a libprotobuf ERROR line of its own.
+      ErrorCollector ignored;
+      pb::TextFormat::Parser parser;
+      parser.RecordErrorsTo(&ignored);
+      if (item.empty() || !parser.ParseFieldValueFromString(item, f, m)) {
         std::string expected = f->cpp_type_name();
         if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM) {
           expected = "one of";
@@ -238,6 +258,14 @@ void SetFieldByPath(pb::Message* message, const std::string& path, const std::st
         }
         throw UserError("invalid value '" + value + "' for " + path + ": expected " + expected);
       }
+    }
+    // proto3: a zero in a field without presence cannot be told from an unset one, and ResolveConfig would replace
+    // it with the default (--batch_size 0 would train with 256). Where the default is not zero, refuse it here.
+    std::string default_text;
+    if (!f->is_repeated() && !f->has_presence() && !m->GetReflection()->HasField(*m, f) &&
+        message->GetDescriptor() == RunConfig::descriptor() && DefaultIsSet(path, f, &default_text)) {
+      throw UserError("invalid value '" + value + "' for " + path + ": it reads as unset, which takes the default " +
+                      default_text);
     }
     return;
   }
