@@ -1,9 +1,11 @@
 #include "trainer/train.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <glog/logging.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -25,6 +27,7 @@
 #include "trainer/event_writer.h"
 #include "trainer/loss.h"
 #include "trainer/model.h"
+#include "trainer/streaming_loss.h"
 
 namespace tempered {
 
@@ -154,7 +157,7 @@ torch::Tensor BatchNegativesLoss(Trainer& t, const torch::Tensor& views, const S
   const torch::Tensor self = local + 2 * shard.offset;
   const torch::Tensor positive = (local + b).remainder(2 * b) + 2 * shard.offset;  // the other view
   t.anchors = z.detach(), t.candidates = candidates.detach(), t.positive = positive, t.exclude = self;
-  return ContrastiveLoss(z, candidates, positive, self, t.loss).sum();
+  return StreamingOrNaiveLoss(z, candidates, positive, self, t.loss).sum();
 }
 
 // Memory-bank negatives (Wu et al. 2018): one view; candidates are the bank, the positive is the image's own entry.
@@ -165,7 +168,7 @@ torch::Tensor MemoryBankLoss(Trainer& t, const torch::Tensor& view, const std::v
   const torch::Tensor exclude = torch::full({static_cast<int64_t>(indices.size())}, -1,
                                             torch::TensorOptions(torch::kLong).device(t.device));
   t.anchors = embedding->detach(), t.candidates = t.bank, t.positive = positive, t.exclude = exclude;
-  return ContrastiveLoss(*embedding, t.bank, positive, exclude, t.loss).sum();
+  return StreamingOrNaiveLoss(*embedding, t.bank, positive, exclude, t.loss).sum();
 }
 
 // bank[i] = normalize(m bank[i] + (1 - m) f(x_i)) for every image of the global batch, applied identically on
@@ -212,6 +215,20 @@ double Step(Trainer& t, int64_t epoch, int64_t step_in_epoch, const std::vector<
   t.optimizer->step();
   if (bank) UpdateBank(t, indices, embedding);
   return comm::AllReduceSum(loss_sum.item<double>()) / anchors;
+}
+
+// Progress of rank 0: on a terminal a bar redrawn in place; otherwise (log files, schedulers) one log line each.
+void ReportProgress(const std::string& text, double fraction) {
+  static const bool terminal = ::isatty(STDERR_FILENO) == 1;
+  if (!terminal) {
+    LOG(INFO) << text;
+    return;
+  }
+  constexpr int kWidth = 30;
+  const int filled = static_cast<int>(std::clamp(fraction, 0.0, 1.0) * kWidth);
+  std::fprintf(stderr, "\r[%s%s] %s\033[K%s", std::string(filled, '#').c_str(),
+               std::string(kWidth - filled, '.').c_str(), text.c_str(), fraction >= 1 ? "\n" : "");
+  std::fflush(stderr);
 }
 
 void WriteProgress(const RunConfig& config, int64_t step, int64_t total, int64_t epoch, double loss,
@@ -288,6 +305,23 @@ void LogConfig(const RunConfig& config) {
             << " thread(s) per rank, resolved config:\n" << text;
 }
 
+// Evaluate with a line before and after on rank 0 (evaluation of the full data set takes seconds to minutes).
+Metrics EvaluateAndReport(Trainer& t, const std::string& when) {
+  const Clock::time_point start = Clock::now();
+  if (comm::Rank() == 0) {
+    LOG(INFO) << "evaluating " << when << ": embedding " << t.train.size() << " train and " << t.test.size()
+              << " test images, kNN, representation metrics"
+              << (t.config.eval().linear_epochs() > 0 ? ", linear classifier" : "");
+  }
+  Metrics metrics = Evaluate(t.encoder, t.train, t.test, t.config);
+  if (comm::Rank() == 0) {
+    LOG(INFO) << "evaluated " << when << " in " << FormatDuration(SecondsSince(start)) << ": kNN top-1 "
+              << metrics.knn_top1() << "%, linear top-1 " << metrics.linear_top1() << "%, uniformity "
+              << metrics.uniformity() << ", tolerance " << metrics.tolerance();
+  }
+  return metrics;  // Evaluate leaves the encoder in the mode it found it in
+}
+
 // Set by SIGTERM / SIGINT; every rank checks the maximum over ranks after each step, so all stop together.
 std::atomic<bool> g_stop_requested{false};
 
@@ -344,7 +378,7 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
   result.set_status(RunResult::RUNNING);
   WriteResult(config, result);
   if (state.step == 0 && config.eval().at_init()) {
-    *result.mutable_initial() = Evaluate(t.encoder, t.train, t.test, config);
+    *result.mutable_initial() = EvaluateAndReport(t, "at initialisation");
   }
   if (state.step == 0 && config.eval().raw_pixel_knn() && comm::Rank() == 0) {
     result.set_raw_pixel_knn_top1(RawPixelKnnTop1(t.train, t.test, config.eval()));
@@ -382,9 +416,10 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
     if (comm::Rank() == 0 && (step % config.log_every_steps() == 0 || step == t.total_steps)) {
       const double rate = window_steps * config.batch_size() / SecondsSince(window_start);
       const double eta = (t.total_steps - step) * config.batch_size() / rate;
-      LOG(INFO) << "step " << step << "/" << t.total_steps << "  epoch " << epoch + 1 << "/" << epochs << "  loss "
-                << loss << "  lr " << lr << "  " << static_cast<int64_t>(rate) << " img/s  ETA "
-                << FormatDuration(eta);
+      std::ostringstream line;
+      line << "step " << step << "/" << t.total_steps << "  epoch " << epoch + 1 << "/" << epochs << "  loss "
+           << loss << "  lr " << lr << "  " << static_cast<int64_t>(rate) << " img/s  ETA " << FormatDuration(eta);
+      ReportProgress(line.str(), static_cast<double>(step) / t.total_steps);
       WriteProgress(config, step, t.total_steps, epoch + 1, loss, rate, eta);
       events->AddScalar("train/loss", step, loss);
       events->AddScalar("train/lr", step, lr);
@@ -403,12 +438,12 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
       const bool evaluate = step < t.total_steps && config.eval().every_epochs() > 0 &&
                             (epoch + 1) % config.eval().every_epochs() == 0;
       if (evaluate) {
-        *result.mutable_epochs()->rbegin()->mutable_metrics() = Evaluate(t.encoder, t.train, t.test, config);
+        *result.mutable_epochs()->rbegin()->mutable_metrics() =
+            EvaluateAndReport(t, "after epoch " + std::to_string(epoch + 1));
         if (events) {
           AddMetrics(*events, step, result.epochs().rbegin()->metrics(), config.eval());
           events->Flush();
         }
-        t.encoder->train();
       }
       epoch_start = Clock::now();
       epoch_steps_timed = 0;
@@ -430,7 +465,7 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
     }
   }
 
-  *result.mutable_final() = Evaluate(t.encoder, t.train, t.test, config);
+  *result.mutable_final() = EvaluateAndReport(t, "at the end");
   if (!result.epochs().empty()) *result.mutable_epochs()->rbegin()->mutable_metrics() = result.final();
   if (events) {
     AddMetrics(*events, result.global_steps(), result.final(), config.eval());
