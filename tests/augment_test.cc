@@ -179,7 +179,8 @@ torch::Tensor ReferenceBlur(const torch::Tensor& images, int64_t radius, double 
   taps = (taps / taps.sum()).to(torch::kFloat);
   const int64_t channels = images.size(1);
   const torch::Tensor kernel = torch::outer(taps, taps).expand({channels, 1, 2 * radius + 1, 2 * radius + 1});
-  const torch::Tensor padded = F::pad(images, F::PadFuncOptions({radius, radius, radius, radius}).mode(torch::kReflect));
+  const torch::Tensor padded =
+      F::pad(images, F::PadFuncOptions({radius, radius, radius, radius}).mode(torch::kReflect));
   return F::conv2d(padded, kernel, F::Conv2dFuncOptions().groups(channels));
 }
 

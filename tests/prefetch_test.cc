@@ -2,11 +2,14 @@
 // epochs; its queue is bounded; exceptions reach the caller at the failing step; destruction never hangs. Also the
 // time it saves when a step's compute overlaps the next step's augmentation (printed, not checked).
 #include <gtest/gtest.h>
+#include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <ctime>
 #include <iostream>
+#include <map>
 #include <stdexcept>
 #include <thread>
 
@@ -150,13 +153,32 @@ TEST(PrefetcherTest, DestructionNeverHangs) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
 }
 
-// Not a check: a SimCLR step (SMALL_CNN forward + InfoNCE + backward + SGD) with its views made in place (depth 0)
-// and one step ahead (depth 1), for Fashion-MNIST-sized and ImageNet-64-sized (with blur) images. The numbers in
-// prefetch.h's comment come from here.
-void TimeSteps(const std::string& name, const Dataset& data, ModelConfig::Arch arch, int64_t batch, int width,
-               float blur_prob) {
+// Not a check (run with --gtest_also_run_disabled_tests): a SimCLR step (SMALL_CNN forward, InfoNCE, backward,
+// SGD) with its views made in place (depth 0) and one step ahead (depth 1), split into the time the step waits in
+// Next() for its input and the time it computes; interleaved and repeated because the machine is shared. Also the
+// CPU time of making one step's two views on one thread: the most that prefetching can take off a step.
+double Milliseconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
+
+void TimeSteps(const std::string& name, const Dataset& data, int64_t batch, int width, float blur_prob) {
+  InputOptions options = Options(data.size(), batch, 0, 1, 2);
+  options.augment.blur_prob = blur_prob;
+  options.augment.threads = 1;
+  const int64_t steps = 5;
+  {
+    const StepInputMaker make = MakeStepInputs(data, options);
+    make(0);
+    timespec start, end;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &start);
+    for (int64_t s = 1; s <= steps; ++s) make(s);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &end);
+    const double ms = (end.tv_sec - start.tv_sec) * 1e3 + (end.tv_nsec - start.tv_nsec) * 1e-6;
+    std::cout << "[ timing   ] " << name << ": one step's 2 views cost " << ms / steps << " ms of thread CPU time\n";
+  }
+  options.augment.threads = 0;  // as in training: the intra-op threads
   ModelConfig config;
-  config.set_arch(arch);
+  config.set_arch(ModelConfig::SMALL_CNN);
   config.set_norm(ModelConfig::BATCH);
   config.set_head(ModelConfig::LINEAR);
   config.set_embed_dim(128);
@@ -164,35 +186,43 @@ void TimeSteps(const std::string& name, const Dataset& data, ModelConfig::Arch a
   torch::manual_seed(0);
   Encoder encoder(config, data.images.size(1), data.images.size(2));
   torch::optim::SGD optimizer(encoder->parameters(), torch::optim::SGDOptions(0.01).momentum(0.9));
-  InputOptions options = Options(data.size(), batch, 0, 1, 2);
-  options.augment.blur_prob = blur_prob;
   LossOptions loss;
   loss.tau = 0.2;
-  const int64_t steps = 8;
-  for (int depth : {0, 1, 0, 1}) {
-    Prefetcher input(MakeStepInputs(data, options), 0, steps + 1, depth);
-    const StepInput warmup = input.Next();
-    (void)warmup;
-    const auto start = std::chrono::steady_clock::now();
-    for (int64_t s = 0; s < steps; ++s) {
-      const StepInput in = input.Next();
-      const torch::Tensor z = encoder->forward(in.views).embedding;
-      const torch::Tensor index = torch::arange(2 * batch);
-      optimizer.zero_grad();
-      ContrastiveLoss(z, z, (index + batch).remainder(2 * batch), index, loss).mean().backward();
-      optimizer.step();
+  const torch::Tensor index = torch::arange(2 * batch);
+  std::map<int, std::vector<std::pair<double, double>>> times;  // depth -> (step ms, wait ms) per repeat
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    for (int depth : {0, 1}) {
+      Prefetcher input(MakeStepInputs(data, options), 0, steps + 1, depth);
+      input.Next();  // warm-up, and the first prefetch
+      double wait = 0;
+      const auto start = std::chrono::steady_clock::now();
+      for (int64_t s = 0; s < steps; ++s) {
+        const auto asked = std::chrono::steady_clock::now();
+        const StepInput in = input.Next();
+        wait += Milliseconds(std::chrono::steady_clock::now() - asked);
+        const torch::Tensor z = encoder->forward(in.views).embedding;
+        optimizer.zero_grad();
+        ContrastiveLoss(z, z, (index + batch).remainder(2 * batch), index, loss).mean().backward();
+        optimizer.step();
+      }
+      times[depth].push_back({Milliseconds(std::chrono::steady_clock::now() - start) / steps, wait / steps});
     }
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    std::cout << "[ timing   ] " << name << ", prefetch depth " << depth << ": " << ms / steps << " ms per step\n";
+  }
+  for (auto& [depth, runs] : times) {
+    std::sort(runs.begin(), runs.end());
+    std::cout << "[ timing   ] " << name << ", " << at::get_num_threads() << " thread(s), prefetch depth " << depth
+              << ": step " << runs[1].first << " ms (waiting for input " << runs[1].second
+              << " ms; median of 3, min " << runs[0].first << ")\n";
   }
 }
 
 TEST(PrefetchTimingTest, DISABLED_StepTimeWithAndWithoutPrefetch) {
-  std::cout << "[ timing   ] " << at::get_num_threads() << " intra-op thread(s)\n";
-  TimeSteps("Fashion-MNIST 1x28x28, SMALL_CNN width 32, batch 256", RandomImages(2304, 1, 28), ModelConfig::SMALL_CNN,
-            256, 32, 0);
-  TimeSteps("ImageNet-64 3x64x64 + blur, SMALL_CNN width 16, batch 128", RandomImages(1152, 3, 64),
-            ModelConfig::SMALL_CNN, 128, 16, 0.5f);
+  for (int threads : {1, 2}) {
+    at::set_num_threads(threads);
+    TimeSteps("Fashion-MNIST 1x28x28, SMALL_CNN width 32, batch 256", RandomImages(2048, 1, 28), 256, 32, 0);
+    TimeSteps("ImageNet-64 3x64x64 with blur, SMALL_CNN width 16, batch 128", RandomImages(1024, 3, 64), 128, 16,
+              0.5f);
+  }
 }
 
 }  // namespace

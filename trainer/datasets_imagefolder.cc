@@ -27,7 +27,8 @@ bool HasImageExtension(const fs::path& path) {
   static const std::set<std::string> kExtensions = {".jpg", ".jpeg", ".png", ".bmp", ".ppm",
                                                     ".pgm", ".tif", ".tiff", ".webp"};
   std::string extension = path.extension().string();
-  std::transform(extension.begin(), extension.end(), extension.begin(), [](unsigned char c) { return std::tolower(c); });
+  std::transform(extension.begin(), extension.end(), extension.begin(),
+                 [](unsigned char c) { return std::tolower(c); });
   return kExtensions.count(extension) > 0;
 }
 
@@ -65,7 +66,9 @@ bool IsStandaloneMarker(uint8_t marker) { return (marker >= 0xd0 && marker <= 0x
 // does.
 cv::Size CheckJpegComplete(const std::vector<uint8_t>& bytes, const std::string& path) {
   const size_t n = bytes.size();
-  const auto truncated = [&] { return UserError(path + " is truncated: its JPEG data ends before the end-of-image marker."); };
+  const auto truncated = [&] {
+    return UserError(path + " is truncated: its JPEG data ends before the end-of-image marker.");
+  };
   cv::Size size;
   size_t i = 2;  // after SOI
   while (true) {
@@ -77,7 +80,9 @@ cv::Size CheckJpegComplete(const std::vector<uint8_t>& bytes, const std::string&
     if (IsStandaloneMarker(marker)) continue;
     if (i + 2 > n) throw truncated();
     const size_t length = (size_t{bytes[i]} << 8) | bytes[i + 1];
-    if (length < 2) throw UserError(path + " is corrupt: a JPEG segment declares a length of " + std::to_string(length) + ".");
+    if (length < 2) {
+      throw UserError(path + " is corrupt: a JPEG segment declares a length of " + std::to_string(length) + ".");
+    }
     if (i + length > n) throw truncated();
     // SOF0..SOF15 except DHT (c4), JPG (c8) and DAC (cc): length, precision, height, width.
     const bool frame = marker >= 0xc0 && marker <= 0xcf && marker != 0xc4 && marker != 0xc8 && marker != 0xcc;
@@ -142,11 +147,11 @@ Dataset LoadImageFolder(const std::string& dir, bool train, const ImageFolderOpt
   CHECK_GT(options.image_size, 0);
   RequireDirectory(dir, "The image folder");
   const std::string train_dir = dir + "/train";
-  RequireDirectory(train_dir, "The image folder's training split (ImageNet layout: root/train/<class>/<image>)");
+  RequireDirectory(train_dir, "The training split (ImageNet layout: root/train/<class>/<image>)");
   const std::vector<std::string> classes = SortedEntries(train_dir, /*want_folders=*/true);
   if (classes.empty()) throw UserError(train_dir + " has no class folders, expected root/train/<class>/<image>.");
   const std::string split_dir = train ? train_dir : dir + "/val";
-  if (!train) RequireDirectory(split_dir, "The image folder's validation split (ImageNet layout: root/val/<class>/<image>)");
+  if (!train) RequireDirectory(split_dir, "The validation split (ImageNet layout: root/val/<class>/<image>)");
 
   // Files and labels; the validation split's classes must be among the training split's.
   std::vector<std::string> paths;
