@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -111,10 +112,16 @@ class ErrorCollector : public pb::io::ErrorCollector {
 };
 
 std::string ReadFileOrThrow(const std::string& path, const std::string& what) {
+  // A directory opens as a stream that reads nothing: it would parse as an empty config, i.e. every default.
+  std::error_code ignored;
+  if (std::filesystem::is_directory(path, ignored)) {
+    throw UserError("cannot read " + what + " " + path + ": it is a directory");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UserError("cannot read " + what + " " + path + ": " + std::strerror(errno));
   std::stringstream ss;
   ss << in.rdbuf();
+  if (in.bad()) throw UserError("cannot read " + what + " " + path + ": " + std::strerror(errno));
   return ss.str();
 }
 
