@@ -1,0 +1,304 @@
+// loss_memory and loss_time (issue 5): the streaming loss (trainer/streaming_loss.h) against the naive one
+// (ContrastiveLoss: materialised (n, C) logits, LibTorch autograd), side by side in one run, d = 128, fwd + bwd with
+// respect to anchors and candidates.
+//
+//   loss_bench [--quick] [--device cpu|cuda] [--threads N] [--malloc tuned|default] [--tile T] [--out FILE]
+//
+// Time: Google Benchmark, median of --repetitions, naive and streaming interleaved in random order (the machine is
+// shared). Peak memory: on CPU every case runs once in a fresh child process (this binary with --peak_case), which
+// reports its peak resident set (VmHWM) minus its resident set just before the loss; on CUDA the caching
+// allocator's peak allocated bytes over the same call. Both count everything the call allocates, gradients
+// included, and not the inputs. Ends with one line per target: TARGET <name> <measured ratio> <target> PASS|FAIL.
+#include <unistd.h>
+#include <benchmark/benchmark.h>
+#include <gflags/gflags.h>
+#include <malloc.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifdef TEMPERED_BENCH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+#include "trainer/loss.h"
+#include "trainer/streaming_loss.h"
+
+DEFINE_bool(quick, false, "a subset for CI and the GPU check (still the 4,096 x 65,536 memory case)");
+DEFINE_string(device, "cpu", "cpu or cuda");
+DEFINE_int32(threads, 0, "intra-op threads (0 = every core)");
+DEFINE_string(malloc, "tuned", "tuned: keep freed memory in the heap, as tempered-train does; default: glibc's");
+DEFINE_int64(tile, 0, "candidates per tile of the streaming loss (0 = LossOptions' default)");
+DEFINE_string(losses, "infonce,hard", "comma-separated losses to measure");
+DEFINE_int32(repetitions, 5, "timed repetitions per case (the median is reported)");
+DEFINE_string(out, "", "also write the summary table and the target lines to this file");
+DEFINE_string(peak_case, "", "internal: measure the peak memory of one case in this process and print it");
+
+namespace tempered {
+namespace {
+
+constexpr int64_t kDim = 128;
+constexpr double kTau = 0.1;
+constexpr double kHardFraction = 0.08;  // the paper's K / negatives (PAPER.md §2)
+
+struct Case {
+  LossConfig::Name loss;
+  int64_t anchors, candidates;  // B_local, C
+  bool streaming;
+
+  std::string Shape() const { return std::to_string(anchors) + "x" + std::to_string(candidates); }
+  std::string Key() const { return LossName() + "/" + Shape(); }  // the naive and streaming pair
+  std::string LossName() const {
+    std::string name = LossConfig::Name_Name(loss);
+    std::transform(name.begin(), name.end(), name.begin(), ::tolower);
+    return name;
+  }
+  std::string Name() const { return Key() + (streaming ? "/streaming" : "/naive"); }
+};
+
+Case ParseCase(const std::string& name) {  // inverse of Case::Name
+  std::string loss, shape, impl;
+  std::istringstream in(name);
+  std::getline(in, loss, '/');
+  std::getline(in, shape, '/');
+  std::getline(in, impl);
+  std::transform(loss.begin(), loss.end(), loss.begin(), ::toupper);
+  Case c{};
+  if (!LossConfig::Name_Parse(loss, &c.loss)) throw std::runtime_error("unknown loss in case " + name);
+  c.anchors = std::stoll(shape.substr(0, shape.find('x')));
+  c.candidates = std::stoll(shape.substr(shape.find('x') + 1));
+  c.streaming = impl == "streaming";
+  return c;
+}
+
+torch::Device Device() { return FLAGS_device == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU); }
+
+void Synchronize() {
+  if (Device().is_cuda()) torch::cuda::synchronize();
+}
+
+// One rank's view of the batch form: anchor i is candidate i of the gathered set (excluded), its positive is
+// candidate i + B_local (the other view).
+struct Inputs {
+  torch::Tensor anchors, candidates, positive, exclude;  // (n, d) and (C, d) leaves; (n) and (n) int64
+  LossOptions options;
+};
+
+Inputs MakeInputs(const Case& c) {
+  torch::manual_seed(0);
+  auto unit = [](int64_t rows) {
+    return torch::nn::functional::normalize(torch::randn({rows, kDim}),
+                                            torch::nn::functional::NormalizeFuncOptions().dim(1));
+  };
+  Inputs in;
+  in.anchors = unit(c.anchors).to(Device()).requires_grad_(true);
+  in.candidates = unit(c.candidates).to(Device()).requires_grad_(true);
+  const auto index = torch::TensorOptions(torch::kLong).device(Device());
+  in.exclude = torch::arange(c.anchors, index);
+  in.positive = (in.exclude + c.anchors).remainder(c.candidates);
+  in.options.name = c.loss;
+  in.options.tau = kTau;
+  LossConfig config;
+  config.set_hard_fraction(kHardFraction);
+  in.options.hard_k = HardK(config, c.candidates - 2);
+  if (FLAGS_tile > 0) in.options.tile = FLAGS_tile;
+  return in;
+}
+
+void ForwardBackward(Inputs& in, bool streaming) {
+  in.anchors.mutable_grad().reset();
+  in.candidates.mutable_grad().reset();
+  const auto loss_fn = streaming ? StreamingContrastiveLoss : ContrastiveLoss;
+  loss_fn(in.anchors, in.candidates, in.positive, in.exclude, in.options).sum().backward();
+  Synchronize();
+}
+
+// VmRSS / VmHWM of this process in bytes.
+int64_t ProcStatusBytes(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;  // kB
+  }
+  throw std::runtime_error("no " + field + " in /proc/self/status");
+}
+
+// The child's side: peak bytes of one fwd + bwd above what the process held just before it.
+int64_t PeakInThisProcess(const Case& c) {
+  Inputs in = MakeInputs(c);
+  {  // LibTorch's lazy initialisation (thread pool, kernels) outside the measurement, on a small problem
+    Case small = c;
+    small.anchors = std::min<int64_t>(c.anchors, 8);
+    small.candidates = std::min<int64_t>(c.candidates, 64);
+    Inputs warm = MakeInputs(small);
+    ForwardBackward(warm, c.streaming);
+  }
+#ifdef TEMPERED_BENCH_CUDA
+  if (Device().is_cuda()) {
+    const auto device = Device().index() < 0 ? 0 : Device().index();
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device);
+    const auto before = c10::cuda::CUDACachingAllocator::getDeviceStats(device).allocated_bytes[0].current;
+    ForwardBackward(in, c.streaming);
+    return c10::cuda::CUDACachingAllocator::getDeviceStats(device).allocated_bytes[0].peak - before;
+  }
+#endif
+  const int64_t before = ProcStatusBytes("VmRSS");
+  ForwardBackward(in, c.streaming);
+  return ProcStatusBytes("VmHWM") - before;
+}
+
+// The parent's side: on CPU a fresh process per case, so that no earlier case's heap counts.
+int64_t MeasurePeak(const Case& c) {
+  if (Device().is_cuda()) return PeakInThisProcess(c);
+  std::ostringstream command;
+  command << "/proc/" << ::getpid() << "/exe --peak_case=" << c.Name() << " --threads=" << at::get_num_threads()
+          << " --malloc=" << FLAGS_malloc << " --tile=" << FLAGS_tile << " --device=" << FLAGS_device;
+  FILE* child = ::popen(command.str().c_str(), "r");
+  if (child == nullptr) throw std::runtime_error("cannot run " + command.str());
+  long long bytes = -1;
+  const int fields = std::fscanf(child, "%lld", &bytes);
+  if (::pclose(child) != 0 || fields != 1) throw std::runtime_error("failed: " + command.str());
+  return bytes;
+}
+
+void TimeCase(benchmark::State& state, const Case& c) {
+  // Built and warmed up (allocator, thread pool, BLAS) once per case, not per repetition; ~35 MiB each.
+  static std::map<std::string, Inputs> inputs;
+  if (!inputs.count(c.Name())) {
+    inputs[c.Name()] = MakeInputs(c);
+    ForwardBackward(inputs[c.Name()], c.streaming);
+  }
+  Inputs& in = inputs[c.Name()];
+  for (auto _ : state) ForwardBackward(in, c.streaming);
+  in.anchors.mutable_grad().reset();  // the gradients (C, d) are not kept between cases
+  in.candidates.mutable_grad().reset();
+}
+
+void PeakCase(benchmark::State& state, const Case& c) {
+  int64_t bytes = 0;
+  for (auto _ : state) bytes = MeasurePeak(c);
+  state.counters["peak_MiB"] = static_cast<double>(bytes) / (1 << 20);
+}
+
+// Collects the median time and the peak of every case while printing the usual console report.
+class Collector : public benchmark::ConsoleReporter {
+ public:
+  std::map<std::string, double> seconds, peak_mib;
+
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& run : runs) {
+      const std::string name = run.run_name.function_name;
+      if (name.rfind("loss_memory/", 0) == 0) {
+        peak_mib[name.substr(12)] = run.counters.at("peak_MiB").value;
+      } else if (run.run_type == Run::RT_Aggregate && run.aggregate_name == "median") {
+        seconds[name.substr(10)] = run.GetAdjustedRealTime() / 1e3;  // registered in milliseconds
+      }
+    }
+  }
+};
+
+std::vector<Case> Cases() {
+  std::vector<Case> cases;
+  std::vector<std::pair<int64_t, int64_t>> time_shapes = {{256, 4096},  {256, 65536},  {1024, 16384},
+                                                          {1024, 65536}, {4096, 16384}, {4096, 65536}};
+  if (FLAGS_quick) time_shapes = {{1024, 16384}, {4096, 65536}};
+  std::stringstream losses(FLAGS_losses);
+  for (std::string name; std::getline(losses, name, ',');) {
+    Case c = ParseCase(name + "/1x1/naive");
+    for (const auto& [n, columns] : time_shapes) {
+      for (bool streaming : {false, true}) cases.push_back({c.loss, n, columns, streaming});
+    }
+  }
+  return cases;
+}
+
+std::string Verdict(const std::string& name, double ratio, const std::string& op, double target) {
+  const bool pass = op == ">=" ? ratio >= target : ratio <= target;
+  char line[160];
+  std::snprintf(line, sizeof(line), "TARGET %s %.2f %s%g %s", name.c_str(), ratio, op.c_str(), target,
+                pass ? "PASS" : "FAIL");
+  return line;
+}
+
+int Main(int argc, char** argv) {
+  at::set_num_threads(FLAGS_threads > 0 ? FLAGS_threads : static_cast<int>(std::thread::hardware_concurrency()));
+  if (!FLAGS_peak_case.empty()) {
+    std::printf("%lld\n", static_cast<long long>(PeakInThisProcess(ParseCase(FLAGS_peak_case))));
+    return 0;
+  }
+  const std::vector<Case> cases = Cases();
+  // Memory: the largest shape of each loss (the target's), and every shape without --quick.
+  for (const Case& c : cases) {
+    if (FLAGS_quick && c.Shape() != "4096x65536") continue;
+    benchmark::RegisterBenchmark(("loss_memory/" + c.Name()).c_str(), PeakCase, c)
+        ->Iterations(1)
+        ->Unit(benchmark::kMillisecond);
+  }
+  for (const Case& c : cases) {
+    benchmark::RegisterBenchmark(("loss_time/" + c.Name()).c_str(), TimeCase, c)
+        ->Repetitions(FLAGS_repetitions)
+        ->MinTime(FLAGS_quick ? 0.05 : 0.3)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  Collector collector;
+  benchmark::RunSpecifiedBenchmarks(&collector);
+
+  std::ostringstream summary;
+  summary << "device " << FLAGS_device << ", " << at::get_num_threads() << " threads, malloc " << FLAGS_malloc
+          << ", tile " << MakeInputs(cases[0]).options.tile << ", d " << kDim << ", tau " << kTau << "\n";
+  char row[200];
+  std::snprintf(row, sizeof(row), "%-24s %10s %10s %7s %10s %10s %7s\n", "case (B_local x C)", "naive ms",
+                "stream ms", "ratio", "naive MiB", "stream MiB", "ratio");
+  summary << row;
+  double worst_infonce_time = 0, infonce_memory = 0;
+  for (const Case& c : cases) {
+    if (c.streaming) continue;
+    const std::string naive = c.Name(), streaming = c.Key() + "/streaming";
+    const double time_ratio = collector.seconds[streaming] / collector.seconds[naive];
+    const bool has_peak = collector.peak_mib.count(naive) > 0;
+    const double memory_ratio = has_peak ? collector.peak_mib[naive] / collector.peak_mib[streaming] : 0;
+    std::snprintf(row, sizeof(row), "%-24s %10.1f %10.1f %7.2f %10.0f %10.0f %7.1f\n", c.Key().c_str(),
+                  collector.seconds[naive] * 1e3, collector.seconds[streaming] * 1e3, time_ratio,
+                  has_peak ? collector.peak_mib[naive] : 0.0, has_peak ? collector.peak_mib[streaming] : 0.0,
+                  memory_ratio);
+    summary << row;
+    if (c.loss == LossConfig::INFONCE) {
+      worst_infonce_time = std::max(worst_infonce_time, time_ratio);
+      if (c.Shape() == "4096x65536") infonce_memory = memory_ratio;
+    }
+  }
+  // Issue 5's targets, on infonce (the loss trained by default): peak memory at 4,096 x 65,536, time at every shape.
+  summary << Verdict("loss_memory", infonce_memory, ">=", 16) << "\n"
+          << Verdict("loss_time", worst_infonce_time, "<=", 1.0) << "\n";
+  std::printf("\n%s", summary.str().c_str());
+  if (!FLAGS_out.empty()) std::ofstream(FLAGS_out) << summary.str();
+  return 0;
+}
+
+}  // namespace
+}  // namespace tempered
+
+int main(int argc, char** argv) {
+  // Naive and streaming repetitions in random order: a neighbour's compile slows both sides alike.
+  std::vector<char*> args(argv, argv + argc);
+  std::string interleave = "--benchmark_enable_random_interleaving=true";
+  args.insert(args.begin() + 1, interleave.data());
+  argc = static_cast<int>(args.size());
+  argv = args.data();
+  benchmark::Initialize(&argc, argv);  // takes the --benchmark_* flags (a later one wins), leaves ours
+  gflags::ParseCommandLineFlags(&argc, &argv, /*remove_flags=*/true);
+  if (FLAGS_malloc == "tuned") {  // as trainer/main.cc: freed blocks stay in the heap (ENV.md, "the allocator")
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  }
+  return tempered::Main(argc, argv);
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every benchmark of bench/ against an existing build and prints one line per target:
+#   <name> <measured ratio> <target> PASS|FAIL
+#
+#   bench/run.sh [--quick]      # --quick: the subset for CI and the GPU check (< 2 minutes on 2 cores)
+#
+# Builds nothing: expects the benchmark binaries in $TEMPERED_BUILD_DIR (default build/; build them with
+# -DTEMPERED_BENCH=ON). TEMPERED_DEVICE: cpu (default) or cuda. TEMPERED_BENCH_OUT: folder for each benchmark's
+# full output (<name>.log) and summary table (<name>.txt); default a new temporary folder, named on stderr.
+# Exit status 0 when every target passes. Benchmarks assert nothing in the test suite: only this script judges.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+QUICK=()
+[ "${1:-}" = "--quick" ] && QUICK=(--quick)
+BUILD=${TEMPERED_BUILD_DIR:-build}
+DEVICE=${TEMPERED_DEVICE:-cpu}
+OUT=${TEMPERED_BENCH_OUT:-$(mktemp -d /tmp/tempered-bench.XXXXXX)}
+mkdir -p "$OUT"
+echo "bench/run.sh: build $BUILD, device $DEVICE, logs in $OUT" >&2
+status=0
+
+# run_bench NAME COMMAND...: runs COMMAND (plus --quick), its output in $OUT/NAME.log; prints its TARGET lines.
+run_bench() {
+  local name=$1
+  shift
+  { echo "### $* ${QUICK[*]}"; echo "### load before: $(cat /proc/loadavg)"; } >"$OUT/$name.log"
+  "$@" "${QUICK[@]}" >>"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "### rc $rc; load after: $(cat /proc/loadavg)" >>"$OUT/$name.log"
+  if ! grep -q '^TARGET ' "$OUT/$name.log"; then
+    echo "$name - - FAIL (rc $rc, no result; see $OUT/$name.log)"
+    status=1
+    return
+  fi
+  grep '^TARGET ' "$OUT/$name.log" | cut -d' ' -f2-
+  grep -q '^TARGET .* FAIL$' "$OUT/$name.log" && status=1
+}
+
+# One line per benchmark binary; each prints the TARGET lines of the targets it measures.
+run_bench loss "$BUILD/bench/loss_bench" --device="$DEVICE" --out="$OUT/loss.txt" --benchmark_color=false
+
+exit $status
