@@ -102,11 +102,20 @@ int main(int argc, char** argv) {
   try {
     if (argc > 1) throw tempered::UserError(std::string("unexpected argument '") + argv[1] + "'");
     tempered::RunConfig config;
+    std::string error;
     try {
       config = ConfigFromFlags();
     } catch (const tempered::UserError& e) {
-      // Every rank parses the same flags and files: all fail together; rank 0 speaks for them.
-      throw tempered::CollectiveError(e.what(), tempered::comm::Rank() == 0);
+      error = e.what();
+    }
+    // Every rank parses the same flags, but a config file can be on one node's disk and not another's: the ranks
+    // agree before going on, or those that parsed it would wait in Train's first collective forever for one that
+    // gave up (a hang found by bad_input_test.py). The lowest failing rank speaks for all.
+    constexpr double kNone = 1e9;
+    const int rank = tempered::comm::Rank();
+    const double first_failed = -tempered::comm::AllReduceMax(error.empty() ? -kNone : -static_cast<double>(rank));
+    if (first_failed < kNone) {
+      throw tempered::CollectiveError(error.empty() ? "another rank failed" : error, rank == first_failed);
     }
     tempered::TrainOptions options;
     options.resume = FLAGS_resume;
