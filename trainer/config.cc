@@ -134,6 +134,23 @@ void Require(bool ok, const std::string& field, const std::string& expectation, 
   }
 }
 
+// Every float field of `m` (recursively) must be finite: inf passes most range checks (lr > 0) and NaN none but
+// the ones written with a negation; neither makes sense anywhere in a config.
+void RequireFinite(const pb::Message& m, const std::string& prefix) {
+  const pb::Reflection* r = m.GetReflection();
+  for (int i = 0; i < m.GetDescriptor()->field_count(); ++i) {
+    const pb::FieldDescriptor* f = m.GetDescriptor()->field(i);
+    const std::string name = prefix + f->name();
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE && !f->is_repeated()) {
+      if (r->HasField(m, f)) RequireFinite(r->GetMessage(m, f), name + ".");
+    } else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_FLOAT && !f->is_repeated()) {
+      Require(std::isfinite(r->GetFloat(m, f)), name, "finite", r->GetFloat(m, f));
+    } else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_DOUBLE && !f->is_repeated()) {
+      Require(std::isfinite(r->GetDouble(m, f)), name, "finite", r->GetDouble(m, f));
+    }
+  }
+}
+
 }  // namespace
 
 RunConfig ResolveConfig(const RunConfig& config) {
@@ -143,6 +160,7 @@ RunConfig ResolveConfig(const RunConfig& config) {
 }
 
 void ValidateConfig(const RunConfig& c) {
+  RequireFinite(c, "");
   Require(c.loss().tau() > 0 && std::isfinite(c.loss().tau()), "loss.tau", "> 0", c.loss().tau());
   Require(c.loss().hard_k() >= 0, "loss.hard_k", ">= 0", c.loss().hard_k());
   Require(c.loss().hard_fraction() > 0 && c.loss().hard_fraction() <= 1, "loss.hard_fraction", "in (0, 1]",
