@@ -38,5 +38,10 @@ run_bench() {
 
 # One line per benchmark binary; each prints the TARGET lines of the targets it measures.
 run_bench loss "$BUILD/bench/loss_bench" --device="$DEVICE" --out="$OUT/loss.txt" --benchmark_color=false
+# Training speed and the gather: CPU targets (2 cores), driven by bench/train_bench.py.
+[ "$DEVICE" = cpu ] && run_bench gather /usr/bin/python3 bench/train_bench.py gather --build "$BUILD"
+[ "$DEVICE" = cpu ] && run_bench train_vs_pytorch /usr/bin/python3 bench/train_bench.py train_vs_pytorch --build "$BUILD"
+[ "$DEVICE" = cpu ] && run_bench scaling_2rank /usr/bin/python3 bench/train_bench.py scaling_2rank --build "$BUILD"
+[ "$DEVICE" = cpu ] && run_bench compute_fraction /usr/bin/python3 bench/train_bench.py compute_fraction --build "$BUILD"
 
 exit $status

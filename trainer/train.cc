@@ -282,7 +282,9 @@ Trainer Setup(const RunConfig& config) {
       t.encoder->parameters(), torch::optim::SGDOptions(config.optim().lr())
                                    .momentum(config.optim().momentum())
                                    .weight_decay(config.optim().weight_decay()));
-  t.reducer = std::make_unique<comm::GradientReducer>(t.encoder->parameters());
+  // Buckets all-reduced during backward, as each fills (the small CNN's ~1 MB of gradients makes 3-4 buckets).
+  t.reducer = std::make_unique<comm::GradientReducer>(
+      t.encoder->parameters(), comm::ReducerOptions{256 << 10, comm::ReduceTiming::kDuringBackward});
   t.loss.name = config.loss().name();
   t.loss.tau = config.loss().tau();
   const bool bank = config.loss().negatives() == LossConfig::MEMORY_BANK;

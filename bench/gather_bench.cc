@@ -1,0 +1,145 @@
+// gather: comm::GatherWithGrad forward + backward against the raw MPI calls that move the same bytes, side by side
+// in one run (issue 5). The raw side is the baseline, not project code, so it calls MPI directly:
+//   MPI_Allgather of the (rows, dim) float block, then MPI_Reduce_scatter (equal counts) of the (size x rows, dim)
+// gradient, into buffers allocated once. The GatherWithGrad side runs what the trainer runs: a leaf (rows, dim), the gathered
+// (size x rows, dim) tensor, backward of a fixed gradient through it (autograd, allocation and the row-count
+// exchange included). The row-count exchange (comm::AllGatherCounts, a 3-int64 all-gather that lets uneven
+// shards and mismatched shapes be caught) is also timed alone, to show how much of the difference it is.
+//
+//   mpirun -np N gather_bench [--rows 128,1024,8192] [--dim 128] [--repetitions 21] [--iterations 10]
+//
+// Launch with ENV.md's reduce-scatter tuning (--mca coll_tuned_use_dynamic_rules 1
+// --mca coll_tuned_reduce_scatter_block_algorithm 2 --mca coll_tuned_reduce_scatter_algorithm 2): the MCA settings
+// are per process, so both sides get them. One repetition times --iterations calls of each side (in an order that
+// alternates between repetitions) after a barrier, on the slowest rank; the median over repetitions is reported.
+// The machine is shared and busy-polling ranks lose their core for milliseconds at a time, so a repetition is one
+// call by default and the median keeps only the undisturbed ones.
+// Prints a table and ends with: TARGET gather <worst ratio over the sizes> <=1.2 PASS|FAIL.
+#include <gflags/gflags.h>
+#include <malloc.h>
+#include <mpi.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "comm/comm.h"
+
+DEFINE_string(rows, "128,1024,8192", "rows per rank (comma-separated); a SimCLR step of batch B gathers 2B/N");
+DEFINE_int32(dim, 128, "row width (floats)");
+DEFINE_int32(repetitions, 101, "timed repetitions per side and size (the median is reported)");
+DEFINE_int32(iterations, 1, "calls per repetition");
+DEFINE_double(target, 1.2, "the target: GatherWithGrad time / raw MPI time <= target");
+
+namespace tempered {
+namespace {
+
+#define BENCH_MPI(cmd)                                                                                        \
+  do {                                                                                                        \
+    if ((cmd) != MPI_SUCCESS) comm::Abort(std::string("gather_bench: ") + #cmd + " failed at line " +        \
+                                          std::to_string(__LINE__));                                          \
+  } while (0)
+
+std::vector<int64_t> ParseList(const std::string& text) {
+  std::vector<int64_t> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) out.push_back(std::stoll(item));
+  return out;
+}
+
+// Seconds per call of fn on the slowest rank.
+template <typename Fn>
+double TimePerCall(Fn fn) {
+  comm::Barrier();
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < FLAGS_iterations; ++i) fn();
+  const double local = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return comm::AllReduceMax(local) / FLAGS_iterations;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Returns GatherWithGrad time / raw time for `rows` rows per rank.
+double CompareAt(int64_t rows) {
+  const int n = comm::Size();
+  const int64_t d = FLAGS_dim;
+  const int count = static_cast<int>(rows * d);
+  torch::Tensor local = torch::full({rows, d}, static_cast<float>(comm::Rank()));
+  torch::Tensor gathered = torch::empty({n * rows, d});
+  torch::Tensor grad = torch::ones({n * rows, d});
+  torch::Tensor grad_local = torch::empty({rows, d});
+  const std::vector<int> counts(n, count);
+  auto raw = [&] {
+    BENCH_MPI(MPI_Allgather(local.data_ptr<float>(), count, MPI_FLOAT, gathered.data_ptr<float>(), count, MPI_FLOAT,
+                            MPI_COMM_WORLD));
+    BENCH_MPI(MPI_Reduce_scatter(grad.data_ptr<float>(), grad_local.data_ptr<float>(), counts.data(), MPI_FLOAT,
+                                 MPI_SUM, MPI_COMM_WORLD));
+  };
+  torch::Tensor leaf = local.clone().requires_grad_(true);
+  auto with_grad = [&] {
+    comm::GatherWithGrad(leaf).backward(grad);
+    leaf.mutable_grad().reset();
+  };
+  // Correctness in the same run: the gathered rows and the summed gradient have closed forms.
+  torch::Tensor check = comm::GatherWithGrad(leaf);
+  check.backward(grad);
+  for (int r = 0; r < n; ++r) {
+    if (!check.narrow(0, r * rows, rows).eq(r).all().item<bool>() || !leaf.grad().eq(n).all().item<bool>()) {
+      comm::Abort("gather_bench: GatherWithGrad returned wrong values");
+    }
+  }
+  leaf.mutable_grad().reset();
+  raw();
+  with_grad();  // warm-up: heap growth, MPI connections
+  std::vector<double> raw_s, grad_s, counts_s;
+  for (int rep = 0; rep < FLAGS_repetitions; ++rep) {
+    counts_s.push_back(TimePerCall([&] { comm::AllGatherCounts(rows); }));
+    if (rep % 2 == 0) {
+      raw_s.push_back(TimePerCall(raw));
+      grad_s.push_back(TimePerCall(with_grad));
+    } else {
+      grad_s.push_back(TimePerCall(with_grad));
+      raw_s.push_back(TimePerCall(raw));
+    }
+  }
+  const double raw_median = Median(raw_s), grad_median = Median(grad_s);
+  if (comm::Rank() == 0) {
+    const double mib = static_cast<double>(rows * d * 4) / (1 << 20);
+    std::printf("%d ranks  %6lld rows x %d (%6.3f MiB/rank)  raw MPI %8.3f ms  GatherWithGrad %8.3f ms  "
+                "ratio %.3f  (row-count exchange alone %.3f ms)\n",
+                n, static_cast<long long>(rows), FLAGS_dim, mib, raw_median * 1e3, grad_median * 1e3,
+                grad_median / raw_median, Median(counts_s) * 1e3);
+    std::fflush(stdout);
+  }
+  return grad_median / raw_median;
+}
+
+int Main() {
+  at::set_num_threads(1);  // the copies are memory-bound; ranks share the cores
+  double worst = 0;
+  for (int64_t rows : ParseList(FLAGS_rows)) worst = std::max(worst, CompareAt(rows));
+  if (comm::Rank() == 0) {
+    std::printf("TARGET gather %.2f <=%g %s\n", worst, FLAGS_target, worst <= FLAGS_target ? "PASS" : "FAIL");
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace tempered
+
+int main(int argc, char** argv) {
+  mallopt(M_MMAP_MAX, 0);  // as tempered-train: no page faults from returning freed tensors to the OS
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  tempered::comm::Init(&argc, &argv);
+  const int status = tempered::Main();
+  tempered::comm::Finalize();
+  return status;
+}

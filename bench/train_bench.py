@@ -1,0 +1,195 @@
+#!/usr/bin/python3
+"""Training-speed benchmarks of issue 5, each against its baseline side by side in one run (bench/README.md).
+
+  bench/train_bench.py TARGET [--build DIR] [--quick] [--repetitions N] [--steps S]
+
+TARGET:
+  train_vs_pytorch  tempered-train images/s vs bench/simclr_reference.py (same model, batch, augmentations, loss,
+                    optimiser, threads, allocator settings), 1 process, all cores.        target >= 1.3
+  scaling_2rank     2 ranks x 1 thread vs 1 rank x 1 thread at the same per-rank batch.  target >= 1.7
+  compute_fraction  the encoder's achieved FLOP/s in training (images/s x its analytic FLOPs per image) vs the
+                    FLOP/s of the same convs alone (bench/conv_bench), same threads and batch.  target >= 0.6
+  gather            comm::GatherWithGrad fwd+bwd vs raw MPI (bench/gather_bench) at 2 and 4 ranks.  target <= 1.2
+  compare           two tempered-train binaries (--a, --b) at --ranks ranks: images/s of b / a (no target; used to
+                    choose the gradient reducer's timing).
+
+Speed of tempered-train: rank 0 logs "step k/S ... R img/s" every --log_every steps (R over the window since the
+previous line); the first window (start-up, oneDNN primitive creation, heap growth) is dropped and the rest give
+images / seconds. The reference measures the same way (--warmup steps dropped). Runs of the two sides alternate,
+--repetitions times, and the medians are compared; every TARGET line says the load average while it ran.
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
+# ENV.md: Open MPI's default reduce-scatter is pathological with 4 oversubscribed ranks; the same settings as the tests.
+MCA_REDUCE_SCATTER = ["--mca", "coll_tuned_use_dynamic_rules", "1", "--mca", "coll_tuned_reduce_scatter_block_algorithm",
+                      "2"]
+CORES = os.cpu_count() or 2
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def thread_env(threads):
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+
+
+def run(cmd, env=None, timeout=900):
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        sys.stdout.write(proc.stdout[-3000:])
+        raise RuntimeError("failed (rc %d): %s" % (proc.returncode, " ".join(cmd)))
+    return proc.stdout
+
+
+def tempered_rate(args, ranks, threads, batch, binary=None):
+    """images/s of tempered-train (global batch `batch` over `ranks` ranks), first log window dropped."""
+    binary = binary or os.path.join(args.build, "trainer", "tempered-train")
+    steps = args.log_every * (args.windows + 1)
+    with tempfile.TemporaryDirectory(prefix="tempered-train-bench-") as out:
+        cmd = [binary, "--batch_size", str(batch), "--threads", str(threads), "--max_steps", str(steps),
+               "--epochs", "1000", "--train_subset", str(max(2048, batch)), "--test_subset", "512",
+               "--linear_epochs", "0", "--eval_every_epochs", "0", "--checkpoint_every_steps", "1000000",
+               "--log_every_steps", str(args.log_every), "--out_dir", out]
+        if ranks > 1:
+            cmd = MPIRUN + ["-np", str(ranks)] + cmd
+        log = run(cmd, env=thread_env(threads))
+    rates = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(r"step (\d+)/\d+ .* (\d+) img/s", log)]
+    timed = [r for step, r in rates if step > args.log_every]
+    if len(timed) < 1:
+        raise RuntimeError("no timed log windows in tempered-train's output:\n" + log[-2000:])
+    # Equal images per window: images / seconds is the harmonic mean of the window rates.
+    return len(timed) / sum(1.0 / r for r in timed)
+
+
+def reference_rate(args, threads, batch):
+    cmd = [sys.executable, os.path.join(HERE, "simclr_reference.py"), "--batch_size", str(batch), "--threads",
+           str(threads), "--steps", str(args.log_every * args.windows), "--warmup", str(args.log_every)]
+    return json.loads(run(cmd, env=thread_env(threads)).strip().splitlines()[-1])["images_per_second"]
+
+
+def conv_bench(args, threads, batch):
+    cmd = [os.path.join(args.build, "bench", "conv_bench"), "--threads", str(threads), "--batch_size", str(batch)]
+    return json.loads(run(cmd, env=thread_env(threads)).strip().splitlines()[-1])
+
+
+def alternate(args, first, second):
+    """Runs first() and second() alternately --repetitions times; returns both lists of results."""
+    a, b = [], []
+    for rep in range(args.repetitions):
+        for fn, out in ((first, a), (second, b)) if rep % 2 == 0 else ((second, b), (first, a)):
+            out.append(fn())
+    return a, b
+
+
+def verdict(name, ratio, op, target, detail):
+    ok = ratio >= target if op == ">=" else ratio <= target
+    print(detail)
+    print("TARGET %s %.2f %s%g %s" % (name, ratio, op, target, "PASS" if ok else "FAIL"))
+    sys.stdout.flush()
+
+
+def fmt(values):
+    return "[" + ", ".join("%.0f" % v for v in values) + "]"
+
+
+def train_vs_pytorch(args):
+    threads, batch = CORES, args.batch_size
+    load = loadavg()
+    ours, ref = alternate(args, lambda: tempered_rate(args, 1, threads, batch),
+                          lambda: reference_rate(args, threads, batch))
+    ratio = statistics.median(ours) / statistics.median(ref)
+    verdict("train_vs_pytorch", ratio, ">=", 1.3,
+            "train_vs_pytorch: batch %d, 1 process x %d threads: tempered-train %s img/s, PyTorch reference %s img/s "
+            "(medians %.0f / %.0f); load %s -> %s" % (batch, threads, fmt(ours), fmt(ref), statistics.median(ours),
+                                                     statistics.median(ref), load, loadavg()))
+
+
+def scaling_2rank(args):
+    per_rank = args.batch_size // 2
+    load = loadavg()
+    one, two = alternate(args, lambda: tempered_rate(args, 1, 1, per_rank),
+                         lambda: tempered_rate(args, 2, 1, 2 * per_rank))
+    ratio = statistics.median(two) / statistics.median(one)
+    verdict("scaling_2rank", ratio, ">=", 1.7,
+            "scaling_2rank: %d images per rank, 1 thread per rank: 1 rank %s img/s, 2 ranks %s img/s (medians "
+            "%.0f / %.0f); load %s -> %s" % (per_rank, fmt(one), fmt(two), statistics.median(one),
+                                             statistics.median(two), load, loadavg()))
+
+
+def compute_fraction(args):
+    threads, batch = CORES, args.batch_size
+    load = loadavg()
+    convs, rates = alternate(args, lambda: conv_bench(args, threads, batch),
+                             lambda: tempered_rate(args, 1, threads, batch))
+    conv_gflops = statistics.median(c["conv_gflops"] for c in convs)
+    flops_per_image = convs[0]["encoder_flops_per_image"]
+    achieved = statistics.median(rates) * flops_per_image / 1e9
+    verdict("compute_fraction", achieved / conv_gflops, ">=", 0.6,
+            "compute_fraction: batch %d, %d threads: training %s img/s x %.1f MFLOP/image (convs + head, fwd+bwd, "
+            "2 views) = %.1f GFLOP/s; convs alone %s GFLOP/s (median %.1f); load %s -> %s"
+            % (batch, threads, fmt(rates), flops_per_image / 1e6, achieved,
+               fmt([c["conv_gflops"] for c in convs]), conv_gflops, load, loadavg()))
+
+
+def gather(args):
+    load = loadavg()
+    worst = 0.0
+    lines = []
+    rows = "256,2048" if args.quick else "128,256,1024,4096,8192"
+    for ranks in (2, 4):
+        cmd = MPIRUN + MCA_REDUCE_SCATTER + ["-np", str(ranks), os.path.join(args.build, "bench", "gather_bench"),
+                                             "--rows", rows, "--repetitions", "51" if args.quick else "101"]
+        out = run(cmd, env=thread_env(1))
+        for line in out.splitlines():
+            m = re.match(r"TARGET gather (\S+)", line)
+            if m:
+                worst = max(worst, float(m.group(1)))
+            elif "ranks" in line:
+                lines.append(line)
+    verdict("gather", worst, "<=", 1.2, "\n".join(lines) + "\ngather: worst ratio over sizes and world sizes; load "
+            "%s -> %s" % (load, loadavg()))
+
+
+def compare(args):
+    load = loadavg()
+    threads = max(1, CORES // args.ranks)
+    a, b = alternate(args, lambda: tempered_rate(args, args.ranks, threads, args.batch_size, args.a),
+                     lambda: tempered_rate(args, args.ranks, threads, args.batch_size, args.b))
+    print("compare: %d ranks x %d threads, batch %d: a %s img/s, b %s img/s, b/a = %.3f (medians); load %s -> %s"
+          % (args.ranks, threads, args.batch_size, fmt(a), fmt(b), statistics.median(b) / statistics.median(a),
+             load, loadavg()))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("target", choices=["train_vs_pytorch", "scaling_2rank", "compute_fraction", "gather", "compare"])
+    p.add_argument("--build", default=os.environ.get("TEMPERED_BUILD_DIR", os.path.join(ROOT, "build")))
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and steps (bench/run.sh --quick)")
+    p.add_argument("--repetitions", type=int, help="runs of each side (default 3, --quick 2)")
+    p.add_argument("--batch_size", type=int, default=256, help="global batch (tempered-train's default)")
+    p.add_argument("--log_every", type=int, help="steps per timed window (default 5, --quick 4)")
+    p.add_argument("--windows", type=int, help="timed windows after the first (default 4, --quick 3)")
+    p.add_argument("--a", help="compare: baseline tempered-train binary")
+    p.add_argument("--b", help="compare: candidate tempered-train binary")
+    p.add_argument("--ranks", type=int, default=2, help="compare: ranks")
+    args = p.parse_args()
+    args.repetitions = args.repetitions or (2 if args.quick else 3)
+    args.log_every = args.log_every or (4 if args.quick else 5)
+    args.windows = args.windows or (3 if args.quick else 4)
+    globals()[args.target](args)
+
+
+if __name__ == "__main__":
+    main()
