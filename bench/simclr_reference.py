@@ -8,7 +8,7 @@ The same work per step as tempered-train's defaults (trainer/config.cc, trainer/
     (p = 0.5, folded into the crop's affine map), brightness and contrast jitter (factors in [0.6, 1.4], applied in a
     random order per image);
   - model: (x - 0.5) * 4 -> 4 x [conv3x3 (no bias) -> BatchNorm -> ReLU] with 32, 64 (stride 2), 128 (stride 2), 128
-    channels -> global average pool -> Linear(128, 128) -> L2 normalise;
+    channels -> global average pool -> BatchNorm1d -> Linear(128, 128) -> L2 normalise;
   - loss: InfoNCE over the 2B views (each view's positive is its other view, every other view a negative,
     tau = 0.2), the mean over 2B anchors;
   - SGD (lr 0.06 with cosine decay, momentum 0.9, weight decay 5e-4).
@@ -129,7 +129,8 @@ class SmallCnn(nn.Module):
             channels = out
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.backbone = nn.Sequential(*layers)
-        self.head = nn.Linear(channels, embed_dim)
+        # trainer/model.cc: with batch norm, the pooled features are batch-normalised before the linear head.
+        self.head = nn.Sequential(nn.BatchNorm1d(channels), nn.Linear(channels, embed_dim))
 
     def forward(self, images):
         return F.normalize(self.head(self.backbone((images - 0.5) * 4.0)), dim=1)
