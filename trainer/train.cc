@@ -275,7 +275,7 @@ Trainer Setup(const RunConfig& config) {
 
   t.device = DeviceFor(config);
   torch::manual_seed(config.seed());  // identical initial parameters on every rank
-  t.encoder = Encoder(config.model(), t.train.images.size(1));
+  t.encoder = Encoder(config.model(), t.train.images.size(1), t.train.images.size(2));  // the stem depends on the size
   t.encoder->to(t.device);
   for (auto& p : t.encoder->parameters()) comm::Broadcast(p, 0);  // and made certain of it
   t.optimizer = std::make_unique<torch::optim::SGD>(
