@@ -12,12 +12,14 @@ source tests/sanitizer_common.sh
 seconds=${1:-20}
 build=${TEMPERED_FUZZ_BUILD:-build-fuzz}
 jobs=${TEMPERED_FUZZ_JOBS:-$(nproc)}
-targets=($(fuzz_targets))
 
 sanitizer_configure "$build"
-cmake --build "$build" -j"$jobs" --target "${targets[@]}"
+cmake --build "$build" -j"$jobs" --target tempered_fuzzers
+targets=($(fuzz_targets "$build"))
 work=$build/fuzz
-rm -rf "$work/seeds"
+rm -rf "$work/seeds" "$work/tmp"
+mkdir -p "$work/tmp"
+export TMPDIR=$(cd "$work/tmp" && pwd)  # the directory-based targets write their inputs here
 /usr/bin/python3 tests/fuzz/seeds.py "$work/seeds"
 
 # Leak checking stays on (a parser that leaks on bad input is a bug). The first inputs pay for LibTorch's lazy
@@ -41,6 +43,7 @@ fuzz_one() {
     "$dir/fuzz.log" | grep -o '[0-9]*$') runs in ${seconds}s, corpus $(ls "$dir/corpus" | wc -l) inputs"
 }
 
+start=$(date +%s)
 failed=0
 running=0
 for target in "${targets[@]}"; do
@@ -48,4 +51,5 @@ for target in "${targets[@]}"; do
   if (( ++running >= jobs )); then wait -n || failed=1; running=$((running - 1)); fi
 done
 while (( running > 0 )); do wait -n || failed=1; running=$((running - 1)); done
+echo "fuzz: ${#targets[@]} targets x ${seconds} s, $jobs at a time: $(($(date +%s) - start)) s"
 exit $failed

@@ -18,7 +18,7 @@ unit_tests=()
 for test in "${wanted[@]}"; do [ -f "tests/$test.cc" ] && unit_tests+=("$test"); done
 
 sanitizer_configure "$build"
-cmake --build "$build" -j"$(nproc)" --target "${unit_tests[@]}" $(fuzz_targets)
+cmake --build "$build" -j"$(nproc)" --target "${unit_tests[@]}" tempered_fuzzers
 built=$(date +%s)
 
 # detect_leaks=0: the tests call MPI_Init (tests/test_main.cc), and Open MPI leaves ~14 KiB allocated at exit from

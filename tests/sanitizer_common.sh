@@ -19,10 +19,10 @@ sanitizer_configure() {
   fi
 }
 
-# The fuzz targets of the source tree: tests/fuzz/<name>_fuzzer.cc.
+# The fuzz targets built in a build directory (all of tests/fuzz/<name>_fuzzer.cc that this build can link).
 fuzz_targets() {
-  local src
-  for src in tests/fuzz/*_fuzzer.cc; do basename "$src" .cc; done
+  local binary
+  for binary in "$1"/tests/fuzz/*_fuzzer; do [ -x "$binary" ] && basename "$binary"; done
 }
 
 SANITIZER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/sanitizers

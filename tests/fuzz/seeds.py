@@ -1,13 +1,17 @@
 #!/usr/bin/python3
 """Writes the seed corpus and dictionary of every fuzz target (tests/fuzz/<target>_fuzzer.cc):
     seeds.py OUT_DIR  ->  OUT_DIR/<target>/seed-*  and  OUT_DIR/<target>.dict
-Seeds are small valid inputs (libFuzzer mutates from them); the text-proto dictionaries hold every field and enum
-name of proto/tempered.proto, so new fields are fuzzed without editing this file. Standard library only."""
+Seeds are small valid inputs (libFuzzer mutates from them), generated here, plus the committed files of
+tests/fuzz/seeds/<target>/ (tiny images: there is no JPEG encoder in the standard library). The text-proto
+dictionaries hold every field and enum name of proto/tempered.proto, so new fields are fuzzed without editing this
+file. Standard library only."""
 import gzip
 import os
 import re
+import shutil
 import struct
 import sys
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.dirname(os.path.dirname(HERE))
@@ -39,6 +43,35 @@ def npy_seeds():
             "i4-labels-v2": npy("<i4", (3,), struct.pack("<3i", 2, 1, 0), version=2),
             "empty": npy("<f4", (0, 4), b""),
             "scalar-v3": npy("<f8", (), struct.pack("<d", 1.5), version=3)}
+
+
+def cifar_seeds():
+    pixels = bytes((7 * i) % 256 for i in range(3072))
+    return {"cifar10-one": bytes([3]) + pixels, "cifar10-two": bytes([9]) + pixels + bytes([0]) + pixels,
+            "cifar100-one": bytes([4, 87]) + pixels}
+
+
+def mat_element(kind, data):
+    """A MAT v5 data element: tag (type, byte count) and data padded to 8 bytes."""
+    return struct.pack("<II", kind, len(data)) + data + b"\0" * (-len(data) % 8)
+
+
+def mat_matrix(name, mx_class, dims, data_type, data):
+    """A miMATRIX element (type 14): array flags (class), dimensions, name, real part."""
+    return mat_element(14, mat_element(6, struct.pack("<II", mx_class, 0)) +
+                       mat_element(5, struct.pack("<%di" % len(dims), *dims)) + mat_element(1, name.encode()) +
+                       mat_element(data_type, data))
+
+
+def svhn_seeds():
+    """test_32x32.mat as MATLAB -v5 writes it: X uint8 32x32x3x1 and y, plain and zlib-compressed (miCOMPRESSED)."""
+    header = b"MATLAB 5.0 MAT-file, written by tests/fuzz/seeds.py".ljust(116) + b"\0" * 8 + struct.pack("<H", 0x100)
+    header += b"IM"
+    x = mat_matrix("X", 9, [32, 32, 3, 1], 2, bytes((5 * i) % 256 for i in range(3072)))  # mxUINT8, miUINT8
+    y_uint8 = mat_matrix("y", 9, [1, 1], 2, bytes([10]))
+    y_double = mat_matrix("y", 6, [1, 1], 9, struct.pack("<d", 3.0))  # mxDOUBLE, miDOUBLE
+    compress = lambda element: mat_element(15, zlib.compress(element))
+    return {"plain": header + x + y_uint8, "compressed": header + compress(x) + compress(y_double)}
 
 
 def sweep_spec_seeds():
@@ -79,7 +112,8 @@ def proto_dictionary():
 
 
 def main(out_dir):
-    targets = {"idx": (idx_seeds(), None), "npy": (npy_seeds(), '"\\x93NUMPY"\n"descr"\n"fortran_order"\n'
+    targets = {"idx": (idx_seeds(), None), "cifar": (cifar_seeds(), None), "svhn": (svhn_seeds(), None),
+               "image_folder": ({}, None), "npy": (npy_seeds(), '"\\x93NUMPY"\n"descr"\n"fortran_order"\n'
                                                    '"shape"\n"False"\n"True"\n"<f4"\n"<f8"\n"<i4"\n"<i8"\n">f4"\n'),
                "run_config": (run_config_seeds(), proto_dictionary()),
                "sweep_spec": (sweep_spec_seeds(), proto_dictionary())}
@@ -88,6 +122,9 @@ def main(out_dir):
         for name, data in seeds.items():
             with open(os.path.join(out_dir, target, "seed-" + name), "wb") as f:
                 f.write(data)
+        committed = os.path.join(HERE, "seeds", target)
+        for name in os.listdir(committed) if os.path.isdir(committed) else []:
+            shutil.copy(os.path.join(committed, name), os.path.join(out_dir, target, "seed-" + name))
         if dictionary:
             with open(os.path.join(out_dir, target + ".dict"), "w") as f:
                 f.write(dictionary)

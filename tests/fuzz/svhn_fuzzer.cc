@@ -1,0 +1,30 @@
+// SVHN reader (trainer/data.h, matio underneath): the input is test_32x32.mat. UserError or a data set, nothing
+// else. matio is Debian's uninstrumented library: ASan sees its heap through malloc, and a crash inside it is still
+// a crash of tempered-train on a bad file.
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+
+#include "tests/fuzz/fuzz_dir.h"
+#include "trainer/data.h"
+#include "trainer/errors.h"
+
+// matio allocates whatever a damaged header declares before reading it (a truncated 2 KB file made
+// Mat_VarReadInfo malloc 2 GB): not a crash, and bounded by the format's 32-bit sizes, but it would stop every run
+// of this target at libFuzzer's malloc limit. Allocations over 256 MB fail instead, as on a machine without the
+// memory: matio must cope with that, and LoadSvhn must turn it into a UserError.
+extern "C" const char* __asan_default_options() { return "allocator_may_return_null=1:max_allocation_size_mb=256"; }
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  at::set_num_threads(1);
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static tempered::fuzz::InputDir dir;
+  try {
+    tempered::LoadSvhn(dir.Write("test_32x32.mat", data, size), /*train=*/false);
+  } catch (const tempered::UserError&) {
+  }
+  return 0;
+}
