@@ -99,6 +99,7 @@ void ExpectStreamingMatchesNaive(const Problem& p, const LossOptions& options, b
   }
 }
 
+// The top-K losses widen the tile to 4K (trainer/streaming_loss.cc), so for them K = 3 means tiles of 12.
 TEST(StreamingLoss, MatchesNaiveForEveryLossTauTileAndK) {
   torch::manual_seed(3);
   constexpr int64_t kColumns = 37;
@@ -233,12 +234,16 @@ TEST(StreamingLoss, FiniteDifferences) {
   }
 }
 
+// A rank without anchors still backpropagates into the candidates (zeros), as every rank must through the gather.
 TEST(StreamingLoss, EmptyBatchGivesEmptyLoss) {
   for (LossConfig::Name name : kAllLosses) {
+    const torch::Tensor candidates = torch::randn({5, 3}).requires_grad_(true);
     const torch::Tensor loss =
-        StreamingContrastiveLoss(torch::zeros({0, 3}), torch::randn({5, 3}), torch::zeros({0}, torch::kLong),
+        StreamingContrastiveLoss(torch::zeros({0, 3}), candidates, torch::zeros({0}, torch::kLong),
                                  torch::zeros({0}, torch::kLong), Options(name, 0.1, 2, 4));
     EXPECT_EQ(loss.sizes(), torch::IntArrayRef({0})) << LossConfig::Name_Name(name);
+    loss.sum().backward();
+    EXPECT_TRUE(torch::equal(candidates.grad(), torch::zeros({5, 3}))) << LossConfig::Name_Name(name);
   }
 }
 

@@ -21,24 +21,36 @@ using torch::autograd::variable_list;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // A tile of candidates [begin, begin + t) is computed into a window (n, 1 + t): column 0 is a sink, columns
-// 1..t are the tile. Per-anchor indices that fall outside the tile are sent to the sink, so the positive and the
-// excluded candidate are masked with one scatter of n entries instead of an (n, t) mask.
+// 1..t are the tile. Per-anchor indices that fall outside the tile are sent to the sink, so entries are set or
+// added with one scatter of the indices instead of an (n, t) mask.
 Tensor WindowColumn(const Tensor& index, int64_t begin, int64_t t) {  // index any shape -> same shape
   const Tensor local = index - begin;
   return (local + 1).masked_fill_(local.lt(0).logical_or(local.ge(t)), 0);
 }
 
+// Each anchor's positive and excluded candidate in the tiling, computed once per call (a GPU is launch-bound on
+// small per-tile ops): tile number and window column, (n, 2) each. exclude = -1 is in tile -1, i.e. none.
+struct MaskedCandidates {
+  Tensor tile_number, column;
+
+  MaskedCandidates(const Tensor& positive, const Tensor& exclude, int64_t tile) {
+    const Tensor index = torch::stack({positive, exclude}, 1);  // (n, 2)
+    tile_number = torch::div(index, tile, "floor");
+    column = index.remainder(tile) + 1;
+  }
+  Tensor WindowColumns(int64_t begin, int64_t tile) const { return column * tile_number.eq(begin / tile); }
+};
+
 // window (n, 1 + t) <- [-inf | scaled_anchors @ tile^T], -inf at each anchor's positive and excluded column.
 // -inf drops out of max, top-K and exp sums and gets zero gradient, as in the naive loss. (A per-anchor shift is
 // applied afterwards where needed: addmm with a broadcast (n, 1) bias measured ~10x slower than mm here.)
-void ScoreTile(const Tensor& window, const Tensor& scaled_anchors, const Tensor& tile, const Tensor& positive,
-               const Tensor& exclude, int64_t begin) {
-  const int64_t t = tile.size(0);
+void ScoreTile(const Tensor& window, const Tensor& scaled_anchors, const Tensor& candidates, int64_t begin,
+               int64_t tile, const MaskedCandidates& masked) {
+  const int64_t t = window.size(1) - 1;
   Tensor scores = window.narrow(1, 1, t);  // (n, t), written in place by the matmul
-  torch::mm_out(scores, scaled_anchors, tile.t());
+  torch::mm_out(scores, scaled_anchors, candidates.narrow(0, begin, t).t());
   window.select(1, 0).fill_(-kInf);
-  window.scatter_(1, WindowColumn(positive, begin, t).unsqueeze(1), -kInf);
-  window.scatter_(1, WindowColumn(exclude, begin, t).unsqueeze(1), -kInf);
+  window.scatter_(1, masked.WindowColumns(begin, tile), -kInf);
 }
 
 Tensor RowDot(const Tensor& a, const Tensor& b) { return (a * b).sum(1); }  // (n, d), (n, d) -> (n)
@@ -86,11 +98,12 @@ struct InfoNceFunction : public torch::autograd::Function<InfoNceFunction> {
     const Tensor positive_logit = RowDot(scaled, candidates.index_select(0, positive));  // (n) s_ii / tau
     Tensor max = positive_logit.clone();                                                 // (n) m
     Tensor sum = torch::ones({n}, anchors.options());                                    // (n) l
+    const MaskedCandidates masked(positive, exclude, tile);
     Tensor buffer = torch::empty({n, 1 + std::min(tile, candidates_count)}, anchors.options());
     for (int64_t begin = 0; begin < candidates_count; begin += tile) {
       const int64_t t = std::min(tile, candidates_count - begin);
       const Tensor window = buffer.narrow(1, 0, 1 + t);  // (n, 1 + t) s / tau of the tile
-      ScoreTile(window, scaled, candidates.narrow(0, begin, t), positive, exclude, begin);
+      ScoreTile(window, scaled, candidates, begin, tile, masked);
       const Tensor new_max = torch::maximum(max, window.amax(1));
       sum.mul_((max - new_max).exp_()).add_(window.sub_(new_max.unsqueeze(1)).exp_().sum(1));
       max = new_max;
@@ -108,14 +121,16 @@ struct InfoNceFunction : public torch::autograd::Function<InfoNceFunction> {
     const Tensor &anchors = saved[0], &candidates = saved[1], &positive = saved[2], &exclude = saved[3],
                  &loss = saved[4];
     const double tau = ctx->saved_data["tau"].toDouble();
+    const int64_t tile = ctx->saved_data["tile"].toInt();
+    const MaskedCandidates masked(positive, exclude, tile);
     const Tensor scaled = anchors / tau;
     const Tensor shift = RowDot(scaled, candidates.index_select(0, positive)).add_(loss).unsqueeze(1);  // (n, 1)
     const FillTile probabilities = [&](const Tensor& window, int64_t begin, int64_t t) {
-      ScoreTile(window, scaled, candidates.narrow(0, begin, t), positive, exclude, begin);
+      ScoreTile(window, scaled, candidates, begin, tile, masked);
       window.sub_(shift).exp_();  // P = e^{s/tau - (s_ii/tau + L)}
     };
-    variable_list grads = TiledBackward(anchors, candidates, positive, grad_outputs[0] / tau, torch::expm1(-loss),
-                                        ctx->saved_data["tile"].toInt(), probabilities);
+    variable_list grads =
+        TiledBackward(anchors, candidates, positive, grad_outputs[0] / tau, torch::expm1(-loss), tile, probabilities);
     return {grads[0], grads[1], {}, {}, {}, {}};
   }
 };
@@ -128,8 +143,10 @@ struct HardestFunction : public torch::autograd::Function<HardestFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& anchors, const Tensor& candidates, const Tensor& positive,
                         const Tensor& exclude, int64_t name, double scale, int64_t k, int64_t tile) {
     const int64_t n = anchors.size(0), candidates_count = candidates.size(0);
-    // The merge sorts K + tile entries per anchor and tile: a tile of at least K keeps that within 2 n C in all.
-    tile = std::max(tile, k);
+    // Each merge selects from K + tile entries per anchor, (C / tile)(K + tile) in all; topk costs ~25 exps per
+    // entry here, so a tile of at least 4K keeps that within 1.25 C (the naive loss: C, sorted). Memory O(n K).
+    tile = std::max(tile, 4 * k);
+    const MaskedCandidates masked(positive, exclude, tile);
     const Tensor scaled = anchors * scale;
     // buffer (n, K + 1 + tile) = [running top-K values | sink | tile]; topk over it merges the tile in.
     Tensor buffer = torch::empty({n, k + 1 + std::min(tile, candidates_count)}, anchors.options());
@@ -137,7 +154,7 @@ struct HardestFunction : public torch::autograd::Function<HardestFunction> {
     Tensor index = torch::zeros({n, k}, positive.options());  // (n, K) candidate index of each running value
     for (int64_t begin = 0; begin < candidates_count; begin += tile) {
       const int64_t t = std::min(tile, candidates_count - begin);
-      ScoreTile(buffer.narrow(1, k, 1 + t), scaled, candidates.narrow(0, begin, t), positive, exclude, begin);
+      ScoreTile(buffer.narrow(1, k, 1 + t), scaled, candidates, begin, tile, masked);
       auto [values, at] = buffer.narrow(1, 0, k + 1 + t).topk(k, 1, /*largest=*/true, /*sorted=*/false);
       // at < K: a running entry kept; at > K: column at - K - 1 of the tile (the sink, at = K, is -inf and loses
       // to the >= K negatives every anchor has over all tiles).
@@ -211,8 +228,10 @@ Tensor SimpleLoss(const Tensor& anchors, const Tensor& candidates, const Tensor&
   return negative_sum / count - positive_similarity;
 }
 
-void CheckArguments(const Tensor& anchors, const Tensor& candidates, const Tensor& positive, const Tensor& exclude,
-                    const LossOptions& options) {
+// Checks the arguments; returns the smallest number of negatives of any anchor (C - 1, or C - 2 when some anchor
+// excludes a candidate). The index checks cost one device-to-host copy, not one per check (a GPU sync each).
+int64_t CheckArguments(const Tensor& anchors, const Tensor& candidates, const Tensor& positive, const Tensor& exclude,
+                       const LossOptions& options) {
   CHECK(anchors.dim() == 2 && candidates.dim() == 2 && anchors.size(1) == candidates.size(1))
       << "anchors (n, d) and candidates (C, d) must share d";
   const int64_t n = anchors.size(0), columns = candidates.size(0);
@@ -222,27 +241,31 @@ void CheckArguments(const Tensor& anchors, const Tensor& candidates, const Tenso
   CHECK(exclude.dim() == 1 && exclude.size(0) == n) << "exclude must be (" << n << ")";
   CHECK_GT(options.tau, 0.0) << "tau must be positive";
   CHECK_GT(options.tile, 0) << "the streaming loss needs tile > 0 (0 is the naive loss)";
-  if (n == 0) return;
-  CHECK(positive.min().item<int64_t>() >= 0 && positive.max().item<int64_t>() < columns)
-      << "positive index out of range [0, " << columns << ")";
-  CHECK(exclude.min().item<int64_t>() >= -1 && exclude.max().item<int64_t>() < columns)
-      << "exclude index out of range [-1, " << columns << ")";
-  CHECK(!exclude.eq(positive).any().item<bool>()) << "an anchor excludes its own positive";
+  if (n == 0) return columns - 1;
+  const Tensor summary =
+      torch::stack({positive.min(), positive.max(), exclude.min(), exclude.max(),
+                    exclude.eq(positive).any().to(torch::kLong), exclude.ge(0).any().to(torch::kLong)})
+          .cpu();
+  const auto s = summary.accessor<int64_t, 1>();
+  CHECK(s[0] >= 0 && s[1] < columns) << "positive index out of range [0, " << columns << ")";
+  CHECK(s[2] >= -1 && s[3] < columns) << "exclude index out of range [-1, " << columns << ")";
+  CHECK(s[4] == 0) << "an anchor excludes its own positive";
+  const int64_t min_negatives = columns - 1 - s[5];
+  CHECK_GE(min_negatives, 1) << "every anchor needs at least one negative";
+  return min_negatives;
 }
 
 }  // namespace
 
 Tensor StreamingContrastiveLoss(const Tensor& anchors, const Tensor& candidates, const Tensor& positive,
                                 const Tensor& exclude, const LossOptions& options) {
-  CheckArguments(anchors, candidates, positive, exclude, options);
-  const int64_t n = anchors.size(0);
-  if (n == 0) return torch::zeros({0}, anchors.options());
+  const int64_t min_negatives = CheckArguments(anchors, candidates, positive, exclude, options);
+  // No anchors: the naive loss, whose empty result still reaches the candidates in autograd (their gradient, zeros,
+  // then flows into a collective backward like every other rank's).
+  if (anchors.size(0) == 0) return ContrastiveLoss(anchors, candidates, positive, exclude, options);
   // fp32 (the range small tau needs) unless the inputs are fp64; autograd casts the gradients back.
   const auto compute = anchors.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
   const Tensor a = anchors.to(compute), c = candidates.to(compute);
-  // Every anchor has C - 1 negatives, one fewer if it excludes a candidate.
-  const int64_t min_negatives = candidates.size(0) - 1 - (exclude.ge(0).any().item<bool>() ? 1 : 0);
-  CHECK_GE(min_negatives, 1) << "every anchor needs at least one negative";
   Tensor loss;
   switch (options.name) {
     case LossConfig::INFONCE:
