@@ -413,7 +413,7 @@ class RankFailureTest(FaultTest):
         self.assertLess(ended, 30, "the job took %.0f s to end after a rank died" % ended)
         self.assertIn("exited on signal 9", stderr)
         # The files rank 0 wrote stay whole: a parseable result and a readable checkpoint.
-        self.assertEqual(read_result(out)["status"], "RUNNING")
+        self.assertIn(read_result(out)["status"], ("RUNNING", "FAILED"))
         self.assertTrue(zipfile.is_zipfile(os.path.join(out, "checkpoint.pt")))
 
     def test_a_rank_failing_alone_in_setup_ends_the_job(self):
