@@ -2,7 +2,7 @@
 // (ContrastiveLoss: materialised (n, C) logits, LibTorch autograd), side by side in one run, d = 128, fwd + bwd with
 // respect to anchors and candidates.
 //
-//   loss_bench [--quick] [--device cpu|cuda] [--threads N] [--malloc tuned|default] [--tile T] [--out FILE]
+//   loss_bench [--quick] [--device cpu|cuda] [--threads N] [--malloc tuned|default] [--tile_scores S] [--out FILE]
 //
 // Time: Google Benchmark, median of --repetitions, naive and streaming interleaved in random order (the machine is
 // shared). Peak memory: on CPU every case runs once in a fresh child process (this binary with --peak_case), which
@@ -35,7 +35,7 @@ DEFINE_bool(quick, false, "a subset for CI and the GPU check (still the 4,096 x 
 DEFINE_string(device, "cpu", "cpu or cuda");
 DEFINE_int32(threads, 0, "intra-op threads (0 = every core)");
 DEFINE_string(malloc, "tuned", "tuned: keep freed memory in the heap, as tempered-train does; default: glibc's");
-DEFINE_int64(tile, 0, "candidates per tile of the streaming loss (0 = LossOptions' default)");
+DEFINE_int64(tile_scores, 0, "anchors x candidates per tile of the streaming loss (0 = LossOptions' default)");
 DEFINE_string(losses, "infonce,hard", "comma-separated losses to measure");
 DEFINE_int32(repetitions, 5, "timed repetitions per case (the median is reported)");
 DEFINE_string(out, "", "also write the summary table and the target lines to this file");
@@ -108,7 +108,7 @@ Inputs MakeInputs(const Case& c) {
   LossConfig config;
   config.set_hard_fraction(kHardFraction);
   in.options.hard_k = HardK(config, c.candidates - 2);
-  if (FLAGS_tile > 0) in.options.tile = FLAGS_tile;
+  if (FLAGS_tile_scores > 0) in.options.tile_scores = FLAGS_tile_scores;
   return in;
 }
 
@@ -159,7 +159,7 @@ int64_t MeasurePeak(const Case& c) {
   if (Device().is_cuda()) return PeakInThisProcess(c);
   std::ostringstream command;
   command << "/proc/" << ::getpid() << "/exe --peak_case=" << c.Name() << " --threads=" << at::get_num_threads()
-          << " --malloc=" << FLAGS_malloc << " --tile=" << FLAGS_tile << " --device=" << FLAGS_device;
+          << " --malloc=" << FLAGS_malloc << " --tile_scores=" << FLAGS_tile_scores << " --device=" << FLAGS_device;
   FILE* child = ::popen(command.str().c_str(), "r");
   if (child == nullptr) throw std::runtime_error("cannot run " + command.str());
   long long bytes = -1;
@@ -243,10 +243,10 @@ std::string LoadAverage() {
 // by default): peak memory at 4,096 x 65,536 and time at every measured shape (the worst ratio).
 std::string Summary(Collector& collector, const std::string& load_before) {
   std::ostringstream out;
-  out << "device " << FLAGS_device << ", " << at::get_num_threads() << " threads, malloc " << FLAGS_malloc << ", tile "
-      << (FLAGS_tile > 0 ? FLAGS_tile : LossOptions().tile) << ", d " << kDim << ", tau " << kTau
-      << ", hard K = " << kHardFraction << " x negatives; load average (1, 5, 15 min) before " << load_before
-      << ", after " << LoadAverage() << "\n";
+  out << "device " << FLAGS_device << ", " << at::get_num_threads() << " threads, malloc " << FLAGS_malloc
+      << ", tile_scores " << (FLAGS_tile_scores > 0 ? FLAGS_tile_scores : LossOptions().tile_scores) << ", d " << kDim
+      << ", tau " << kTau << ", hard K = " << kHardFraction << " x negatives; load average (1, 5, 15 min) before "
+      << load_before << ", after " << LoadAverage() << "\n";
   char row[200];
   std::snprintf(row, sizeof(row), "%-24s %10s %10s %7s %10s %10s %7s\n", "case (B_local x C)", "naive ms", "stream ms",
                 "ratio", "naive MiB", "stream MiB", "ratio");

@@ -15,12 +15,13 @@ namespace {
 const std::vector<LossConfig::Name> kAllLosses = {LossConfig::INFONCE, LossConfig::SIMPLE, LossConfig::HARD,
                                                   LossConfig::HARD_SIMPLE, LossConfig::NEAREST};
 
-LossOptions Options(LossConfig::Name name, double tau, int64_t hard_k, int64_t tile) {
+// tile candidates per tile for n anchors.
+LossOptions Options(LossConfig::Name name, double tau, int64_t hard_k, int64_t tile, int64_t n) {
   LossOptions options;
   options.name = name;
   options.tau = tau;
   options.hard_k = hard_k;
-  options.tile = tile;
+  options.tile_scores = tile * n;
   return options;
 }
 
@@ -113,7 +114,7 @@ TEST(StreamingLoss, MatchesNaiveForEveryLossTauTileAndK) {
           for (int64_t k : {int64_t{3}, negatives, negatives + 10}) {
             SCOPED_TRACE(testing::Message() << LossConfig::Name_Name(name) << " tau=" << tau << " tile=" << tile
                                             << " K=" << k << " exclusion=" << with_exclusion);
-            ExpectStreamingMatchesNaive(p, Options(name, tau, k, tile));
+            ExpectStreamingMatchesNaive(p, Options(name, tau, k, tile, p.anchors.size(0)));
           }
         }
       }
@@ -130,7 +131,7 @@ TEST(StreamingLoss, TiedSimilarities) {
     for (int64_t tile : {1, 7, 30}) {
       for (int64_t k : {1, 5, 28}) {
         SCOPED_TRACE(testing::Message() << LossConfig::Name_Name(name) << " tile=" << tile << " K=" << k);
-        ExpectStreamingMatchesNaive(p, Options(name, 0.07, k, tile), /*group_candidates=*/true);
+        ExpectStreamingMatchesNaive(p, Options(name, 0.07, k, tile, p.anchors.size(0)), /*group_candidates=*/true);
       }
     }
   }
@@ -148,7 +149,7 @@ TEST(StreamingLoss, BatchFormGradientThroughBothRoles) {
   for (LossConfig::Name name : kAllLosses) {
     for (int64_t tile : {1, 5, 64}) {
       SCOPED_TRACE(testing::Message() << LossConfig::Name_Name(name) << " tile=" << tile);
-      const LossOptions options = Options(name, 0.1, 4, tile);
+      const LossOptions options = Options(name, 0.1, 4, tile, 2 * b);
       auto grad_of = [&](LossFn loss_fn) {
         const torch::Tensor leaf = z.clone().requires_grad_(true);
         (loss_fn(leaf, leaf, positive, self, options) * weights).sum().backward();
@@ -168,7 +169,7 @@ TEST(StreamingLoss, Float32MatchesNaive) {
   for (LossConfig::Name name : kAllLosses) {
     for (double tau : {0.01, 0.1}) {
       SCOPED_TRACE(testing::Message() << LossConfig::Name_Name(name) << " tau=" << tau);
-      const LossOptions options = Options(name, tau, 80, 96);
+      const LossOptions options = Options(name, tau, 80, 96, p.anchors.size(0));
       const LossAndGrads naive =
           LossWithGrads(ContrastiveLoss, p.anchors, p.candidates, p.positive, p.exclude, options, p.weights);
       const LossAndGrads streaming =
@@ -189,7 +190,7 @@ TEST(StreamingLoss, Bfloat16InputsComputeInFloat32) {
   torch::manual_seed(8);
   const Problem p = RandomProblem(8, 50, 8, /*with_exclusion=*/false);
   const torch::Tensor anchors = p.anchors.to(torch::kBFloat16), candidates = p.candidates.to(torch::kBFloat16);
-  const LossOptions options = Options(LossConfig::INFONCE, 0.01, 0, 16);
+  const LossOptions options = Options(LossConfig::INFONCE, 0.01, 0, 16, p.anchors.size(0));
   const LossAndGrads streaming =
       LossWithGrads(StreamingContrastiveLoss, anchors, candidates, p.positive, p.exclude, options, p.weights);
   EXPECT_EQ(streaming.loss.scalar_type(), torch::kBFloat16);
@@ -207,7 +208,7 @@ TEST(StreamingLoss, FiniteDifferences) {
   for (LossConfig::Name name : kAllLosses) {
     for (double tau : {0.07, 1.0}) {
       SCOPED_TRACE(testing::Message() << LossConfig::Name_Name(name) << " tau=" << tau);
-      const LossOptions options = Options(name, tau, 3, 4);
+      const LossOptions options = Options(name, tau, 3, 4, p.anchors.size(0));
       const LossAndGrads analytic =
           LossWithGrads(StreamingContrastiveLoss, p.anchors, p.candidates, p.positive, p.exclude, options, p.weights);
       auto objective = [&](const torch::Tensor& a, const torch::Tensor& c) {
@@ -240,7 +241,7 @@ TEST(StreamingLoss, EmptyBatchGivesEmptyLoss) {
     const torch::Tensor candidates = torch::randn({5, 3}).requires_grad_(true);
     const torch::Tensor loss =
         StreamingContrastiveLoss(torch::zeros({0, 3}), candidates, torch::zeros({0}, torch::kLong),
-                                 torch::zeros({0}, torch::kLong), Options(name, 0.1, 2, 4));
+                                 torch::zeros({0}, torch::kLong), Options(name, 0.1, 2, 4, 1));
     EXPECT_EQ(loss.sizes(), torch::IntArrayRef({0})) << LossConfig::Name_Name(name);
     loss.sum().backward();
     EXPECT_TRUE(torch::equal(candidates.grad(), torch::zeros({5, 3}))) << LossConfig::Name_Name(name);
@@ -250,7 +251,7 @@ TEST(StreamingLoss, EmptyBatchGivesEmptyLoss) {
 TEST(StreamingLoss, TileZeroIsTheNaiveLoss) {
   torch::manual_seed(10);
   const Problem p = RandomProblem(5, 20, 4, /*with_exclusion=*/true);
-  const LossOptions options = Options(LossConfig::INFONCE, 0.1, 0, 0);
+  const LossOptions options = Options(LossConfig::INFONCE, 0.1, 0, 0, p.anchors.size(0));
   EXPECT_TRUE(torch::equal(StreamingOrNaiveLoss(p.anchors, p.candidates, p.positive, p.exclude, options),
                            ContrastiveLoss(p.anchors, p.candidates, p.positive, p.exclude, options)));
 }
@@ -263,7 +264,7 @@ TEST(StreamingLoss, CudaMatchesNaive) {
   const torch::Device cuda(torch::kCUDA);
   for (LossConfig::Name name : kAllLosses) {
     SCOPED_TRACE(LossConfig::Name_Name(name));
-    const LossOptions options = Options(name, 0.07, 50, 256);
+    const LossOptions options = Options(name, 0.07, 50, 256, p.anchors.size(0));
     const LossAndGrads naive =
         LossWithGrads(ContrastiveLoss, p.anchors, p.candidates, p.positive, p.exclude, options, p.weights);
     const LossAndGrads streaming = LossWithGrads(StreamingContrastiveLoss, p.anchors.to(cuda), p.candidates.to(cuda),

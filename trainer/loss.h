@@ -17,10 +17,12 @@ struct LossOptions {
   double tau = 0.1;
   // Hardest negatives per anchor for HARD and HARD_SIMPLE (clamped to the number of negatives).
   int64_t hard_k = 0;
-  // Candidates per tile of the streaming loss (trainer/streaming_loss.h): its extra memory is O(n x tile) instead
-  // of the naive (n x C). 0 = the naive loss. ContrastiveLoss itself ignores it. 16384 measured fastest of
-  // 1024-16384 on 2 loaded cores (fewer, larger ops) and keeps 4,096 x 65,536 > 16x below the naive peak.
-  int64_t tile = 16384;
+  // Size of a tile of the streaming loss (trainer/streaming_loss.h) in scores, anchors x candidates: a tile holds
+  // max(1, tile_scores / n) candidates, so its extra memory is O(tile_scores) instead of the naive O(n x C).
+  // 0 = the naive loss; ContrastiveLoss itself ignores it. 2^26 (256 MiB of fp32; 16,384 candidates for 4,096
+  // anchors) measured fastest of 2^22-2^26 on 2 loaded cores (fewer, larger ops; a GPU is launch-bound on small
+  // tiles) and stays > 16x below the naive peak at 4,096 x 65,536.
+  int64_t tile_scores = int64_t{1} << 26;
 };
 
 // anchors (n, d); candidates (C, d); positive (n) int64 candidate index of each anchor's positive; exclude (n)

@@ -240,7 +240,7 @@ int64_t CheckArguments(const Tensor& anchors, const Tensor& candidates, const Te
   CHECK(positive.dim() == 1 && positive.size(0) == n) << "positive must be (" << n << ")";
   CHECK(exclude.dim() == 1 && exclude.size(0) == n) << "exclude must be (" << n << ")";
   CHECK_GT(options.tau, 0.0) << "tau must be positive";
-  CHECK_GT(options.tile, 0) << "the streaming loss needs tile > 0 (0 is the naive loss)";
+  CHECK_GT(options.tile_scores, 0) << "the streaming loss needs tile_scores > 0 (0 is the naive loss)";
   if (n == 0) return columns - 1;
   const Tensor summary =
       torch::stack({positive.min(), positive.max(), exclude.min(), exclude.max(),
@@ -266,10 +266,11 @@ Tensor StreamingContrastiveLoss(const Tensor& anchors, const Tensor& candidates,
   // fp32 (the range small tau needs) unless the inputs are fp64; autograd casts the gradients back.
   const auto compute = anchors.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
   const Tensor a = anchors.to(compute), c = candidates.to(compute);
+  const int64_t tile = std::max<int64_t>(1, options.tile_scores / anchors.size(0));  // candidates per tile
   Tensor loss;
   switch (options.name) {
     case LossConfig::INFONCE:
-      loss = InfoNceFunction::apply(a, c, positive, exclude, options.tau, options.tile);
+      loss = InfoNceFunction::apply(a, c, positive, exclude, options.tau, tile);
       break;
     case LossConfig::SIMPLE:
       loss = SimpleLoss(a, c, positive, exclude);
@@ -279,12 +280,11 @@ Tensor StreamingContrastiveLoss(const Tensor& anchors, const Tensor& candidates,
       CHECK_GT(options.hard_k, 0) << "HARD and HARD_SIMPLE need hard_k > 0 (see HardK)";
       const double scale = options.name == LossConfig::HARD ? 1.0 / options.tau : 1.0;
       loss = HardestFunction::apply(a, c, positive, exclude, static_cast<int64_t>(options.name), scale,
-                                    std::min(options.hard_k, min_negatives), options.tile);
+                                    std::min(options.hard_k, min_negatives), tile);
       break;
     }
     case LossConfig::NEAREST:
-      loss = HardestFunction::apply(a, c, positive, exclude, static_cast<int64_t>(options.name), 1.0, int64_t{1},
-                                    options.tile);
+      loss = HardestFunction::apply(a, c, positive, exclude, static_cast<int64_t>(options.name), 1.0, int64_t{1}, tile);
       break;
     default:
       LOG(FATAL) << "unknown loss " << LossConfig::Name_Name(options.name);
@@ -294,8 +294,8 @@ Tensor StreamingContrastiveLoss(const Tensor& anchors, const Tensor& candidates,
 
 Tensor StreamingOrNaiveLoss(const Tensor& anchors, const Tensor& candidates, const Tensor& positive,
                             const Tensor& exclude, const LossOptions& options) {
-  return options.tile > 0 ? StreamingContrastiveLoss(anchors, candidates, positive, exclude, options)
-                          : ContrastiveLoss(anchors, candidates, positive, exclude, options);
+  return options.tile_scores > 0 ? StreamingContrastiveLoss(anchors, candidates, positive, exclude, options)
+                                 : ContrastiveLoss(anchors, candidates, positive, exclude, options);
 }
 
 }  // namespace tempered
