@@ -4,11 +4,12 @@
 //
 //   loss_bench [--quick] [--device cpu|cuda] [--threads N] [--malloc tuned|default] [--tile_scores S] [--out FILE]
 //
-// Time: Google Benchmark, median of --repetitions, naive and streaming interleaved in random order (the machine is
-// shared). Peak memory: on CPU every case runs once in a fresh child process (this binary with --peak_case), which
-// reports its peak resident set (VmHWM) minus its resident set just before the loss; on CUDA the caching
-// allocator's peak allocated bytes over the same call. Both count everything the call allocates, gradients
-// included, and not the inputs. Ends with one line per target: TARGET <name> <measured ratio> <target> PASS|FAIL.
+// Time: Google Benchmark; naive and streaming alternate inside every iteration (the machine is shared, its load
+// drifts), and the median over --repetitions of streaming / naive is the ratio. Peak memory: on CPU every case runs
+// once in a fresh child process (this binary with --peak_case), which reports its peak resident set (VmHWM) minus its
+// resident set just before the loss; on CUDA the caching allocator's peak allocated bytes over the same call. Both
+// count everything the call allocates, gradients included, and not the inputs. Ends with one line per target: TARGET
+// <name> <measured ratio> <target> PASS|FAIL.
 #include <benchmark/benchmark.h>
 #include <gflags/gflags.h>
 #include <malloc.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -168,15 +170,31 @@ int64_t MeasurePeak(const Case& c) {
   return bytes;
 }
 
-void TimeCase(benchmark::State& state, const Case& c) {
+// Naive and streaming alternate within every iteration (which one goes first alternates too), so that both see the
+// same load from the machine's other users; each repetition records both times and their ratio, and the summary
+// takes the median over repetitions.
+void TimePair(benchmark::State& state, const Case& c) {
   // Built and warmed up (allocator, thread pool, BLAS) once per case, not per repetition; ~35 MiB each.
   static std::map<std::string, Inputs> inputs;
-  if (!inputs.count(c.Name())) {
-    inputs[c.Name()] = MakeInputs(c);
-    ForwardBackward(inputs[c.Name()], c.streaming);
+  if (!inputs.count(c.Key())) {
+    inputs[c.Key()] = MakeInputs(c);
+    for (bool streaming : {false, true}) ForwardBackward(inputs[c.Key()], streaming);
   }
-  Inputs& in = inputs[c.Name()];
-  for (auto _ : state) ForwardBackward(in, c.streaming);
+  Inputs& in = inputs[c.Key()];
+  double seconds[2] = {0, 0};  // naive, streaming
+  int64_t iteration = 0;
+  for (auto _ : state) {
+    for (int second = 0; second < 2; ++second) {
+      const bool streaming = (iteration + second) % 2 == 1;
+      const auto start = std::chrono::steady_clock::now();
+      ForwardBackward(in, streaming);
+      seconds[streaming] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+    ++iteration;
+  }
+  state.counters["naive_ms"] = benchmark::Counter(seconds[0] * 1e3, benchmark::Counter::kAvgIterations);
+  state.counters["streaming_ms"] = benchmark::Counter(seconds[1] * 1e3, benchmark::Counter::kAvgIterations);
+  state.counters["ratio"] = seconds[1] / seconds[0];
   in.anchors.mutable_grad().reset();  // the gradients (C, d) are not kept between cases
   in.candidates.mutable_grad().reset();
 }
@@ -187,10 +205,14 @@ void PeakCase(benchmark::State& state, const Case& c) {
   state.counters["peak_MiB"] = static_cast<double>(bytes) / (1 << 20);
 }
 
-// Collects the median time and the peak of every case while printing the usual console report.
+// Collects the peak of every case and the medians of the paired times while printing the usual console report.
 class Collector : public benchmark::ConsoleReporter {
  public:
-  std::map<std::string, double> seconds, peak_mib;
+  struct Times {
+    double naive_ms, streaming_ms, ratio;
+  };
+  std::map<std::string, double> peak_mib;  // by Case::Name
+  std::map<std::string, Times> times;      // by Case::Key
 
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
@@ -199,7 +221,8 @@ class Collector : public benchmark::ConsoleReporter {
       if (name.rfind("loss_memory/", 0) == 0) {
         peak_mib[name.substr(12)] = run.counters.at("peak_MiB").value;
       } else if (run.run_type == Run::RT_Aggregate && run.aggregate_name == "median") {
-        seconds[name.substr(10)] = run.GetAdjustedRealTime() / 1e3;  // registered in milliseconds
+        times[name.substr(10)] = {run.counters.at("naive_ms").value, run.counters.at("streaming_ms").value,
+                                  run.counters.at("ratio").value};
       }
     }
   }
@@ -254,16 +277,15 @@ std::string Summary(Collector& collector, const std::string& load_before) {
   double worst_infonce_time = -1, infonce_memory = -1;
   for (const Case& c : Cases(kAllShapes)) {
     const std::string naive = c.Name(), streaming = c.Key() + "/streaming";
-    const bool timed = collector.seconds.count(naive) > 0, peaked = collector.peak_mib.count(naive) > 0;
+    const bool timed = collector.times.count(c.Key()) > 0, peaked = collector.peak_mib.count(naive) > 0;
     if (c.streaming || (!timed && !peaked)) continue;
-    const double time_ratio = timed ? collector.seconds[streaming] / collector.seconds[naive] : 0;
+    const Collector::Times t = timed ? collector.times[c.Key()] : Collector::Times{0, 0, 0};
     const double memory_ratio = peaked ? collector.peak_mib[naive] / collector.peak_mib[streaming] : 0;
-    std::snprintf(row, sizeof(row), "%-24s %10.1f %10.1f %7.2f %10.0f %10.0f %7.1f\n", c.Key().c_str(),
-                  collector.seconds[naive] * 1e3, collector.seconds[streaming] * 1e3, time_ratio,
-                  collector.peak_mib[naive], collector.peak_mib[streaming], memory_ratio);
+    std::snprintf(row, sizeof(row), "%-24s %10.1f %10.1f %7.2f %10.0f %10.0f %7.1f\n", c.Key().c_str(), t.naive_ms,
+                  t.streaming_ms, t.ratio, collector.peak_mib[naive], collector.peak_mib[streaming], memory_ratio);
     out << row;
     if (c.loss != LossConfig::INFONCE) continue;
-    if (timed) worst_infonce_time = std::max(worst_infonce_time, time_ratio);
+    if (timed) worst_infonce_time = std::max(worst_infonce_time, t.ratio);
     if (peaked && c.Shape() == "4096x65536") infonce_memory = memory_ratio;
   }
   if (infonce_memory >= 0) out << Verdict("loss_memory", infonce_memory, ">=", 16) << "\n";
@@ -287,10 +309,10 @@ int Main(int argc, char** argv) {
         ->Unit(benchmark::kMillisecond);
   }
   for (const Case& c : Cases(time_shapes)) {
-    benchmark::RegisterBenchmark(("loss_time/" + c.Name()).c_str(), TimeCase, c)
+    if (c.streaming) continue;  // one pair per case
+    benchmark::RegisterBenchmark(("loss_time/" + c.Key()).c_str(), TimePair, c)
         ->Repetitions(FLAGS_quick ? std::min(FLAGS_repetitions, 3) : FLAGS_repetitions)
         ->MinTime(FLAGS_quick ? 0.05 : 0.3)
-        ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }
   Collector collector;
@@ -305,7 +327,7 @@ int Main(int argc, char** argv) {
 }  // namespace tempered
 
 int main(int argc, char** argv) {
-  // Naive and streaming repetitions in random order: a neighbour's compile slows both sides alike.
+  // Cases and repetitions in random order: a drift in the machine's load does not fall on one case alone.
   std::vector<char*> args(argv, argv + argc);
   std::string interleave = "--benchmark_enable_random_interleaving=true";
   args.insert(args.begin() + 1, interleave.data());
