@@ -3,8 +3,10 @@
 //   MPI_Allgather of the (rows, dim) float block, then MPI_Reduce_scatter (equal counts) of the (size x rows, dim)
 // gradient, into buffers allocated once. The GatherWithGrad side runs what the trainer runs: a leaf (rows, dim), the gathered
 // (size x rows, dim) tensor, backward of a fixed gradient through it (autograd, allocation and the row-count
-// exchange included). The row-count exchange (comm::AllGatherCounts, a 3-int64 all-gather that lets uneven
-// shards and mismatched shapes be caught) is also timed alone, to show how much of the difference it is.
+// exchange included). Two parts of the difference are also timed alone: the row-count exchange
+// (comm::AllGatherCounts, a 3-int64 all-gather that lets uneven shards and mismatched shapes be caught) and
+// LibTorch's autograd (an identity autograd function, fwd + bwd of a same-sized tensor, no communication: the
+// engine's fixed cost per backward() call, which a training step pays once for its whole graph).
 //
 //   mpirun -np N gather_bench [--rows 128,1024,8192] [--dim 128] [--repetitions 21] [--iterations 10]
 //
@@ -61,6 +63,17 @@ double TimePerCall(Fn fn) {
   return comm::AllReduceMax(local) / FLAGS_iterations;
 }
 
+// Autograd with no communication: allocates its output like the gather and passes the gradient through.
+struct IdentityFunction : public torch::autograd::Function<IdentityFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) {
+    return torch::empty_like(x);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grad_outputs) {
+    return {grad_outputs[0]};
+  }
+};
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -98,9 +111,15 @@ double CompareAt(int64_t rows) {
   leaf.mutable_grad().reset();
   raw();
   with_grad();  // warm-up: heap growth, MPI connections
-  std::vector<double> raw_s, grad_s, counts_s;
+  const torch::Tensor local_grad = torch::ones({rows, d});
+  auto autograd_only = [&] {
+    IdentityFunction::apply(leaf).backward(local_grad);
+    leaf.mutable_grad().reset();
+  };
+  std::vector<double> raw_s, grad_s, counts_s, autograd_s;
   for (int rep = 0; rep < FLAGS_repetitions; ++rep) {
     counts_s.push_back(TimePerCall([&] { comm::AllGatherCounts(rows); }));
+    autograd_s.push_back(TimePerCall(autograd_only));
     if (rep % 2 == 0) {
       raw_s.push_back(TimePerCall(raw));
       grad_s.push_back(TimePerCall(with_grad));
@@ -113,9 +132,9 @@ double CompareAt(int64_t rows) {
   if (comm::Rank() == 0) {
     const double mib = static_cast<double>(rows * d * 4) / (1 << 20);
     std::printf("%d ranks  %6lld rows x %d (%6.3f MiB/rank)  raw MPI %8.3f ms  GatherWithGrad %8.3f ms  "
-                "ratio %.3f  (row-count exchange alone %.3f ms)\n",
+                "ratio %.3f  (alone: row-count exchange %.3f ms, autograd %.3f ms)\n",
                 n, static_cast<long long>(rows), FLAGS_dim, mib, raw_median * 1e3, grad_median * 1e3,
-                grad_median / raw_median, Median(counts_s) * 1e3);
+                grad_median / raw_median, Median(counts_s) * 1e3, Median(autograd_s) * 1e3);
     std::fflush(stdout);
   }
   return grad_median / raw_median;
