@@ -5,6 +5,7 @@
 # exception other than UserError escaping a parser; the input that did it is left in BUILD/fuzz/<target>/ and the
 # log says which. Fix the bug, then keep the input: cp BUILD/fuzz/<target>/crash-* tests/fuzz/regressions/<target>/
 #   tests/fuzz.sh [seconds per target, default 20]
+# TEMPERED_FUZZ_SEED: libFuzzer's -seed (default 1; 0 = random).
 # TEMPERED_FUZZ_BUILD: the build directory (default build-fuzz; tests/sanitize.sh shares its build-asan).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,9 @@ source tests/sanitizer_common.sh
 seconds=${1:-20}
 build=${TEMPERED_FUZZ_BUILD:-build-fuzz}
 jobs=${TEMPERED_FUZZ_JOBS:-$(nproc)}
+# A fixed seed makes a run from the same corpus the same sequence of inputs (a slower machine runs a prefix of it): a
+# failure CI (empty corpus) reports replays here; TEMPERED_FUZZ_SEED=0 lets libFuzzer pick one, for exploring.
+seed=${TEMPERED_FUZZ_SEED:-1}
 
 sanitizer_configure "$build"
 cmake --build "$build" -j"$jobs" --target tempered_fuzzers
@@ -28,7 +32,7 @@ export ASAN_OPTIONS="detect_leaks=1"
 fuzz_one() {
   local target=$1 name=${1%_fuzzer} dir=$work/${1%_fuzzer}
   mkdir -p "$dir/corpus"
-  local options=(-timeout=25 -rss_limit_mb=2048 -artifact_prefix="$dir/" -print_final_stats=1)
+  local options=(-seed="$seed" -timeout=25 -rss_limit_mb=2048 -artifact_prefix="$dir/" -print_final_stats=1)
   [ -f "$work/seeds/$name.dict" ] && options+=(-dict="$work/seeds/$name.dict")
   local regressions=() file
   for file in tests/fuzz/regressions/"$name"/*; do [ -f "$file" ] && regressions+=("$file"); done

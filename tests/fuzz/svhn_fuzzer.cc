@@ -15,6 +15,12 @@
 // memory: matio must cope with that, and LoadSvhn must turn it into a UserError.
 extern "C" const char* __asan_default_options() { return "allocator_may_return_null=1:max_allocation_size_mb=256"; }
 
+// When one of those failed allocations comes in the middle of a compressed variable, matio 1.5.23 returns an error
+// without inflateEnd() on the zlib stream it copied with inflateCopy() (CI found one in 20,000 inputs: 39 KB, every
+// frame in libz/libmatio, none of ours). That is matio's leak, on a path only an allocation failure reaches; leaks
+// with any other allocation stack still fail this target.
+extern "C" const char* __lsan_default_suppressions() { return "leak:inflateCopy\n"; }
+
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   at::set_num_threads(1);
   return 0;
