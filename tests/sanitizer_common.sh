@@ -7,9 +7,6 @@
 # only through the malloc/free interceptors.
 sanitizer_configure() {
   local build=$1
-  # ccache cannot cache a compile that uses a precompiled header unless told which differences to ignore
-  # (ccache's manual, "Precompiled headers").
-  export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
   if [ ! -f "$build/build.ninja" ]; then
     mkdir -p "$build"
     CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
