@@ -1,27 +1,18 @@
 // Image-folder reader (trainer/data.h): the input is the one image of a one-class training split, as a .jpg (our
 // own JPEG marker walk runs first, then OpenCV's decoder and the resize) and as a .png. UserError or a data set.
-#include <ATen/Parallel.h>
-
 #include <cstdint>
 
+#include "tests/fuzz/fuzz_common.h"
 #include "tests/fuzz/fuzz_dir.h"
 #include "trainer/data.h"
-#include "trainer/errors.h"
-
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  at::set_num_threads(1);
-  return 0;
-}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static tempered::fuzz::InputDir jpeg, png;
-  try {
+  tempered::fuzz::AcceptsOrRejects([&] {
     tempered::LoadImageFolder(jpeg.Write("train/class/image.jpg", data, size), /*train=*/true, {16});
-  } catch (const tempered::UserError&) {
-  }
-  try {
+  });
+  tempered::fuzz::AcceptsOrRejects([&] {
     tempered::LoadImageFolder(png.Write("train/class/image.png", data, size), /*train=*/true, {16});
-  } catch (const tempered::UserError&) {
-  }
+  });
   return 0;
 }

@@ -7,14 +7,14 @@
 #include <sstream>
 #include <string>
 
+#include "tests/fuzz/fuzz_common.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "trainer/config.h"
-#include "trainer/errors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static tempered::fuzz::InputFile file;
   const std::string& path = file.Write(data, size);
-  try {
+  tempered::fuzz::AcceptsOrRejects([&] {
     tempered::RunConfig config = tempered::ReadRunConfig(path);
     std::istringstream lines(std::string(reinterpret_cast<const char*>(data), size));
     for (std::string line; std::getline(lines, line);) {
@@ -28,7 +28,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // What a run does with a valid config before training: save it as JSON (result.json) and read it back.
     tempered::RunConfig reread;
     tempered::FromJson(tempered::ToJson(resolved), &reread, "the resolved config");
-  } catch (const tempered::UserError&) {
-  }
+  });
   return 0;
 }

@@ -1,13 +1,11 @@
 // SVHN reader (trainer/data.h, matio underneath): the input is test_32x32.mat. UserError or a data set, nothing
 // else. matio is Debian's uninstrumented library: ASan sees its heap through malloc, and a crash inside it is still
 // a crash of tempered-train on a bad file.
-#include <ATen/Parallel.h>
-
 #include <cstdint>
 
+#include "tests/fuzz/fuzz_common.h"
 #include "tests/fuzz/fuzz_dir.h"
 #include "trainer/data.h"
-#include "trainer/errors.h"
 
 // matio allocates whatever a damaged header declares before reading it (a truncated 2 KB file made
 // Mat_VarReadInfo malloc 2 GB): not a crash, and bounded by the format's 32-bit sizes, but it would stop every run
@@ -21,16 +19,10 @@ extern "C" const char* __asan_default_options() { return "allocator_may_return_n
 // with any other allocation stack still fail this target.
 extern "C" const char* __lsan_default_suppressions() { return "leak:inflateCopy\n"; }
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  at::set_num_threads(1);
-  return 0;
-}
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static tempered::fuzz::InputDir dir;
-  try {
+  tempered::fuzz::AcceptsOrRejects([&] {
     tempered::LoadSvhn(dir.Write("test_32x32.mat", data, size), /*train=*/false);
-  } catch (const tempered::UserError&) {
-  }
+  });
   return 0;
 }

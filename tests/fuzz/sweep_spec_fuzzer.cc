@@ -3,16 +3,15 @@
 #include <cstdint>
 
 #include "launch/sweep_spec.h"
+#include "tests/fuzz/fuzz_common.h"
 #include "tests/fuzz/fuzz_input.h"
-#include "trainer/errors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static tempered::fuzz::InputFile file;
   const std::string& path = file.Write(data, size);
-  try {
+  tempered::fuzz::AcceptsOrRejects([&] {
     const tempered::SweepSpec spec = tempered::ResolveSweepSpec(tempered::ReadSweepSpec(path));
     tempered::ValidateSweepSpec(spec, /*machine_cores=*/2);
-  } catch (const tempered::UserError&) {
-  }
+  });
   return 0;
 }
