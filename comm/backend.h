@@ -62,6 +62,24 @@ void DestroyNccl();
 // "host:rank" for error messages (rank -1 before Init).
 std::string Where();
 
+// Prints `line` to stderr as it is, runs the failure hook with `sentence`, and calls MPI_Abort (mpi_backend.cc).
+// Callable from any thread: the watchdog calls it while the main thread is stuck inside MPI.
+[[noreturn]] void AbortJob(const std::string& line, const std::string& sentence, int code);
+
+// The watchdog (watchdog.cc). A CollectiveWatch around every blocking MPI call of a collective (main thread only)
+// records what this rank waits in and since when; nested watches count as the outermost one.
+class CollectiveWatch {
+ public:
+  explicit CollectiveWatch(const char* what);  // a string literal: "all-reduce", "barrier", ...
+  ~CollectiveWatch();
+  CollectiveWatch(const CollectiveWatch&) = delete;
+  CollectiveWatch& operator=(const CollectiveWatch&) = delete;
+};
+void RunFailureHook(const std::string& sentence);
+// Init starts the watchdog's thread when the world has 2 or more ranks; Finalize stops it before MPI_Finalize.
+void StartWatchdog(int rank);
+void StopWatchdog();
+
 }  // namespace tempered::comm::detail
 
 // Argument checks of a collective. A throw on one rank would leave the others waiting inside the collective, so a

@@ -12,6 +12,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -50,8 +51,38 @@ double AllReduceSum(double v);
 double AllReduceMax(double v);
 void Barrier();
 
-// Takes the whole job down: prints `message` and calls MPI_Abort. Never returns.
+// Takes the whole job down: prints `message`, runs the failure hook and calls MPI_Abort. Never returns.
 [[noreturn]] void Abort(const std::string& message, int code = 1);
+
+// The collective watchdog (comm/watchdog.cc). Every blocking collective of the MPI backend is bounded: a rank that
+// waits in one for longer than the timeout (for a peer that was stopped, deadlocked, or lost with a node whose TCP
+// connection never closes) prints "<program>: error: rank R waited T s in <collective> for the other ranks; a rank
+// stalled or died", runs the failure hook and takes the job down (MPI_Abort kills every rank). A timeout <= 0
+// disables it. Collectives of CUDA tensors (NCCL, asynchronous on a stream) are not watched.
+constexpr double kDefaultCollectiveTimeoutSeconds = 600;
+void SetCollectiveTimeout(double seconds);
+double CollectiveTimeout();
+
+// Within its scope this rank's collectives are unbounded: for the one kind of wait that no timeout fits, the other
+// ranks waiting for work that rank 0 does alone for as long as the data set demands (evaluation). Open it only
+// around a collective that waits for such work; a stalled rank 0 there still hangs the job.
+class UnboundedWaits {
+ public:
+  UnboundedWaits();
+  ~UnboundedWaits();
+  UnboundedWaits(const UnboundedWaits&) = delete;
+  UnboundedWaits& operator=(const UnboundedWaits&) = delete;
+};
+
+// `hook(sentence)` runs on this rank when the job is about to be taken down from here (Abort, an MPI error, the
+// watchdog), and when a stop was requested (NoteStopRequested) while this rank has waited in a collective for
+// 0.1 s: that is how mpirun ends the survivors of a rank that died (SIGTERM, then SIGKILL a second later), so the
+// hook should record the failure at once; if the job goes on after all (every rank was told to stop and stops
+// gracefully), the caller overwrites that record. It may run on the watchdog's thread and must not call comm.
+// Pass nullptr to remove it (before whatever it refers to is destroyed).
+void SetFailureHook(std::function<void(const std::string& sentence)> hook);
+// Async-signal-safe: call it from a SIGTERM / SIGINT handler.
+void NoteStopRequested();
 
 // Autograd all-gather: forward = AllGather of the local rows (B_local x d -> B_global x d); backward =
 // ReduceScatterSum of the incoming gradient, so each rank receives the summed gradient of its own rows from every

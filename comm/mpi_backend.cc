@@ -87,11 +87,13 @@ void MpiAllGather(const torch::Tensor& in, torch::Tensor& out, const std::vector
   std::vector<int> counts, displs;
   Layout(elems, &counts, &displs);
   const MPI_Datatype type = MpiType(in);
+  const detail::CollectiveWatch watch("all-gather");
   MPI_CHECK(MPI_Allgatherv(in.data_ptr(), counts[Rank()], type, out.data_ptr(), counts.data(), displs.data(),
                            type, MPI_COMM_WORLD));
 }
 
 void MpiAllReduce(torch::Tensor& t, detail::Reduction op) {
+  const detail::CollectiveWatch watch("all-reduce");
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, t.data_ptr(), MpiCount(t.numel()), MpiType(t),
                           op == detail::Reduction::kSum ? MPI_SUM : MPI_MAX, MPI_COMM_WORLD));
 }
@@ -100,11 +102,13 @@ void MpiAllReduce(torch::Tensor& t, detail::Reduction op) {
 void MpiReduceScatter(const torch::Tensor& full, torch::Tensor& out, const std::vector<int64_t>& elems) {
   std::vector<int> counts, displs;
   Layout(elems, &counts, &displs);
+  const detail::CollectiveWatch watch("reduce-scatter");
   MPI_CHECK(MPI_Reduce_scatter(full.data_ptr(), out.data_ptr(), counts.data(), MpiType(full), MPI_SUM,
                                MPI_COMM_WORLD));
 }
 
 void MpiBroadcast(torch::Tensor& t, int root) {
+  const detail::CollectiveWatch watch("broadcast");
   MPI_CHECK(MPI_Bcast(t.data_ptr(), MpiCount(t.numel()), MpiType(t), root, MPI_COMM_WORLD));
 }
 
@@ -119,12 +123,14 @@ std::vector<int64_t> AllGatherInt64(const std::vector<int64_t>& mine) {
   if (s.size == 1) return mine;
   std::vector<int64_t> all(mine.size() * s.size);
   const int k = MpiCount(static_cast<int64_t>(mine.size()));
+  const CollectiveWatch watch("all-gather of sizes");
   MPI_CHECK(MPI_Allgather(mine.data(), k, MPI_INT64_T, all.data(), k, MPI_INT64_T, MPI_COMM_WORLD));
   return all;
 }
 
 void BroadcastBytes(void* data, int64_t bytes, int root) {
   if (Ready().size == 1) return;
+  const CollectiveWatch watch("broadcast");
   MPI_CHECK(MPI_Bcast(data, MpiCount(bytes), MPI_BYTE, root, MPI_COMM_WORLD));
 }
 
@@ -151,6 +157,7 @@ void AsyncSums::Progress() {
 
 void AsyncSums::WaitAll() {
   std::vector<MPI_Request>& pending = requests_->pending;
+  const CollectiveWatch watch("gradient all-reduce");
   MPI_CHECK(MPI_Waitall(static_cast<int>(pending.size()), pending.data(), MPI_STATUSES_IGNORE));
   pending.clear();
 }
@@ -188,6 +195,7 @@ void Init(int* argc, char*** argv) {
   MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, s.rank, MPI_INFO_NULL, &s.local));
   MPI_CHECK(MPI_Comm_rank(s.local, &s.local_rank));
   MPI_CHECK(MPI_Comm_size(s.local, &s.local_size));
+  if (s.size > 1) detail::StartWatchdog(s.rank);
 }
 
 void Finalize() {
@@ -196,6 +204,7 @@ void Finalize() {
   // Teardown order: the NCCL communicator first. It was bootstrapped over MPI and ncclCommDestroy may still
   // exchange messages with its peers; after MPI_Finalize the job's processes may already be gone.
   detail::DestroyNccl();
+  detail::StopWatchdog();  // before MPI_Finalize: it must not call MPI_Abort after it
   MPI_CHECK(MPI_Comm_free(&s.local));
   if (s.owns_mpi) MPI_CHECK(MPI_Finalize());
   s.finalized = true;
@@ -208,25 +217,37 @@ int LocalRank() { return Ready().local_rank; }
 int LocalSize() { return Ready().local_size; }
 
 double AllReduceSum(double v) {
+  const detail::CollectiveWatch watch("all-reduce");
   if (Ready().size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
   return v;
 }
 
 double AllReduceMax(double v) {
+  const detail::CollectiveWatch watch("all-reduce");
   if (Ready().size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
   return v;
 }
 
 void Barrier() {
+  const detail::CollectiveWatch watch("barrier");
   if (Ready().size > 1) MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
 }
 
 void Abort(const std::string& message, int code) {
-  std::fprintf(stderr, "[tempered %s] %s\n", detail::Where().c_str(), message.c_str());
+  detail::AbortJob(c10::str("[tempered ", detail::Where(), "] ", message), message, code);
+}
+
+namespace detail {
+
+void AbortJob(const std::string& line, const std::string& sentence, int code) {
+  std::fprintf(stderr, "%s\n", line.c_str());
   std::fflush(stderr);
+  RunFailureHook(sentence);
   const State& s = GetState();
   if (s.initialized && !s.finalized) MPI_Abort(MPI_COMM_WORLD, code);  // kills every rank: nobody hangs
   std::exit(code);
 }
+
+}  // namespace detail
 
 }  // namespace tempered::comm

@@ -366,15 +366,22 @@ class NonFiniteLossTest(FaultTest):
         # A learning rate of 1e30 throws the weights to inf after the first step; the next loss is NaN.
         out = self.path("out")
         start = time.monotonic()
-        proc = run_train(2, TINY + ["--lr", "1e30", "--max_steps", "20", "--checkpoint_every_steps", "1",
-                                    "--out_dir", out], timeout=120)
+        # A tiny tau is printed as such, not as 0.000000.
+        proc = run_train(2, TINY + ["--lr", "1e30", "--tau", "1e-7", "--max_steps", "20",
+                                    "--checkpoint_every_steps", "1", "--out_dir", out], timeout=120)
         self.assertLess(time.monotonic() - start, 100)
         self.assert_clean_failure(proc, "the loss became")
-        step = int(re.search(r"the loss became (?:NaN|infinite) at global step (\d+)", proc.stderr).group(1))
+        found = re.search(r"the loss became (?:NaN|infinite) at global step (\d+) \(epoch 1, lr [0-9.]+e\+[23][0-9], tau 1e-07\)",
+                          proc.stderr)
+        self.assertIsNotNone(found, proc.stderr[-3000:])
+        step = int(found.group(1))
         self.assertGreaterEqual(step, 2)
-        # What was written before the failure is whole: the result (with the finite losses) and the checkpoint.
+        # What was written before the failure is whole: the result (with the finite losses) and the checkpoint;
+        # the result says the run failed, and why.
         result = read_result(out)
         self.assertEqual(len(result["step_loss"]), step - 1)
+        self.assertEqual(result["status"], "FAILED")
+        self.assertEqual(result["error"], found.group(0))
         self.assertTrue(zipfile.is_zipfile(os.path.join(out, "checkpoint.pt")))
 
 
@@ -412,9 +419,66 @@ class RankFailureTest(FaultTest):
         self.assertNotEqual(proc.returncode, 0)
         self.assertLess(ended, 30, "the job took %.0f s to end after a rank died" % ended)
         self.assertIn("exited on signal 9", stderr)
-        # The files rank 0 wrote stay whole: a parseable result and a readable checkpoint.
-        self.assertIn(read_result(out)["status"], ("RUNNING", "FAILED"))
+        # The files rank 0 wrote stay whole: a parseable result and a readable checkpoint. Rank 0 outlives rank 1
+        # by mpirun's SIGTERM-to-SIGKILL second, in which it records the failure.
+        result = read_result(out)
+        self.assertEqual(result["status"], "FAILED", stderr[-3000:])
+        self.assertIn("rank 0 was told to stop (SIGTERM or SIGINT) while it waited in ", result["error"])
+        self.assertIn("another rank died or the job was cancelled", result["error"])
         self.assertTrue(zipfile.is_zipfile(os.path.join(out, "checkpoint.pt")))
+
+    def stall_a_rank(self, stalled):
+        """SIGSTOPs rank `stalled` of a training run (a rank that hangs, or a node gone silent) and returns the
+        job's stderr and how long it took to end after the stall."""
+        out = self.path("out")
+        proc = start_train(2, TINY + ["--epochs", "100", "--checkpoint_every_steps", "2",
+                                      "--collective_timeout_seconds", "3", "--out_dir", out])
+        try:
+            wait_for_step(out, 3, proc)
+            ranks = rank_pids(out)
+            self.assertEqual(sorted(ranks), [0, 1], ranks)
+            os.kill(ranks[stalled], signal.SIGSTOP)
+            stopped = time.monotonic()
+            _, stderr = proc.communicate(timeout=60)
+            ended = time.monotonic() - stopped
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertLess(ended, 30, "the job took %.0f s to end after a rank stalled" % ended)
+        self.assertTrue(zipfile.is_zipfile(os.path.join(out, "checkpoint.pt")))
+        self.assertEqual([n for n in os.listdir(out) if ".tmp." in n], [], "temporary files left behind")
+        return read_result(out), stderr
+
+    def test_stalled_rank_ends_the_job(self):
+        # The other rank's collective watchdog gives up after --collective_timeout_seconds and takes the job down.
+        result, stderr = self.stall_a_rank(1)
+        sentence = re.search(r"rank 0 waited 3 s in [a-z -]+ for the other ranks; a rank stalled or died", stderr)
+        self.assertIsNotNone(sentence, stderr[-3000:])
+        errors = error_lines(stderr)
+        self.assertEqual(len(errors), 1, stderr[-3000:])
+        self.assertTrue(errors[0].startswith("tempered-train: error: " + sentence.group(0)), errors[0])
+        self.assertEqual(result["status"], "FAILED")
+        self.assertEqual(result["error"], sentence.group(0))
+
+    def test_stalled_rank_zero_ends_the_job(self):
+        # Rank 1's watchdog ends the job; rank 0, continued and told to stop by mpirun, records the failure.
+        result, stderr = self.stall_a_rank(0)
+        self.assertRegex(stderr, r"tempered-train: error: rank 1 waited 3 s in [a-z -]+ for the other ranks; "
+                                 r"a rank stalled or died")
+        self.assertEqual(len(error_lines(stderr)), 1, stderr[-3000:])
+        self.assertEqual(result["status"], "FAILED", stderr[-3000:])
+
+    def test_waiting_for_rank_zero_to_evaluate_is_not_a_stall(self):
+        # Rank 0 alone computes the kNN, the representation metrics and the raw-pixel kNN for several seconds while
+        # rank 1 waits: a legitimate wait that a 2 s watchdog must not end.
+        out = self.path("out")
+        proc = run_train(2, TINY + ["--train_subset", "8192", "--test_subset", "2000", "--max_steps", "2",
+                                    "--eval_at_init", "--raw_pixel_knn", "--collective_timeout_seconds", "2",
+                                    "--out_dir", out], timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertEqual(read_result(out)["status"], "FINISHED")
 
     def test_a_rank_failing_alone_in_setup_ends_the_job(self):
         # Only rank 1 is given a data directory that does not exist (as on a node without the data set).

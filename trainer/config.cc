@@ -172,6 +172,8 @@ void ValidateConfig(const RunConfig& c) {
   Require(c.max_steps() >= 0, "max_steps", ">= 0", c.max_steps());
   Require(c.threads() >= 0, "threads", ">= 0", c.threads());
   Require(c.log_every_steps() >= 1, "log_every_steps", ">= 1", c.log_every_steps());
+  Require(c.collective_timeout_seconds() >= 0, "collective_timeout_seconds", ">= 0 (0 = 600)",
+          c.collective_timeout_seconds());
   Require(c.model().embed_dim() >= 1, "model.embed_dim", ">= 1", c.model().embed_dim());
   Require(c.model().width() >= 0, "model.width", ">= 0", c.model().width());
   Require(c.optim().lr() > 0, "optim.lr", "> 0", c.optim().lr());

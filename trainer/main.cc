@@ -40,6 +40,8 @@ TEMPERED_OVERRIDE(eval_every_epochs, "eval.every_epochs");
 TEMPERED_OVERRIDE(linear_epochs, "eval.linear_epochs (0 = no linear evaluation)");
 TEMPERED_OVERRIDE(checkpoint_every_steps, "checkpoint_every_steps (0 = every epoch)");
 TEMPERED_OVERRIDE(device, "device: cpu|cuda");
+TEMPERED_OVERRIDE(collective_timeout_seconds,
+                  "collective_timeout_seconds (a rank waiting longer in one collective ends the job; 0 = 600)");
 #undef TEMPERED_OVERRIDE
 DEFINE_bool(eval_at_init, false, "also evaluate the randomly initialised model (RunResult.initial)");
 DEFINE_bool(raw_pixel_knn, false, "also report kNN accuracy on raw pixels (RunResult.raw_pixel_knn_top1)");
@@ -59,6 +61,7 @@ const std::pair<const char*, const char*> kOverrides[] = {
     {"threads", "threads"}, {"out_dir", "out_dir"}, {"log_every_steps", "log_every_steps"},
     {"eval_every_epochs", "eval.every_epochs"}, {"linear_epochs", "eval.linear_epochs"},
     {"checkpoint_every_steps", "checkpoint_every_steps"}, {"device", "device"},
+    {"collective_timeout_seconds", "collective_timeout_seconds"},
 };
 
 tempered::RunConfig ConfigFromFlags() {

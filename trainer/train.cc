@@ -12,6 +12,8 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <mutex>
+#include <optional>
 #include <thread>
 
 #include <google/protobuf/text_format.h>
@@ -248,9 +250,52 @@ std::string FormatDuration(double seconds) {
   return buf;
 }
 
-void WriteResult(const RunConfig& config, const RunResult& result) {
-  if (comm::Rank() == 0) WriteFileAtomically(config.out_dir() + "/result.json", ToJson(result));
-}
+// result.json, written by rank 0 (a no-op elsewhere). Every write goes through here, so that a failure can be
+// recorded over the last result written: from the main thread when an error ends the run, or from comm's watchdog
+// thread (the failure hook) while the main thread is stuck in a collective, as when another rank died or stalled.
+class ResultFile {
+ public:
+  explicit ResultFile(const RunConfig& config)
+      : path_(config.out_dir() + "/result.json"), rank_zero_(comm::Rank() == 0) {
+    if (rank_zero_) comm::SetFailureHook([this](const std::string& error) { Fail(error); });
+  }
+  ~ResultFile() {
+    if (rank_zero_) comm::SetFailureHook(nullptr);
+  }
+  ResultFile(const ResultFile&) = delete;
+  ResultFile& operator=(const ResultFile&) = delete;
+
+  void Write(const RunResult& result) {
+    if (!rank_zero_) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    WriteFileAtomically(path_, ToJson(result));
+    last_ = result;
+    written_ = true;
+  }
+
+  // The last result written, with status FAILED and `error`. Best effort: the run is failing already, and its error
+  // is printed whether or not this write succeeds (a full disk, say). Nothing before the first write: a run that
+  // fails in setup leaves what an earlier attempt wrote.
+  void Fail(const std::string& error) noexcept {
+    if (!rank_zero_) return;
+    try {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!written_ || last_.status() != RunResult::RUNNING) return;
+      RunResult failed = last_;
+      failed.set_status(RunResult::FAILED);
+      failed.set_error(error);
+      WriteFileAtomically(path_, ToJson(failed));
+    } catch (...) {
+    }
+  }
+
+ private:
+  const std::string path_;
+  const bool rank_zero_;
+  std::mutex mutex_;  // Write (main thread) against Fail (possibly the watchdog's thread)
+  RunResult last_;
+  bool written_ = false;
+};
 
 // Builds data, model, optimiser and reducer. Collective: a failure on any rank fails every rank.
 Trainer Setup(const RunConfig& config) {
@@ -324,10 +369,22 @@ Metrics EvaluateAndReport(Trainer& t, const std::string& when) {
   return metrics;  // Evaluate leaves the encoder in the mode it found it in
 }
 
+// The other ranks wait here while rank 0 alone finishes an evaluation (kNN, metrics, linear classifier: minutes to
+// hours, by the data set's size), a wait that no collective timeout fits, so theirs is unbounded. Rank 0, which
+// arrives last, stays bounded: a rank that stalled meanwhile is still caught. Later collectives are bounded again.
+void WaitForRankZero() {
+  std::optional<comm::UnboundedWaits> unbounded;
+  if (comm::Rank() != 0) unbounded.emplace();
+  comm::Barrier();
+}
+
 // Set by SIGTERM / SIGINT; every rank checks the maximum over ranks after each step, so all stop together.
 std::atomic<bool> g_stop_requested{false};
 
-void RequestStop(int) { g_stop_requested = true; }
+void RequestStop(int) {
+  g_stop_requested = true;
+  comm::NoteStopRequested();  // the watchdog records the failure if this rank is stuck in a collective
+}
 
 bool StopRequested() { return comm::AllReduceMax(g_stop_requested ? 1.0 : 0.0) > 0; }
 
@@ -363,9 +420,16 @@ TrainingState Restore(Trainer& t, const TrainOptions& options) {
   return state;
 }
 
-}  // namespace
+// A non-finite loss ends the run on every rank together (every rank sees the same all-reduced loss). %g-style
+// numbers: a tau of 1e-7 must not read as 0.000000.
+CollectiveError NonFiniteLoss(double loss, int64_t step, int64_t epoch, double lr, double tau) {
+  std::ostringstream message;
+  message << "the loss became " << (std::isnan(loss) ? "NaN" : "infinite") << " at global step " << step + 1
+          << " (epoch " << epoch + 1 << ", lr " << lr << ", tau " << tau << ")";
+  return CollectiveError(message.str(), comm::Rank() == 0);
+}
 
-RunResult Train(const RunConfig& config, const TrainOptions& options) {
+RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options, ResultFile& file) {
   const Clock::time_point run_start = Clock::now();
   at::set_num_threads(ThreadsPerRank(config));
   if (comm::Rank() == 0) LogConfig(config);
@@ -378,13 +442,14 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
   *result.mutable_config() = config;
   result.set_world_size(comm::Size());
   result.set_status(RunResult::RUNNING);
-  WriteResult(config, result);
+  file.Write(result);
   if (state.step == 0 && config.eval().at_init()) {
     *result.mutable_initial() = EvaluateAndReport(t, "at initialisation");
   }
   if (state.step == 0 && config.eval().raw_pixel_knn() && comm::Rank() == 0) {
     result.set_raw_pixel_knn_top1(RawPixelKnnTop1(t.train, t.test, config.eval()));
   }
+  if (state.step == 0 && (config.eval().at_init() || config.eval().raw_pixel_knn())) WaitForRankZero();
   std::signal(SIGTERM, RequestStop);
   std::signal(SIGINT, RequestStop);
 
@@ -402,13 +467,7 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
     if (permutation.empty() || s == 0) permutation = EpochPermutation(t.train.size(), config.seed(), epoch);
     lr = LearningRate(config.optim(), step, t.steps_per_epoch, t.total_steps);
     const double loss = Step(t, epoch, s, permutation, lr);
-    if (!std::isfinite(loss)) {
-      throw CollectiveError("the loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") +
-                                " at global step " + std::to_string(step + 1) + " (epoch " +
-                                std::to_string(epoch + 1) + ", lr " + std::to_string(lr) + ", tau " +
-                                std::to_string(config.loss().tau()) + ")",
-                            comm::Rank() == 0);
-    }
+    if (!std::isfinite(loss)) throw NonFiniteLoss(loss, step, epoch, lr, config.loss().tau());
     ++step;
     ++epoch_steps_timed;
     ++window_steps;
@@ -446,6 +505,7 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
           AddMetrics(*events, step, result.epochs().rbegin()->metrics(), config.eval());
           events->Flush();
         }
+        WaitForRankZero();
       }
       epoch_start = Clock::now();
       epoch_steps_timed = 0;
@@ -456,13 +516,13 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
     if (stop || step % checkpoint_every == 0 || step == t.total_steps) {
       state.bank = t.bank;
       Checkpoint(t, state);
-      WriteResult(config, result);
+      file.Write(result);
     }
     if (stop && step < t.total_steps) {
       if (comm::Rank() == 0) LOG(WARNING) << "stopped by a signal at global step " << step << "; checkpoint written";
       result.set_status(RunResult::INTERRUPTED);
       result.set_wall_seconds(wall_before + SecondsSince(run_start));
-      WriteResult(config, result);
+      file.Write(result);
       return result;
     }
   }
@@ -478,8 +538,23 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
   result.set_images_per_second(result.global_steps() * config.batch_size() / std::max(train_seconds, 1e-9));
   result.set_wall_seconds(wall_before + SecondsSince(run_start));
   result.set_status(RunResult::FINISHED);
-  WriteResult(config, result);
+  file.Write(result);
   return result;
+}
+
+}  // namespace
+
+RunResult Train(const RunConfig& config, const TrainOptions& options) {
+  comm::SetCollectiveTimeout(config.collective_timeout_seconds() > 0 ? config.collective_timeout_seconds()
+                                                                     : comm::kDefaultCollectiveTimeoutSeconds);
+  ResultFile file(config);
+  try {
+    return TrainAndEvaluate(config, options, file);
+  } catch (const std::exception& e) {
+    // Rank 0 records the failure (a non-finite loss, an error of its own) before the error reaches main.
+    file.Fail(e.what());
+    throw;
+  }
 }
 
 }  // namespace tempered

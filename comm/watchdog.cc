@@ -1,0 +1,163 @@
+// The collective watchdog: a rank that waits in a blocking collective for longer than the timeout takes the job
+// down with one sentence, instead of waiting forever for a peer that was stopped (SIGSTOP), deadlocked, or lost
+// with its node (a dead node's TCP connections may never close, and shared memory never reports a dead peer).
+//
+// How: every blocking MPI call of a collective runs inside a CollectiveWatch, which records "waiting in <what>
+// since <t>" in two atomics; one thread per process (started by Init when the world has 2 or more ranks) looks at
+// them every 50 ms. The main thread stays the only one that calls MPI (MPI_THREAD_FUNNELED), except for the
+// watchdog's final MPI_Abort, the usual pattern: the main thread is stuck inside MPI and cannot do it, and Open MPI
+// aborts through its runtime (PMIx), which any thread may call.
+//
+// The same thread notices a stop request (SIGTERM) that arrives while this rank waits in a collective: that is how
+// mpirun ends the survivors of a rank that died (SIGTERM, then SIGKILL one second later), so the failure hook runs
+// at once, while there is still time to record the failure.
+#include <errno.h>  // program_invocation_short_name
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "comm/backend.h"
+#include "comm/comm.h"
+
+namespace tempered::comm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+// A stop request that has waited this long in one collective runs the failure hook: well within mpirun's one
+// second between SIGTERM and SIGKILL, and long enough that a graceful stop (every rank signalled together) rarely
+// writes a provisional failure that its own ending then overwrites.
+constexpr int64_t kStopGraceNs = 100'000'000;
+constexpr auto kPollInterval = std::chrono::milliseconds(50);
+
+// Leaked on purpose: the thread may still run while the process exits through std::exit (Abort), and destroying a
+// joinable std::thread would call std::terminate.
+struct Watchdog {
+  std::atomic<int64_t> waiting_since_ns{0};     // 0: not in a collective
+  std::atomic<const char*> waiting_in{nullptr};  // a string literal: "all-reduce", ...
+  std::atomic<int> depth{0};                     // CollectiveWatch nesting (main thread only)
+  std::atomic<int> unbounded{0};                 // open UnboundedWaits scopes
+  std::atomic<double> timeout_seconds{kDefaultCollectiveTimeoutSeconds};
+  std::atomic<int64_t> stop_noted_ns{0};         // NoteStopRequested, 0: none
+  std::atomic<bool> stop_reported{false};
+  int rank = -1;
+  std::mutex mutex;  // guards `running` and the condition variable, nothing else
+  std::condition_variable wake;
+  bool running = false;
+  std::thread thread;
+  std::function<void(const std::string&)> hook;  // guarded by hook_mutex
+  std::mutex hook_mutex;
+};
+
+Watchdog& Get() {
+  static Watchdog* watchdog = new Watchdog;
+  return *watchdog;
+}
+
+void Loop(Watchdog& w) {
+  std::unique_lock<std::mutex> lock(w.mutex);
+  while (w.running) {
+    w.wake.wait_for(lock, kPollInterval);
+    const int64_t since = w.waiting_since_ns.load();
+    if (since == 0) continue;
+    const int64_t now = NowNs();
+    const char* what = w.waiting_in.load();
+    const int64_t stop = w.stop_noted_ns.load();
+    if (stop != 0 && !w.stop_reported && now - std::max(stop, since) > kStopGraceNs) {
+      w.stop_reported = true;
+      detail::RunFailureHook(c10::str("rank ", w.rank, " was told to stop (SIGTERM or SIGINT) while it waited in ",
+                                      what, " for the other ranks; another rank died or the job was cancelled"));
+    }
+    const double timeout = w.timeout_seconds.load();
+    if (timeout <= 0 || w.unbounded.load() > 0 || (now - since) * 1e-9 < timeout) continue;
+    char seconds[32];
+    std::snprintf(seconds, sizeof(seconds), "%g", timeout);
+    const std::string sentence = c10::str("rank ", w.rank, " waited ", seconds, " s in ", what,
+                                          " for the other ranks; a rank stalled or died");
+    lock.unlock();
+    detail::AbortJob(c10::str(program_invocation_short_name, ": error: ", sentence, " (", detail::Where(), ")"),
+                     sentence, 1);
+  }
+}
+
+}  // namespace
+
+void SetCollectiveTimeout(double seconds) { Get().timeout_seconds = seconds; }
+double CollectiveTimeout() { return Get().timeout_seconds; }
+
+UnboundedWaits::UnboundedWaits() { ++Get().unbounded; }
+UnboundedWaits::~UnboundedWaits() { --Get().unbounded; }
+
+void SetFailureHook(std::function<void(const std::string& message)> hook) {
+  std::lock_guard<std::mutex> lock(Get().hook_mutex);
+  Get().hook = std::move(hook);
+}
+
+void NoteStopRequested() {
+  int64_t none = 0;  // only the first request counts; compare_exchange on a lock-free atomic is signal-safe
+  Get().stop_noted_ns.compare_exchange_strong(none, NowNs());
+}
+
+namespace detail {
+
+CollectiveWatch::CollectiveWatch(const char* what) {
+  Watchdog& w = Get();
+  if (w.depth++ > 0) return;  // the outermost call names the wait
+  w.waiting_in = what;
+  w.waiting_since_ns = NowNs();
+}
+
+CollectiveWatch::~CollectiveWatch() {
+  Watchdog& w = Get();
+  if (--w.depth == 0) w.waiting_since_ns = 0;
+}
+
+void RunFailureHook(const std::string& message) {
+  // Not re-entrant on one thread: a failure inside the hook (it writes files) must not call it again.
+  thread_local bool in_hook = false;
+  if (in_hook) return;
+  Watchdog& w = Get();
+  std::lock_guard<std::mutex> lock(w.hook_mutex);  // another thread's failure waits for this one's record
+  if (!w.hook) return;
+  in_hook = true;
+  try {
+    w.hook(message);
+  } catch (...) {
+    // The job is failing already; the sentence that says why has been or will be printed.
+  }
+  in_hook = false;
+}
+
+void StartWatchdog(int rank) {
+  Watchdog& w = Get();
+  std::lock_guard<std::mutex> lock(w.mutex);
+  if (w.running) return;
+  w.rank = rank;
+  w.running = true;
+  w.thread = std::thread(Loop, std::ref(w));
+}
+
+void StopWatchdog() {
+  Watchdog& w = Get();
+  {
+    std::lock_guard<std::mutex> lock(w.mutex);
+    if (!w.running) return;
+    w.running = false;
+  }
+  w.wake.notify_all();
+  w.thread.join();
+}
+
+}  // namespace detail
+}  // namespace tempered::comm
