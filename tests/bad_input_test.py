@@ -176,6 +176,40 @@ class SizesTest(FaultTest):
                 self.assert_clean_failure(proc, expected)
                 self.assertFalse(os.path.exists(out), "a rejected config created its out_dir")
 
+    def test_zero_and_negative_sizes_in_a_config_file(self):
+        # In a file as on the command line: an explicit zero that would read as unset is refused with the file, line
+        # and field (not silently replaced by the default), a negative names the file and line too, a flag names
+        # itself (it overrides the file), and a field left out still takes its default.
+        unset = "it reads as unset, which takes the default"
+        cases = [
+            ("epochs: 1\nbatch_size: 0\n", [], "line 2: invalid value 0 for batch_size: " + unset + " 256"),
+            ("loss {\n  name: INFONCE\n  tau: 0\n}\n", [], "line 3: invalid value 0 for loss.tau: " + unset + " 0.2"),
+            ("seed: 0\n", [], "line 1: invalid value 0 for seed: " + unset + " 1"),
+            ("model { norm: NORM_UNSPECIFIED }\n", [], "line 1: invalid value NORM_UNSPECIFIED for model.norm"),
+            ("\nepochs: -2\n", [], "line 2: epochs must be >= 1, got -2"),
+            ("eval {\n  knn_k: -1\n}\n", [], "line 2: eval.knn_k must be >= 1, got -1"),
+            ("batch_size: 32\n", ["--batch_size", "-4"], "error: --batch_size: batch_size must be >= 2"),
+        ]
+        configs = [self.write("zero%d.pbtxt" % i, text) for i, (text, _, _) in enumerate(cases)]
+        outs = [self.path("out%d" % i) for i in range(len(cases))]
+        procs = run_all([lambda config=config, flags=flags, out=out:
+                         run_train(2, TINY + flags + ["--config", config, "--out_dir", out], timeout=120)
+                         for config, (_, flags, _), out in zip(configs, cases, outs)])
+        for config, (text, flags, expected), out, proc in zip(configs, cases, outs, procs):
+            with self.subTest(config=text, flags=flags):
+                self.assert_clean_failure(proc, expected)
+                if not flags:
+                    self.assertIn("tempered-train: error: " + config + " line ", proc.stderr)
+                self.assertFalse(os.path.exists(out), "a rejected config created its out_dir")
+        # Fields left out, and explicit zeros where zero is the default or the field has presence, are fine.
+        config = self.write("ok.pbtxt", "loss { tau: 0.3 }\noptim { warmup_epochs: 0 momentum: 0 }\nmax_steps: 1\n")
+        proc = run_train(2, TINY + ["--config", config, "--out_dir", self.path("ok")], timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        resolved = read_result(self.path("ok"))["config"]
+        self.assertEqual(resolved["batch_size"], 64)  # TINY's flag
+        self.assertEqual(resolved["optim"]["momentum"], 0)
+        self.assertEqual(resolved["epochs"], 1)  # the default
+
     def test_sizes_that_do_not_fit_the_data(self):
         cases = [
             (2, ["--train_subset", "100", "--batch_size", "256"], "batch_size 256 is larger than the 100 training"),

@@ -130,7 +130,7 @@ void Require(bool ok, const std::string& field, const std::string& expectation, 
   if (!ok) {
     std::ostringstream os;
     os << field << " must be " << expectation << ", got " << value;
-    throw UserError(os.str());
+    throw InvalidFieldError(os.str(), field);
   }
 }
 
@@ -203,19 +203,62 @@ void ValidateConfig(const RunConfig& c) {
           "bf16 on " + c.device());
 }
 
-void ReadTextProto(const std::string& path, pb::Message* message) {
+namespace {
+
+// Walks the fields a file set (`tree`) in `m`: records their lines, and refuses an explicit zero in a field without
+// presence where `defaults` (the matching part of DefaultRunConfig(), or null outside a RunConfig) is not zero.
+void CheckFieldsSet(const std::string& file, const pb::Message& m, const pb::TextFormat::ParseInfoTree& tree,
+                    const pb::Message* defaults, const std::string& prefix, FieldLines* lines) {
+  static const RunConfig kDefaults = DefaultRunConfig();
+  const pb::Reflection* r = m.GetReflection();
+  for (int i = 0; i < m.GetDescriptor()->field_count(); ++i) {
+    const pb::FieldDescriptor* f = m.GetDescriptor()->field(i);
+    const std::string name = prefix + f->name();
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      const pb::TextFormat::ParseInfoTree* nested = f->is_repeated() ? nullptr : tree.GetTreeForNested(f, -1);
+      if (nested == nullptr) continue;
+      const pb::Message* nested_defaults = defaults != nullptr ? &defaults->GetReflection()->GetMessage(*defaults, f)
+                                           : f->message_type() == RunConfig::descriptor() ? &kDefaults
+                                                                                           : nullptr;
+      CheckFieldsSet(file, r->GetMessage(m, f), *nested, nested_defaults, name + ".", lines);
+      continue;
+    }
+    const int line = tree.GetLocation(f, f->is_repeated() ? 0 : -1).line;
+    if (line < 0) continue;  // not in the file
+    if (lines != nullptr) (*lines)[name] = line + 1;
+    if (f->is_repeated() || f->has_presence() || r->HasField(m, f) || defaults == nullptr ||
+        !IsSet(*defaults, f)) {
+      continue;
+    }
+    std::string value, default_value;
+    pb::TextFormat::PrintFieldValueToString(m, f, -1, &value);
+    pb::TextFormat::PrintFieldValueToString(*defaults, f, -1, &default_value);
+    throw UserError(file + " line " + std::to_string(line + 1) + ": invalid value " + value + " for " + name +
+                    ": it reads as unset, which takes the default " + default_value +
+                    " (leave the field out for the default)");
+  }
+}
+
+}  // namespace
+
+void ReadTextProto(const std::string& path, pb::Message* message, FieldLines* lines) {
   const std::string text = ReadFileOrThrow(path, "config file");
   ErrorCollector errors;
   pb::TextFormat::Parser parser;
   parser.RecordErrorsTo(&errors);
+  pb::TextFormat::ParseInfoTree tree;
+  parser.WriteLocationsTo(&tree);
   if (!parser.ParseFromString(text, message)) {
     throw UserError("cannot parse " + path + " as a " + message->GetDescriptor()->name() + ": " + errors.first());
   }
+  static const RunConfig kDefaults = DefaultRunConfig();
+  CheckFieldsSet(path, *message, tree, message->GetDescriptor() == RunConfig::descriptor() ? &kDefaults : nullptr,
+                 "", lines);
 }
 
-RunConfig ReadRunConfig(const std::string& path) {
+RunConfig ReadRunConfig(const std::string& path, FieldLines* lines) {
   RunConfig config;
-  ReadTextProto(path, &config);
+  ReadTextProto(path, &config, lines);
   return config;
 }
 

@@ -3,9 +3,11 @@
 
 #include <google/protobuf/message.h>
 
+#include <map>
 #include <string>
 
 #include "proto/tempered.pb.h"
+#include "trainer/errors.h"
 
 namespace tempered {
 
@@ -16,19 +18,37 @@ RunConfig DefaultRunConfig();
 // fully resolved config that is logged, saved with results and hashed by tempered-sweep.
 RunConfig ResolveConfig(const RunConfig& config);
 
-// Throws UserError with one sentence naming the first invalid field (e.g. "loss.tau must be > 0, got -1").
+// What ValidateConfig throws: one sentence naming the field, and the field's path ("loss.tau"), so that the caller
+// can say where the value came from (a flag, or a line of a config file).
+class InvalidFieldError : public UserError {
+ public:
+  InvalidFieldError(const std::string& message, const std::string& field) : UserError(message), field_(field) {}
+  const std::string& field() const { return field_; }
+
+ private:
+  std::string field_;
+};
+
+// Throws InvalidFieldError with one sentence naming the first invalid field (e.g. "loss.tau must be > 0, got -1").
 void ValidateConfig(const RunConfig& config);
 
-// Reads a text-format RunConfig; throws UserError naming the file and the line of a parse error or unknown field.
-RunConfig ReadRunConfig(const std::string& path);
+// The 1-based line of every scalar field a config file sets, by path: {"batch_size": 3, "loss.tau": 5}.
+using FieldLines = std::map<std::string, int>;
+
+// Reads a text-format RunConfig; throws UserError naming the file and the line of a parse error, an unknown field
+// or an explicit zero that would read as unset (see ReadTextProto). Fills `lines` when given.
+RunConfig ReadRunConfig(const std::string& path, FieldLines* lines = nullptr);
 
 // Sets the (possibly nested) field `path` ("loss.tau", "model.norm", "optim.decay_epochs") of `message` from its
 // text form. Enum values are case-insensitive ("batch" or "BATCH"); a repeated field takes a comma-separated list.
 // Throws UserError naming the path and the value when either is invalid.
 void SetFieldByPath(google::protobuf::Message* message, const std::string& path, const std::string& value);
 
-// Reads a text-format message of any type from `path` (UserError on failure, naming the file and line).
-void ReadTextProto(const std::string& path, google::protobuf::Message* message);
+// Reads a text-format message of any type from `path` (UserError on failure, naming the file and line). A RunConfig
+// (the message itself, or one inside it such as SweepSpec.base) may not set a field without presence to its zero
+// where the default is not zero: proto3 cannot tell that zero from unset, so `batch_size: 0` would silently train
+// with 256. That is refused, as SetFieldByPath refuses `--batch_size 0`; leaving the field out takes the default.
+void ReadTextProto(const std::string& path, google::protobuf::Message* message, FieldLines* lines = nullptr);
 
 // Writes `contents` to `path` atomically: a temp file in the same directory, fsync, rename. UserError on failure.
 void WriteFileAtomically(const std::string& path, const std::string& contents);

@@ -7,6 +7,8 @@
 #include <glog/logging.h>
 
 #include <cstdio>
+#include <map>
+#include <string>
 #include <utility>
 
 #include "comm/comm.h"
@@ -66,7 +68,9 @@ const std::pair<const char*, const char*> kOverrides[] = {
 
 tempered::RunConfig ConfigFromFlags() {
   tempered::RunConfig config;
-  if (!FLAGS_config.empty()) config = tempered::ReadRunConfig(FLAGS_config);
+  tempered::FieldLines lines;  // of the config file
+  if (!FLAGS_config.empty()) config = tempered::ReadRunConfig(FLAGS_config, &lines);
+  std::map<std::string, std::string> flag_of;  // field path -> the flag that set it
   for (const auto& [flag, path] : kOverrides) {
     std::string value;
     gflags::GetCommandLineOption(flag, &value);
@@ -76,12 +80,24 @@ tempered::RunConfig ConfigFromFlags() {
     } catch (const tempered::UserError& e) {
       throw tempered::UserError("--" + std::string(flag) + ": " + e.what());
     }
+    flag_of[path] = flag;
   }
   if (FLAGS_eval_at_init) config.mutable_eval()->set_at_init(true);
   if (FLAGS_raw_pixel_knn) config.mutable_eval()->set_raw_pixel_knn(true);
   if (FLAGS_bf16) config.set_bf16(true);
   config = tempered::ResolveConfig(config);
-  tempered::ValidateConfig(config);
+  try {
+    tempered::ValidateConfig(config);
+  } catch (const tempered::InvalidFieldError& e) {
+    // Say where the invalid value came from: the flag, or the config file's line (a flag overrides the file).
+    if (const auto flag = flag_of.find(e.field()); flag != flag_of.end()) {
+      throw tempered::UserError("--" + flag->second + ": " + e.what());
+    }
+    if (const auto line = lines.find(e.field()); line != lines.end()) {
+      throw tempered::UserError(FLAGS_config + " line " + std::to_string(line->second) + ": " + e.what());
+    }
+    throw;
+  }
   return config;
 }
 
