@@ -1,12 +1,12 @@
 // gather: comm::GatherWithGrad forward + backward against the raw MPI calls that move the same bytes, side by side
 // in one run (issue 5). The raw side is the baseline, not project code, so it calls MPI directly:
 //   MPI_Allgather of the (rows, dim) float block, then MPI_Reduce_scatter (equal counts) of the (size x rows, dim)
-// gradient, into buffers allocated once. The GatherWithGrad side runs what the trainer runs: a leaf (rows, dim), the gathered
+// gradient, into buffers allocated once; and the same with MPI_Allgatherv. The faster of the two is the baseline. The GatherWithGrad side runs what the trainer runs: a leaf (rows, dim), the gathered
 // (size x rows, dim) tensor, backward of a fixed gradient through it (autograd, allocation and the row-count
 // exchange included). Two parts of the difference are also timed alone: the row-count exchange
 // (comm::AllGatherCounts, a 3-int64 all-gather that lets uneven shards and mismatched shapes be caught) and
-// LibTorch's autograd (an identity autograd function, fwd + bwd of a same-sized tensor, no communication: the
-// engine's fixed cost per backward() call, which a training step pays once for its whole graph).
+// LibTorch's autograd (GatherWithGrad's node and allocations without the communication: mostly the engine's fixed
+// cost per backward() call, which a training step pays once for its whole graph).
 //
 //   mpirun -np N gather_bench [--rows 128,1024,8192] [--dim 128] [--repetitions 21] [--iterations 10]
 //
@@ -20,6 +20,7 @@
 #include <gflags/gflags.h>
 #include <malloc.h>
 #include <mpi.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -63,16 +64,25 @@ double TimePerCall(Fn fn) {
   return comm::AllReduceMax(local) / FLAGS_iterations;
 }
 
-// Autograd with no communication: allocates its output like the gather and passes the gradient through.
-struct IdentityFunction : public torch::autograd::Function<IdentityFunction> {
-  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) {
-    return torch::empty_like(x);
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
-                                                 torch::autograd::variable_list grad_outputs) {
-    return {grad_outputs[0]};
+// GatherWithGrad with the communication taken out: the same autograd node structure (comm/gather.cc), the same
+// allocations ((size x rows, dim) forward output, a fresh (rows, dim) gradient that the leaf takes over), no MPI.
+// What it costs is LibTorch's share of GatherWithGrad: the engine's fixed cost per backward() call, the node, the
+// allocator.
+struct NoCommBackward : public torch::autograd::Node {
+  int64_t rows = 0;
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    return {torch::empty({rows, grads[0].size(1)}, grads[0].options())};
   }
 };
+
+torch::Tensor NoCommGather(const torch::Tensor& local, int ranks) {
+  torch::Tensor global = torch::empty({ranks * local.size(0), local.size(1)}, local.options());
+  std::shared_ptr<NoCommBackward> node(new NoCommBackward(), torch::autograd::deleteNode);
+  node->rows = local.size(0);
+  node->set_next_edges(torch::autograd::collect_next_edges(local));
+  torch::autograd::set_history(global, node);
+  return global;
+}
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -89,9 +99,19 @@ double CompareAt(int64_t rows) {
   torch::Tensor grad = torch::ones({n * rows, d});
   torch::Tensor grad_local = torch::empty({rows, d});
   const std::vector<int> counts(n, count);
+  std::vector<int> displs(n);
+  for (int r = 0; r < n; ++r) displs[r] = r * count;
   auto raw = [&] {
     BENCH_MPI(MPI_Allgather(local.data_ptr<float>(), count, MPI_FLOAT, gathered.data_ptr<float>(), count, MPI_FLOAT,
                             MPI_COMM_WORLD));
+    BENCH_MPI(MPI_Reduce_scatter(grad.data_ptr<float>(), grad_local.data_ptr<float>(), counts.data(), MPI_FLOAT,
+                                 MPI_SUM, MPI_COMM_WORLD));
+  };
+  // The same bytes through MPI_Allgatherv (GatherWithGrad's call, which takes uneven shards): with equal blocks Open
+  // MPI picks different algorithms for the two, and either may be the faster one, so the baseline is the faster.
+  auto raw_v = [&] {
+    BENCH_MPI(MPI_Allgatherv(local.data_ptr<float>(), count, MPI_FLOAT, gathered.data_ptr<float>(), counts.data(),
+                             displs.data(), MPI_FLOAT, MPI_COMM_WORLD));
     BENCH_MPI(MPI_Reduce_scatter(grad.data_ptr<float>(), grad_local.data_ptr<float>(), counts.data(), MPI_FLOAT,
                                  MPI_SUM, MPI_COMM_WORLD));
   };
@@ -110,31 +130,33 @@ double CompareAt(int64_t rows) {
   }
   leaf.mutable_grad().reset();
   raw();
+  raw_v();
   with_grad();  // warm-up: heap growth, MPI connections
-  const torch::Tensor local_grad = torch::ones({rows, d});
   auto autograd_only = [&] {
-    IdentityFunction::apply(leaf).backward(local_grad);
+    NoCommGather(leaf, n).backward(grad);
     leaf.mutable_grad().reset();
   };
-  std::vector<double> raw_s, grad_s, counts_s, autograd_s;
+  std::vector<double> raw_s, raw_v_s, grad_s, counts_s, autograd_s;
   for (int rep = 0; rep < FLAGS_repetitions; ++rep) {
     counts_s.push_back(TimePerCall([&] { comm::AllGatherCounts(rows); }));
     autograd_s.push_back(TimePerCall(autograd_only));
-    if (rep % 2 == 0) {
-      raw_s.push_back(TimePerCall(raw));
-      grad_s.push_back(TimePerCall(with_grad));
-    } else {
-      grad_s.push_back(TimePerCall(with_grad));
-      raw_s.push_back(TimePerCall(raw));
+    for (int side = 0; side < 3; ++side) {  // the three sides in an order that rotates between repetitions
+      switch ((rep + side) % 3) {
+        case 0: raw_s.push_back(TimePerCall(raw)); break;
+        case 1: raw_v_s.push_back(TimePerCall(raw_v)); break;
+        default: grad_s.push_back(TimePerCall(with_grad));
+      }
     }
   }
-  const double raw_median = Median(raw_s), grad_median = Median(grad_s);
+  const double raw_median = std::min(Median(raw_s), Median(raw_v_s)), grad_median = Median(grad_s);
   if (comm::Rank() == 0) {
     const double mib = static_cast<double>(rows * d * 4) / (1 << 20);
     std::printf("%d ranks  %6lld rows x %d (%6.3f MiB/rank)  raw MPI %8.3f ms  GatherWithGrad %8.3f ms  "
-                "ratio %.3f  (alone: row-count exchange %.3f ms, autograd %.3f ms)\n",
+                "ratio %.3f  (raw with Allgather %.3f, Allgatherv %.3f ms; alone: row-count exchange %.3f ms, "
+                "autograd %.3f ms)\n",
                 n, static_cast<long long>(rows), FLAGS_dim, mib, raw_median * 1e3, grad_median * 1e3,
-                grad_median / raw_median, Median(counts_s) * 1e3, Median(autograd_s) * 1e3);
+                grad_median / raw_median, Median(raw_s) * 1e3, Median(raw_v_s) * 1e3, Median(counts_s) * 1e3,
+                Median(autograd_s) * 1e3);
     std::fflush(stdout);
   }
   return grad_median / raw_median;

@@ -75,6 +75,49 @@ TEST(GatherWithGrad, PartlyUsedOutput) {
   EXPECT_TRUE(torch::allclose(x.grad(), expected));
 }
 
+// Passes its input through but gives it no gradient: an undefined gradient reaches the node before it.
+struct DropGradient : public torch::autograd::Function<DropGradient> {
+  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& z) { return z.clone(); }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list) {
+    return {torch::Tensor()};
+  }
+};
+
+// GatherWithGrad's backward still joins the reduce-scatter (with zeros) when its incoming gradient is undefined:
+// the other ranks wait in it.
+TEST(GatherWithGrad, UndefinedIncomingGradientGivesZeros) {
+  torch::Tensor x = InputOf(Rank()).requires_grad_();
+  DropGradient::apply(GatherWithGrad(x)).sum().backward();
+  ASSERT_TRUE(x.grad().defined());
+  EXPECT_TRUE(torch::equal(x.grad(), torch::zeros_like(x)));
+}
+
+// Without grad mode (evaluation) or without an input that requires grad, the result is a plain gather.
+TEST(GatherWithGrad, NoHistoryWithoutGrad) {
+  torch::Tensor x = InputOf(Rank()).requires_grad_();
+  {
+    torch::NoGradGuard no_grad;
+    EXPECT_FALSE(GatherWithGrad(x).requires_grad());
+  }
+  EXPECT_FALSE(GatherWithGrad(x.detach()).requires_grad());
+  torch::Tensor z = GatherWithGrad(x);
+  ASSERT_TRUE(z.grad_fn() != nullptr);
+  EXPECT_EQ(z.grad_fn()->name(), "GatherWithGradBackward");
+}
+
+// Every call returns a new tensor: a later gather never overwrites a result the caller still holds.
+TEST(GatherWithGrad, ResultsDoNotAlias) {
+  torch::Tensor x = InputOf(Rank()).requires_grad_();
+  torch::Tensor first = GatherWithGrad(x);
+  const torch::Tensor before = first.detach().clone();
+  torch::Tensor second = GatherWithGrad(x * 2);
+  EXPECT_TRUE(torch::equal(first.detach(), before));
+  if (first.numel() > 0) EXPECT_NE(first.data_ptr(), second.data_ptr());
+  (first.sum() + second.sum()).backward();
+  EXPECT_TRUE(torch::allclose(x.grad(), torch::full_like(x, 3.0 * Size())));
+}
+
 double TotalLoss(const torch::Tensor& x) { return AllReduceSum(LossOf(Rank(), AllGather(x)).item<double>()); }
 
 TEST(GatherWithGrad, BackwardMatchesFiniteDifferences) {
