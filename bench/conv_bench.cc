@@ -2,12 +2,13 @@
 // compute_fraction benchmark (bench/train_bench.py), and the small CNN's FLOPs per training image (its numerator's
 // factor).
 //
-//   conv_bench [--batch_size 256] [--threads 2] [--repetitions 10] [--width 32]
+//   conv_bench [--batch_size 256] [--threads 2] [--repetitions 10] [--width 32] [--channels_last]
 //
 // The convs are the small CNN's (trainer/model.cc: 3x3, 1->w, w->2w stride 2, 2w->4w stride 2, 4w->4w on 28x28),
 // chained without batch norm or ReLU, on 2 x batch_size views, forward and backward: the weight gradient of every
 // conv and the input gradient of convs 2-4 (conv 1's input, the images, needs none, as in training). The allocator
-// is tuned as in tempered-train (mallopt). Prints one JSON line.
+// is tuned as in tempered-train (mallopt). --channels_last runs them on NHWC activations (oneDNN's preferred layout
+// for training; train_bench.py runs both layouts and takes the faster as the baseline). Prints one JSON line.
 //
 // FLOPs (a multiply-add is 2): a conv's forward is 2 Cout Hout Wout Cin k^2 per view; its weight gradient and its
 // input gradient cost as much again each. The encoder's per-image count adds the linear head's 2 d_in d_out per
@@ -26,6 +27,7 @@ DEFINE_int32(threads, 2, "intra-op threads");
 DEFINE_int32(repetitions, 10, "timed repetitions (the median is reported)");
 DEFINE_int32(width, 32, "channels of the first conv (ModelConfig.width)");
 DEFINE_int32(embed_dim, 128, "output of the linear head");
+DEFINE_bool(channels_last, false, "NHWC activations and weights (else NCHW)");
 
 namespace {
 
@@ -60,10 +62,13 @@ int main(int argc, char** argv) {
   torch::manual_seed(0);
   const std::vector<ConvLayer> convs = SmallCnnConvs(FLAGS_width);
   std::vector<torch::Tensor> weights;
-  for (const ConvLayer& c : convs) weights.push_back((torch::randn({c.out, c.in, 3, 3}) * 0.1).requires_grad_());
+  const auto format = FLAGS_channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  for (const ConvLayer& c : convs) {
+    weights.push_back((torch::randn({c.out, c.in, 3, 3}) * 0.1).contiguous(format).requires_grad_());
+  }
   const int64_t views = 2 * static_cast<int64_t>(FLAGS_batch_size);
-  const torch::Tensor images = torch::rand({views, 1, 28, 28});
-  const torch::Tensor grad_out = torch::randn({views, convs.back().out, 7, 7});
+  const torch::Tensor images = torch::rand({views, 1, 28, 28}).contiguous(format);
+  const torch::Tensor grad_out = torch::randn({views, convs.back().out, 7, 7}).contiguous(format);
 
   auto step = [&] {
     torch::Tensor x = images;
@@ -87,8 +92,8 @@ int main(int argc, char** argv) {
   const double head_flops_per_view = 2.0 * d * FLAGS_embed_dim * 3;  // forward, weight and input gradient
   const double encoder_flops_per_image = 2 * (ConvFlopsPerView(convs) + head_flops_per_view);
   std::printf("{\"conv_gflops\": %.2f, \"conv_seconds_median\": %.5f, \"views\": %lld, \"threads\": %d, "
-              "\"encoder_flops_per_image\": %.0f}\n",
+              "\"channels_last\": %s, \"encoder_flops_per_image\": %.0f}\n",
               conv_flops / median / 1e9, median, static_cast<long long>(views), at::get_num_threads(),
-              encoder_flops_per_image);
+              FLAGS_channels_last ? "true" : "false", encoder_flops_per_image);
   return 0;
 }

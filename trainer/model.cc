@@ -1,5 +1,6 @@
 #include "trainer/model.h"
 
+#include "trainer/batch_norm_relu.h"
 #include "trainer/sync_batch_norm.h"
 
 namespace tempered {
@@ -7,6 +8,46 @@ namespace tempered {
 namespace nn = torch::nn;
 
 namespace {
+
+// A 1-channel (N, 1, H, W) input is both NCHW and NHWC, and LibTorch's conv then gives the layout of its weight:
+// with the weight in channels_last (a copy, by clone: contiguous() is a no-op at 1 channel; the parameter stays NCHW)
+// the output is channels_last too, which saves a copy of it and of its gradient (~12 ms a step at batch 128 on one
+// core). Returns an undefined tensor when the conv is not a plain zero-padded one.
+torch::Tensor ConvChannelsLast(const nn::Conv2dImpl& conv, const torch::Tensor& x) {
+  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&conv.options.padding());
+  if (!padding || !c10::holds_alternative<torch::enumtype::kZeros>(conv.options.padding_mode())) return {};
+  return torch::conv2d(x, conv.weight.clone(at::MemoryFormat::ChannelsLast), conv.bias, *conv.options.stride(),
+                       **padding, *conv.options.dilation(), conv.options.groups());
+}
+
+// Runs seq on x, except that in training each BatchNorm2d followed by a ReLU runs as one fused op
+// (batch_norm_relu.h) where it supports the input. The modules, and so the parameters and checkpoints, stay
+// BatchNorm2d and ReLU; eval mode runs them as they are.
+torch::Tensor ForwardFusingBatchNormRelu(nn::Sequential& seq, torch::Tensor x, bool training) {
+  for (auto it = seq->begin(); it != seq->end(); ++it) {
+    const auto conv = std::dynamic_pointer_cast<nn::Conv2dImpl>(it->ptr());
+    if (conv && x.is_cpu() && x.dim() == 4 && x.size(1) == 1 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      const torch::Tensor y = ConvChannelsLast(*conv, x);
+      if (y.defined()) {
+        x = y;
+        continue;
+      }
+    }
+    const auto bn = std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(it->ptr());
+    const auto next = it + 1;
+    const bool relu_next = next != seq->end() && std::dynamic_pointer_cast<nn::ReLUImpl>(next->ptr());
+    if (training && bn && relu_next && BatchNormReluSupports(x) &&
+        bn->options.momentum().has_value() && bn->options.affine() && bn->options.track_running_stats()) {
+      x = BatchNormReluTraining(x, bn->weight, bn->bias, bn->running_mean, bn->running_var,
+                                {*bn->options.momentum(), bn->options.eps()});
+      bn->num_batches_tracked.add_(1);
+      ++it;  // the ReLU is done
+    } else {
+      x = it->forward(x);
+    }
+  }
+  return x;
+}
 
 // Normalisation after a conv: none, per-rank batch norm, or batch norm over the global batch.
 void AddNorm(nn::Sequential& seq, ModelConfig::Norm norm, int64_t channels) {
@@ -55,7 +96,8 @@ class BasicBlockImpl : public nn::Module {
     }
   }
   torch::Tensor forward(const torch::Tensor& x) {
-    return torch::relu(branch_->forward(x) + (shortcut_ ? shortcut_->forward(x) : x));
+    const torch::Tensor shortcut = shortcut_ ? shortcut_->forward(x) : x;
+    return torch::relu(ForwardFusingBatchNormRelu(branch_, x, is_training()) + shortcut);
   }
 
  private:
@@ -99,7 +141,8 @@ class BottleneckImpl : public nn::Module {
     }
   }
   torch::Tensor forward(const torch::Tensor& x) {
-    return torch::relu(branch_->forward(x) + (shortcut_ ? shortcut_->forward(x) : x));
+    const torch::Tensor shortcut = shortcut_ ? shortcut_->forward(x) : x;
+    return torch::relu(ForwardFusingBatchNormRelu(branch_, x, is_training()) + shortcut);
   }
 
  private:
@@ -179,7 +222,12 @@ EncoderImpl::EncoderImpl(const ModelConfig& config, int64_t in_channels, int64_t
 
 torch::Tensor EncoderImpl::Features(const torch::Tensor& images) {
   // Centre the [0, 1] pixels: a fixed affine map, identical for every data set and rank.
-  return backbone_->forward((images - 0.5) * 4.0);
+  torch::Tensor x = (images - 0.5) * 4.0;
+  // On the CPU the activations are channels_last (NHWC): oneDNN's convs take and give it without reordering, batch
+  // norm's per-channel loops run over contiguous channels (bench/README.md, train_vs_pytorch). The parameters stay
+  // NCHW; the values are the same up to float rounding.
+  if (x.is_cpu() && x.dim() == 4) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+  return ForwardFusingBatchNormRelu(backbone_, x, is_training());
 }
 
 EncoderOutput EncoderImpl::forward(const torch::Tensor& images) {
