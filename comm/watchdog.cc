@@ -69,10 +69,12 @@ void Loop(Watchdog& w) {
   std::unique_lock<std::mutex> lock(w.mutex);
   while (w.running) {
     w.wake.wait_for(lock, kPollInterval);
+    // The main thread writes waiting_in, then waiting_since_ns, and clears waiting_since_ns when the call returns:
+    // the same non-zero time read before and after waiting_in means waiting_in names that wait.
     const int64_t since = w.waiting_since_ns.load();
-    if (since == 0) continue;
-    const int64_t now = NowNs();
     const char* what = w.waiting_in.load();
+    if (since == 0 || w.waiting_since_ns.load() != since) continue;
+    const int64_t now = NowNs();
     const int64_t stop = w.stop_noted_ns.load();
     if (stop != 0 && !w.stop_reported && now - std::max(stop, since) > kStopGraceNs) {
       w.stop_reported = true;

@@ -505,12 +505,13 @@ class RankFailureTest(FaultTest):
         self.assertEqual(result["status"], "FAILED", stderr[-3000:])
 
     def test_waiting_for_rank_zero_to_evaluate_is_not_a_stall(self):
-        # Rank 0 alone computes the kNN, the representation metrics and the raw-pixel kNN for several seconds while
-        # rank 1 waits: a legitimate wait that a 2 s watchdog must not end.
+        # Rank 0 alone computes the kNN, the representation metrics (4000 test images, two views each) and the
+        # raw-pixel kNN for several seconds while rank 1 waits: a legitimate wait that a 3 s watchdog must not end.
         out = self.path("out")
-        proc = run_train(2, TINY + ["--train_subset", "8192", "--test_subset", "2000", "--max_steps", "2",
-                                    "--eval_at_init", "--raw_pixel_knn", "--collective_timeout_seconds", "2",
-                                    "--out_dir", out], timeout=120)
+        config = self.write("metrics.pbtxt", "eval { metric_samples: 4000 }\n")
+        proc = run_train(2, TINY + ["--config", config, "--train_subset", "16384", "--test_subset", "4000",
+                                    "--max_steps", "1", "--eval_at_init", "--raw_pixel_knn",
+                                    "--collective_timeout_seconds", "3", "--out_dir", out], timeout=180)
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         self.assertEqual(read_result(out)["status"], "FINISHED")
 
