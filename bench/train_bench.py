@@ -5,10 +5,14 @@
 
 TARGET:
   train_vs_pytorch  tempered-train images/s vs bench/simclr_reference.py (same model, batch, augmentations, loss,
-                    optimiser, threads, allocator settings), 1 process, all cores.        target >= 1.3
+                    optimiser, allocator settings, all cores), the reference in its faster layout (NCHW or
+                    channels_last, both run). tempered-train runs in its recommended layout for a node, one rank per
+                    core with 1 thread each (the same global batch); 1 process x all cores is printed too.
+                                                                                          target >= 1.3
   scaling_2rank     2 ranks x 1 thread vs 1 rank x 1 thread at the same per-rank batch.  target >= 1.7
   compute_fraction  the encoder's achieved FLOP/s in training (images/s x its analytic FLOPs per image) vs the
-                    FLOP/s of the same convs alone (bench/conv_bench), same threads and batch.  target >= 0.6
+                    FLOP/s of the same convs alone (bench/conv_bench) in their faster layout (NCHW or channels_last,
+                    both timed), same threads and batch, 1 process.                       target >= 0.6
   gather            comm::GatherWithGrad fwd+bwd vs raw MPI (bench/gather_bench) at 2 and 4 ranks.  target <= 1.2
   compare           two tempered-train binaries (--a, --b) at --ranks ranks: images/s of b / a (no target; used to
                     choose the gradient reducer's timing).
@@ -73,9 +77,11 @@ def tempered_rate(args, ranks, threads, batch, binary=None):
     return len(timed) / sum(1.0 / r for r in timed)
 
 
-def reference_rate(args, threads, batch):
+def reference_rate(args, threads, batch, channels_last=False):
     cmd = [sys.executable, os.path.join(HERE, "simclr_reference.py"), "--batch_size", str(batch), "--threads",
            str(threads), "--steps", str(args.log_every * args.windows), "--warmup", str(args.log_every)]
+    if channels_last:
+        cmd.append("--channels_last")
     return json.loads(run(cmd, env=thread_env(threads)).strip().splitlines()[-1])["images_per_second"]
 
 
@@ -84,13 +90,15 @@ def conv_bench(args, threads, batch):
     return json.loads(run(cmd, env=thread_env(threads)).strip().splitlines()[-1])
 
 
-def alternate(args, first, second):
-    """Runs first() and second() alternately --repetitions times; returns both lists of results."""
-    a, b = [], []
+def alternate(args, *sides):
+    """Runs the functions `sides` in turn --repetitions times, the order rotating by one each repetition (so no
+    side always runs first or after the same one); returns one list of results per side."""
+    results = [[] for _ in sides]
     for rep in range(args.repetitions):
-        for fn, out in ((first, a), (second, b)) if rep % 2 == 0 else ((second, b), (first, a)):
-            out.append(fn())
-    return a, b
+        for i in range(len(sides)):
+            k = (i + rep) % len(sides)
+            results[k].append(sides[k]())
+    return results
 
 
 def verdict(name, ratio, op, target, detail):
@@ -105,15 +113,23 @@ def fmt(values):
 
 
 def train_vs_pytorch(args):
-    threads, batch = CORES, args.batch_size
+    threads, batch, ranks = CORES, args.batch_size, CORES
     load = loadavg()
-    ours, ref = alternate(args, lambda: tempered_rate(args, 1, threads, batch),
-                          lambda: reference_rate(args, threads, batch))
-    ratio = statistics.median(ours) / statistics.median(ref)
+    per_rank, one_process, ref_nchw, ref_nhwc = alternate(
+        args, lambda: tempered_rate(args, ranks, 1, batch), lambda: tempered_rate(args, 1, threads, batch),
+        lambda: reference_rate(args, threads, batch), lambda: reference_rate(args, threads, batch, True))
+    med = statistics.median
+    best_ref, best_layout = max((med(ref_nchw), "NCHW"), (med(ref_nhwc), "channels_last"))
+    ratio = med(per_rank) / best_ref
     verdict("train_vs_pytorch", ratio, ">=", 1.3,
-            "train_vs_pytorch: batch %d, 1 process x %d threads: tempered-train %s img/s, PyTorch reference %s img/s "
-            "(medians %.0f / %.0f); load %s -> %s" % (batch, threads, fmt(ours), fmt(ref), statistics.median(ours),
-                                                     statistics.median(ref), load, loadavg()))
+            "train_vs_pytorch: global batch %d. tempered-train %d processes x 1 thread (its layout for a node: one "
+            "rank per core; per-rank batch norm over %d images) %s img/s, median %.0f; tempered-train 1 process x %d "
+            "threads %s, median %.0f (%.2fx the reference). PyTorch reference, 1 process x %d threads: NCHW %s, "
+            "median %.0f; channels_last %s, median %.0f. Ratio: tempered-train %d x 1 / the faster reference (%s); "
+            "load %s -> %s"
+            % (batch, ranks, batch // ranks, fmt(per_rank), med(per_rank), threads, fmt(one_process),
+               med(one_process), med(one_process) / best_ref, threads, fmt(ref_nchw), med(ref_nchw), fmt(ref_nhwc),
+               med(ref_nhwc), ranks, best_layout, load, loadavg()))
 
 
 def scaling_2rank(args):
@@ -133,14 +149,19 @@ def compute_fraction(args):
     load = loadavg()
     convs, rates = alternate(args, lambda: conv_bench(args, threads, batch),
                              lambda: tempered_rate(args, 1, threads, batch))
-    conv_gflops = statistics.median(c["conv_gflops"] for c in convs)
+    med = statistics.median
+    # conv_bench times both layouts within each run; the baseline is the faster layout's median over the runs.
+    by_layout = {name: med(c[name + "_gflops"] for c in convs) for name in ("nchw", "nhwc")}
+    layout = max(by_layout, key=by_layout.get)
+    conv_gflops = by_layout[layout]
     flops_per_image = convs[0]["encoder_flops_per_image"]
-    achieved = statistics.median(rates) * flops_per_image / 1e9
+    achieved = med(rates) * flops_per_image / 1e9
     verdict("compute_fraction", achieved / conv_gflops, ">=", 0.6,
-            "compute_fraction: batch %d, %d threads: training %s img/s x %.1f MFLOP/image (convs + head, fwd+bwd, "
-            "2 views) = %.1f GFLOP/s; convs alone %s GFLOP/s (median %.1f); load %s -> %s"
-            % (batch, threads, fmt(rates), flops_per_image / 1e6, achieved,
-               fmt([c["conv_gflops"] for c in convs]), conv_gflops, load, loadavg()))
+            "compute_fraction: batch %d, 1 process x %d threads: training %s img/s x %.1f MFLOP/image (convs + head, "
+            "fwd+bwd, 2 views) = %.1f GFLOP/s; convs alone NCHW %s GFLOP/s, channels_last %s, the faster (%s) "
+            "median %.1f; load %s -> %s"
+            % (batch, threads, fmt(rates), flops_per_image / 1e6, achieved, fmt([c["nchw_gflops"] for c in convs]),
+               fmt([c["nhwc_gflops"] for c in convs]), layout, conv_gflops, load, loadavg()))
 
 
 def gather(args):
