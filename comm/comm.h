@@ -75,10 +75,10 @@ class UnboundedWaits {
 };
 
 // `hook(sentence)` runs on this rank when the job is about to be taken down from here (Abort, an MPI error, the
-// watchdog), and when a stop was requested (NoteStopRequested) while this rank has waited in a collective for
-// 0.1 s: that is how mpirun ends the survivors of a rank that died (SIGTERM, then SIGKILL a second later), so the
-// hook should record the failure at once; if the job goes on after all (every rank was told to stop and stops
-// gracefully), the caller overwrites that record. It may run on the watchdog's thread and must not call comm.
+// watchdog), and within 50 ms of a stop request (NoteStopRequested): that is how mpirun ends the survivors of a
+// rank that died or aborted (SIGTERM, then SIGKILL a second later), so the hook should record the failure at once;
+// if the run goes on to stop gracefully after all (every rank was told to stop), the caller overwrites that record.
+// It may run on the watchdog's thread and must not call comm.
 // Pass nullptr to remove it (before whatever it refers to is destroyed).
 void SetFailureHook(std::function<void(const std::string& sentence)> hook);
 // Async-signal-safe: call it from a SIGTERM / SIGINT handler.

@@ -8,12 +8,11 @@
 // watchdog's final MPI_Abort, the usual pattern: the main thread is stuck inside MPI and cannot do it, and Open MPI
 // aborts through its runtime (PMIx), which any thread may call.
 //
-// The same thread notices a stop request (SIGTERM) that arrives while this rank waits in a collective: that is how
-// mpirun ends the survivors of a rank that died (SIGTERM, then SIGKILL one second later), so the failure hook runs
-// at once, while there is still time to record the failure.
+// The same thread notices a stop request (SIGTERM): that is how mpirun ends the survivors of a rank that died or
+// aborted (SIGTERM, then SIGKILL one second later), so the failure hook runs at once, while there is still time to
+// record the failure. A graceful stop (every rank told to stop) overwrites that record when it ends.
 #include <errno.h>  // program_invocation_short_name
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -35,11 +34,12 @@ int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
 }
 
-// A stop request that has waited this long in one collective runs the failure hook: well within mpirun's one
-// second between SIGTERM and SIGKILL, and long enough that a graceful stop (every rank signalled together) rarely
-// writes a provisional failure that its own ending then overwrites.
-constexpr int64_t kStopGraceNs = 100'000'000;
+// Well within mpirun's second between SIGTERM and SIGKILL, also on a loaded machine.
 constexpr auto kPollInterval = std::chrono::milliseconds(50);
+// After a stop request the timeout does not fire for this long: mpirun is ending the job (its SIGKILL follows in a
+// second), and a second error sentence from a rank that was stopped in a collective would only confuse.
+constexpr int64_t kStopQuietNs = 5'000'000'000;
+constexpr int64_t kLatePollNs = 1'000'000'000;
 
 // Leaked on purpose: the thread may still run while the process exits through std::exit (Abort), and destroying a
 // joinable std::thread would call std::terminate.
@@ -67,20 +67,27 @@ Watchdog& Get() {
 
 void Loop(Watchdog& w) {
   std::unique_lock<std::mutex> lock(w.mutex);
+  int64_t last_poll = NowNs();
   while (w.running) {
     w.wake.wait_for(lock, kPollInterval);
     // The main thread writes waiting_in, then waiting_since_ns, and clears waiting_since_ns when the call returns:
     // the same non-zero time read before and after waiting_in means waiting_in names that wait.
     const int64_t since = w.waiting_since_ns.load();
     const char* what = w.waiting_in.load();
-    if (since == 0 || w.waiting_since_ns.load() != since) continue;
+    const bool waiting = since != 0 && w.waiting_since_ns.load() == since;
     const int64_t now = NowNs();
     const int64_t stop = w.stop_noted_ns.load();
-    if (stop != 0 && !w.stop_reported && now - std::max(stop, since) > kStopGraceNs) {
+    if (stop != 0 && !w.stop_reported) {
       w.stop_reported = true;
-      detail::RunFailureHook(c10::str("rank ", w.rank, " was told to stop (SIGTERM or SIGINT) while it waited in ",
-                                      what, " for the other ranks; another rank died or the job was cancelled"));
+      detail::RunFailureHook(c10::str("rank ", w.rank, " was told to stop (SIGTERM or SIGINT)",
+                                      waiting ? c10::str(" while it waited in ", what, " for the other ranks") : "",
+                                      "; another rank died or the job was cancelled"));
     }
+    // A poll that comes late finds this process just continued (SIGSTOP, SIGCONT): mpirun continues the ranks it is
+    // about to end, and its SIGTERM may not have arrived yet. Look again at the next poll.
+    const bool late = now - last_poll > kLatePollNs;
+    last_poll = now;
+    if (!waiting || late || (stop != 0 && now - stop < kStopQuietNs)) continue;
     const double timeout = w.timeout_seconds.load();
     if (timeout <= 0 || w.unbounded.load() > 0 || (now - since) * 1e-9 < timeout) continue;
     char seconds[32];

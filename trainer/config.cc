@@ -341,7 +341,7 @@ void SetFieldByPath(pb::Message* message, const std::string& path, const std::st
   }
 }
 
-void WriteFileAtomically(const std::string& path, const std::string& contents) {
+void WriteFileAtomically(const std::string& path, const std::string& contents, Sync sync) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw UserError("cannot write " + path + ": " + std::strerror(errno));
@@ -358,7 +358,7 @@ void WriteFileAtomically(const std::string& path, const std::string& contents) {
     done += static_cast<size_t>(n);
   }
   // fsync before rename: after a crash the file is either the old one or the complete new one.
-  if (::fsync(fd) != 0 || ::close(fd) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+  if ((sync == Sync::kDurable && ::fsync(fd) != 0) || ::close(fd) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
     const std::string why = std::strerror(errno);
     ::unlink(tmp.c_str());
     throw UserError("cannot write " + path + ": " + why);

@@ -50,8 +50,15 @@ void SetFieldByPath(google::protobuf::Message* message, const std::string& path,
 // with 256. That is refused, as SetFieldByPath refuses `--batch_size 0`; leaving the field out takes the default.
 void ReadTextProto(const std::string& path, google::protobuf::Message* message, FieldLines* lines = nullptr);
 
-// Writes `contents` to `path` atomically: a temp file in the same directory, fsync, rename. UserError on failure.
-void WriteFileAtomically(const std::string& path, const std::string& contents);
+enum class Sync {
+  kDurable,  // fsync before the rename: after a power loss the file is the old one or the complete new one
+  kFast,     // no fsync: whole to every reader and after the process dies, but not after a power loss; for a record
+             // that must be written within a deadline (mpirun's SIGKILL), where an fsync may take seconds
+};
+
+// Writes `contents` to `path` atomically: a temp file in the same directory, fsync (kDurable), rename. UserError on
+// failure.
+void WriteFileAtomically(const std::string& path, const std::string& contents, Sync sync = Sync::kDurable);
 
 // protobuf JSON mapping with proto field names preserved (snake_case) and zero values printed.
 std::string ToJson(const google::protobuf::Message& message);

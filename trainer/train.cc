@@ -284,7 +284,7 @@ class ResultFile {
       RunResult failed = last_;
       failed.set_status(RunResult::FAILED);
       failed.set_error(error);
-      WriteFileAtomically(path_, ToJson(failed));
+      WriteFileAtomically(path_, ToJson(failed), Sync::kFast);  // mpirun's SIGKILL may be a second away
     } catch (...) {
     }
   }
