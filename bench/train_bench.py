@@ -113,11 +113,14 @@ def fmt(values):
 
 
 def train_vs_pytorch(args):
-    threads, batch, ranks = CORES, args.batch_size, CORES
+    threads, batch, ranks = args.cores, args.batch_size, args.cores
     load = loadavg()
-    per_rank, one_process, ref_nchw, ref_nhwc = alternate(
-        args, lambda: tempered_rate(args, ranks, 1, batch), lambda: tempered_rate(args, 1, threads, batch),
-        lambda: reference_rate(args, threads, batch), lambda: reference_rate(args, threads, batch, True))
+    sides = [lambda: tempered_rate(args, ranks, 1, batch), lambda: reference_rate(args, threads, batch),
+             lambda: reference_rate(args, threads, batch, True)]
+    if ranks > 1:
+        sides.append(lambda: tempered_rate(args, 1, threads, batch))
+    per_rank, ref_nchw, ref_nhwc, *rest = alternate(args, *sides)
+    one_process = rest[0] if rest else per_rank
     med = statistics.median
     ref, layout = max((ref_nchw, "NCHW"), (ref_nhwc, "channels_last"), key=lambda r: med(r[0]))
     # Ratios within each repetition (its runs were back to back), then their median: the load drifts between them.
@@ -206,6 +209,9 @@ def main():
     p.add_argument("--batch_size", type=int, default=256, help="global batch (tempered-train's default)")
     p.add_argument("--log_every", type=int, help="steps per timed window (default 5, --quick 4)")
     p.add_argument("--windows", type=int, help="timed windows after the first (default 4, --quick 3)")
+    p.add_argument("--cores", type=int, default=CORES,
+                   help="train_vs_pytorch: cores used by each side (default all); 1 compares one core against one "
+                   "(less exposed to other users' load than 2 threads on 2 shared cores)")
     p.add_argument("--a", help="compare: baseline tempered-train binary")
     p.add_argument("--b", help="compare: candidate tempered-train binary")
     p.add_argument("--ranks", type=int, default=2, help="compare: ranks")
