@@ -1,7 +1,8 @@
 // encoder_bench: one training forward + backward of the encoder (trainer/model.h) three ways, alternating within
 // every repetition so that all three see the same drift of the shared machine's load:
 //   nchw       the encoder's modules run one by one on NCHW input (PyTorch eager's default);
-//   nhwc       the same modules on channels_last input (PyTorch's channels_last recipe);
+//   nhwc       the same modules with channels_last weights on channels_last input (PyTorch's channels_last recipe,
+//              model.to(memory_format=torch.channels_last), on a copy of the encoder);
 //   encoder    Encoder::forward: channels_last activations and the fused BatchNorm2d + ReLU (batch_norm_relu.h).
 //
 //   encoder_bench [--batch_size 256] [--threads 2] [--repetitions 15] [--width 32]
@@ -60,12 +61,17 @@ int main(int argc, char** argv) {
   config.set_width(FLAGS_width);
   tempered::Encoder encoder(config, 1, 28);
   encoder->train();
+  tempered::Encoder channels_last(config, 1, 28);
+  channels_last->train();
+  for (auto& p : channels_last->parameters()) {
+    if (p.dim() == 4) p.set_data(p.data().clone(at::MemoryFormat::ChannelsLast));
+  }
   const torch::Tensor images = torch::rand({2 * static_cast<int64_t>(FLAGS_batch_size), 1, 28, 28});
   const torch::Tensor weights = torch::randn({images.size(0), 128});
   const char* names[] = {"nchw", "nhwc", "encoder"};
   const std::function<torch::Tensor()> variants[] = {
       [&] { return ModulesForward(encoder, images, at::MemoryFormat::Contiguous); },
-      [&] { return ModulesForward(encoder, images, at::MemoryFormat::ChannelsLast); },
+      [&] { return ModulesForward(channels_last, images, at::MemoryFormat::ChannelsLast); },
       [&] { return encoder->forward(images).embedding; }};
   std::vector<double> ms[3];
   for (int r = -2; r < FLAGS_repetitions; ++r) {  // 2 untimed rounds: oneDNN primitives, heap growth
@@ -73,6 +79,7 @@ int main(int argc, char** argv) {
       const int v = (i + r + 3) % 3;  // rotate which goes first
       const double t = Milliseconds(variants[v], weights);
       encoder->zero_grad();
+      channels_last->zero_grad();
       if (r >= 0) ms[v].push_back(t);
     }
   }
