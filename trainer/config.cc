@@ -8,6 +8,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -341,8 +342,10 @@ void SetFieldByPath(pb::Message* message, const std::string& path, const std::st
   }
 }
 
-void WriteFileAtomically(const std::string& path, const std::string& contents, Sync sync) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+std::string StageFile(const std::string& path, const std::string& contents, Sync sync) {
+  // Unique per call: two threads of a process may stage the same path (trainer/train.cc: ResultFile).
+  static std::atomic<uint64_t> serial{0};
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(serial++);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw UserError("cannot write " + path + ": " + std::strerror(errno));
   size_t done = 0;
@@ -358,11 +361,26 @@ void WriteFileAtomically(const std::string& path, const std::string& contents, S
     done += static_cast<size_t>(n);
   }
   // fsync before rename: after a crash the file is either the old one or the complete new one.
-  if ((sync == Sync::kDurable && ::fsync(fd) != 0) || ::close(fd) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+  if ((sync == Sync::kDurable && ::fsync(fd) != 0) || ::close(fd) != 0) {
     const std::string why = std::strerror(errno);
     ::unlink(tmp.c_str());
     throw UserError("cannot write " + path + ": " + why);
   }
+  return tmp;
+}
+
+void CommitStagedFile(const std::string& staged, const std::string& path) {
+  if (::rename(staged.c_str(), path.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    ::unlink(staged.c_str());
+    throw UserError("cannot write " + path + ": " + why);
+  }
+}
+
+void DiscardStagedFile(const std::string& staged) { ::unlink(staged.c_str()); }
+
+void WriteFileAtomically(const std::string& path, const std::string& contents, Sync sync) {
+  CommitStagedFile(StageFile(path, contents, sync), path);
 }
 
 std::string ToJson(const pb::Message& message) {

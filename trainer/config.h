@@ -59,6 +59,12 @@ enum class Sync {
 // Writes `contents` to `path` atomically: a temp file in the same directory, fsync (kDurable), rename. UserError on
 // failure.
 void WriteFileAtomically(const std::string& path, const std::string& contents, Sync sync = Sync::kDurable);
+// WriteFileAtomically in two steps, for a writer that decides at the last moment whether its file is still the
+// newest (trainer/train.cc: ResultFile): StageFile writes a temp file next to `path` and returns its name;
+// CommitStagedFile renames it over `path`, DiscardStagedFile removes it. Errors name `path`.
+std::string StageFile(const std::string& path, const std::string& contents, Sync sync = Sync::kDurable);
+void CommitStagedFile(const std::string& staged, const std::string& path);
+void DiscardStagedFile(const std::string& staged);
 
 // protobuf JSON mapping with proto field names preserved (snake_case) and zero values printed.
 std::string ToJson(const google::protobuf::Message& message);

@@ -265,12 +265,17 @@ class ResultFile {
   ResultFile(const ResultFile&) = delete;
   ResultFile& operator=(const ResultFile&) = delete;
 
+  // The slow part (the fsync) runs outside the lock, so that Fail, with mpirun's SIGKILL perhaps a second away,
+  // never waits for it. Once a failure is recorded, a RUNNING result no longer replaces it (after a stop request
+  // the run either dies or ends INTERRUPTED); a final one (FINISHED, INTERRUPTED) does: the run got to its end.
   void Write(const RunResult& result) {
     if (!rank_zero_) return;
+    const std::string staged = StageFile(path_, ToJson(result));
     std::lock_guard<std::mutex> lock(mutex_);
-    WriteFileAtomically(path_, ToJson(result));
     last_ = result;
     written_ = true;
+    if (failed_ && result.status() == RunResult::RUNNING) return DiscardStagedFile(staged);
+    CommitStagedFile(staged, path_);
   }
 
   // The last result written, with status FAILED and `error`. Best effort: the run is failing already, and its error
@@ -285,6 +290,7 @@ class ResultFile {
       failed.set_status(RunResult::FAILED);
       failed.set_error(error);
       WriteFileAtomically(path_, ToJson(failed), Sync::kFast);  // mpirun's SIGKILL may be a second away
+      failed_ = true;
     } catch (...) {
     }
   }
@@ -295,6 +301,7 @@ class ResultFile {
   std::mutex mutex_;  // Write (main thread) against Fail (possibly the watchdog's thread)
   RunResult last_;
   bool written_ = false;
+  bool failed_ = false;  // a failure was recorded
 };
 
 // Builds data, model, optimiser and reducer. Collective: a failure on any rank fails every rank.
