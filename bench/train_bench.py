@@ -108,6 +108,15 @@ def verdict(name, ratio, op, target, detail):
     sys.stdout.flush()
 
 
+def load_warning(before, after):
+    """A line for the timing targets when the 1-minute load average exceeded the cores (bench/README.md: runs on
+XX"""
+    worst = max(float(before.split()[0]), float(after.split()[0]))
+    if worst <= CORES:
+        return ""
+    return "\nWARNING: load average %.1f on %d cores: runs that use all cores are unreliable now" % (worst, CORES)
+
+
 def fmt(values):
     return "[" + ", ".join("%.0f" % v for v in values) + "]"
 
@@ -134,7 +143,7 @@ def train_vs_pytorch(args):
             "the faster reference (%s); load %s -> %s"
             % (batch, ranks, batch // ranks, fmt(per_rank), med(per_rank), threads, fmt(one_process),
                med(one_process), one_process_ratio, threads, fmt(ref_nchw), med(ref_nchw), fmt(ref_nhwc),
-               med(ref_nhwc), ranks, layout, load, loadavg()))
+               med(ref_nhwc), ranks, layout, load, loadavg()) + load_warning(load, loadavg()))
 
 
 def scaling_2rank(args):
@@ -146,7 +155,7 @@ def scaling_2rank(args):
     verdict("scaling_2rank", ratio, ">=", 1.7,
             "scaling_2rank: %d images per rank, 1 thread per rank: 1 rank %s img/s, 2 ranks %s img/s (medians "
             "%.0f / %.0f); load %s -> %s" % (per_rank, fmt(one), fmt(two), statistics.median(one),
-                                             statistics.median(two), load, loadavg()))
+                                             statistics.median(two), load, loadavg()) + load_warning(load, loadavg()))
 
 
 def compute_fraction(args):
@@ -168,7 +177,8 @@ def compute_fraction(args):
             "fwd+bwd, 2 views) = %.1f GFLOP/s (median); convs alone NCHW %s GFLOP/s, channels_last %s, the faster "
             "(%s) median %.1f; ratio: median over repetitions of training / convs alone; load %s -> %s"
             % (batch, threads, fmt(rates), flops_per_image / 1e6, achieved, fmt([c["nchw_gflops"] for c in convs]),
-               fmt([c["nhwc_gflops"] for c in convs]), layout, conv_gflops, load, loadavg()))
+               fmt([c["nhwc_gflops"] for c in convs]), layout, conv_gflops, load, loadavg())
+            + load_warning(load, loadavg()))
 
 
 def gather(args):
