@@ -110,7 +110,7 @@ def verdict(name, ratio, op, target, detail):
 
 def load_warning(before, after):
     """A line for the timing targets when the 1-minute load average exceeded the cores (bench/README.md: runs on
-XX"""
+    both shared cores then collapse whenever another process takes one), else ''."""
     worst = max(float(before.split()[0]), float(after.split()[0]))
     if worst <= CORES:
         return ""
