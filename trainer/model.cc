@@ -20,9 +20,10 @@ torch::Tensor ConvChannelsLast(const nn::Conv2dImpl& conv, const torch::Tensor& 
                        **padding, *conv.options.dilation(), conv.options.groups());
 }
 
-// Runs seq on x, except that in training each BatchNorm2d followed by a ReLU runs as one fused op
-// (batch_norm_relu.h) where it supports the input. The modules, and so the parameters and checkpoints, stay
-// BatchNorm2d and ReLU; eval mode runs them as they are.
+// Runs seq on x, except that a conv of a 1-channel channels_last input runs as ConvChannelsLast, and in training each
+// BatchNorm2d followed by a ReLU runs as one fused op (batch_norm_relu.h) where it supports the input. The modules,
+// and so the parameters and checkpoints, stay Conv2d, BatchNorm2d and ReLU; eval mode runs BatchNorm2d and ReLU as
+// they are.
 torch::Tensor ForwardFusingBatchNormRelu(nn::Sequential& seq, torch::Tensor x, bool training) {
   for (auto it = seq->begin(); it != seq->end(); ++it) {
     const auto conv = std::dynamic_pointer_cast<nn::Conv2dImpl>(it->ptr());
