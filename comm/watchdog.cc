@@ -13,6 +13,7 @@
 // record the failure. A graceful stop (every rank told to stop) overwrites that record when it ends.
 #include <errno.h>  // program_invocation_short_name
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -39,6 +40,9 @@ constexpr auto kPollInterval = std::chrono::milliseconds(50);
 // After a stop request the timeout does not fire for this long: mpirun is ending the job (its SIGKILL follows in a
 // second), and a second error sentence from a rank that was stopped in a collective would only confuse.
 constexpr int64_t kStopQuietNs = 5'000'000'000;
+// A poll this late finds the process just continued (SIGSTOP, SIGCONT) or starved: the time since the last poll is
+// not counted as waiting for the other ranks. mpirun continues a stopped rank a second before it ends it: that
+// rank must not then report its own stop as a wait.
 constexpr int64_t kLatePollNs = 1'000'000'000;
 
 // Leaked on purpose: the thread may still run while the process exits through std::exit (Abort), and destroying a
@@ -68,6 +72,7 @@ Watchdog& Get() {
 void Loop(Watchdog& w) {
   std::unique_lock<std::mutex> lock(w.mutex);
   int64_t last_poll = NowNs();
+  int64_t watched_since = 0, waited_ns = 0;  // the wait being timed, and how long it has lasted
   while (w.running) {
     w.wake.wait_for(lock, kPollInterval);
     // The main thread writes waiting_in, then waiting_since_ns, and clears waiting_since_ns when the call returns:
@@ -83,13 +88,18 @@ void Loop(Watchdog& w) {
                                       waiting ? c10::str(" while it waited in ", what, " for the other ranks") : "",
                                       "; another rank died or the job was cancelled"));
     }
-    // A poll that comes late finds this process just continued (SIGSTOP, SIGCONT): mpirun continues the ranks it is
-    // about to end, and its SIGTERM may not have arrived yet. Look again at the next poll.
-    const bool late = now - last_poll > kLatePollNs;
+    const int64_t counted = now - last_poll <= kLatePollNs ? now - last_poll : 0;
     last_poll = now;
-    if (!waiting || late || (stop != 0 && now - stop < kStopQuietNs)) continue;
+    if (!waiting) continue;
+    if (since != watched_since) {  // a new wait, begun since the last poll
+      watched_since = since;
+      waited_ns = std::min(now - since, counted);
+    } else {
+      waited_ns += counted;
+    }
+    if (stop != 0 && now - stop < kStopQuietNs) continue;
     const double timeout = w.timeout_seconds.load();
-    if (timeout <= 0 || w.unbounded.load() > 0 || (now - since) * 1e-9 < timeout) continue;
+    if (timeout <= 0 || w.unbounded.load() > 0 || waited_ns * 1e-9 < timeout) continue;
     char seconds[32];
     std::snprintf(seconds, sizeof(seconds), "%g", timeout);
     const std::string sentence = c10::str("rank ", w.rank, " waited ", seconds, " s in ", what,

@@ -497,12 +497,16 @@ class RankFailureTest(FaultTest):
         self.assertEqual(result["error"], sentence.group(0))
 
     def test_stalled_rank_zero_ends_the_job(self):
-        # Rank 1's watchdog ends the job; rank 0, continued and told to stop by mpirun, records the failure.
+        # Rank 1's watchdog ends the job. mpirun then continues rank 0 and sends it SIGTERM, and SIGKILL after a
+        # second, or at once: its sleep between the two ends early when rank 1 exits (Open MPI 4.1), so rank 0 may
+        # get no time to record the failure. It never says more than the truth.
         result, stderr = self.stall_a_rank(0)
         self.assertRegex(stderr, r"tempered-train: error: rank 1 waited 3 s in [a-z -]+ for the other ranks; "
                                  r"a rank stalled or died")
         self.assertEqual(len(error_lines(stderr)), 1, stderr[-3000:])
-        self.assertEqual(result["status"], "FAILED", stderr[-3000:])
+        self.assertIn(result["status"], ("RUNNING", "FAILED"))
+        if result["status"] == "FAILED":
+            self.assertIn("rank 0 was told to stop (SIGTERM or SIGINT)", result["error"])
 
     def test_waiting_for_rank_zero_to_evaluate_is_not_a_stall(self):
         # Rank 0 alone computes the kNN, the representation metrics (4000 test images, two views each) and the
