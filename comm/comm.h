@@ -18,8 +18,9 @@
 
 namespace tempered::comm {
 
-// Initialises MPI (thread level FUNNELED: MPI is called from the main thread only) once per process; later calls
-// are no-ops. Safe to call when not launched by mpirun (a world of 1). Every other function needs it first.
+// Initialises MPI (thread level FUNNELED: MPI is called from the main thread only, but for the watchdog's final
+// MPI_Abort) once per process; later calls are no-ops. Safe to call when not launched by mpirun (a world of 1).
+// Every other function needs it first.
 void Init(int* argc, char*** argv);
 // Destroys the NCCL communicator (if any), then finalises MPI. Call after the last collective; later calls are
 // no-ops.
@@ -76,8 +77,8 @@ class UnboundedWaits {
 
 // `hook(sentence)` runs on this rank when the job is about to be taken down from here (Abort, an MPI error, the
 // watchdog), and within 50 ms of a stop request (NoteStopRequested): that is how mpirun ends the survivors of a
-// rank that died or aborted (SIGTERM, then SIGKILL a second later), so the hook should record the failure at once;
-// if the run goes on to stop gracefully after all (every rank was told to stop), the caller overwrites that record.
+// rank that died or aborted (SIGTERM, then SIGKILL up to a second later), so the hook should record the failure at
+// once; if the run goes on to stop gracefully after all (every rank was told to stop), the caller overwrites it.
 // It may run on the watchdog's thread and must not call comm.
 // Pass nullptr to remove it (before whatever it refers to is destroyed).
 void SetFailureHook(std::function<void(const std::string& sentence)> hook);

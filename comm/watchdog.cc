@@ -9,7 +9,7 @@
 // aborts through its runtime (PMIx), which any thread may call.
 //
 // The same thread notices a stop request (SIGTERM): that is how mpirun ends the survivors of a rank that died or
-// aborted (SIGTERM, then SIGKILL one second later), so the failure hook runs at once, while there is still time to
+// aborted (SIGTERM, then SIGKILL up to a second later), so the failure hook runs at once, while there is time to
 // record the failure. A graceful stop (every rank told to stop) overwrites that record when it ends.
 #include <errno.h>  // program_invocation_short_name
 

@@ -405,8 +405,8 @@ class NonFiniteLossTest(FaultTest):
                                     "--checkpoint_every_steps", "1", "--out_dir", out], timeout=120)
         self.assertLess(time.monotonic() - start, 100)
         self.assert_clean_failure(proc, "the loss became")
-        found = re.search(r"the loss became (?:NaN|infinite) at global step (\d+) \(epoch 1, lr [0-9.]+e\+[23][0-9], tau 1e-07\)",
-                          proc.stderr)
+        found = re.search(r"the loss became (?:NaN|infinite) at global step (\d+) "
+                          r"\(epoch 1, lr [0-9.]+e\+[23][0-9], tau 1e-07\)", proc.stderr)
         self.assertIsNotNone(found, proc.stderr[-3000:])
         step = int(found.group(1))
         self.assertGreaterEqual(step, 2)
