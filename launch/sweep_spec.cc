@@ -86,6 +86,7 @@ std::string RunId(const RunConfig& resolved) {
   identity.clear_threads();
   identity.clear_log_every_steps();
   identity.clear_checkpoint_every_steps();
+  identity.clear_collective_timeout_seconds();  // how long to wait for a stalled rank does not change the result
   if (identity.has_data()) identity.mutable_data()->clear_workers();
   std::string text;
   pb::TextFormat::PrintToString(identity, &text);
