@@ -16,7 +16,6 @@
 // input gradient cost as much again each. The encoder's per-image count adds the linear head's 2 d_in d_out per
 // pass and counts 2 views per image.
 #include <gflags/gflags.h>
-#include <malloc.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -24,6 +23,8 @@
 #include <cstdio>
 #include <string>
 #include <vector>
+
+#include "trainer/train.h"
 
 DEFINE_int32(batch_size, 256, "images per step; the convs see 2 views of each");
 DEFINE_int32(threads, 2, "intra-op threads");
@@ -73,8 +74,7 @@ double Step(const std::vector<ConvLayer>& convs, Way& way) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  mallopt(M_MMAP_MAX, 0);  // as tempered-train's TuneAllocator
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  tempered::TuneAllocator();  // as tempered-train
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   at::set_num_threads(FLAGS_threads);
   torch::manual_seed(0);

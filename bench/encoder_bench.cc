@@ -10,7 +10,6 @@
 // Prints the median and minimum milliseconds of each and one JSON line. Small CNN on 28x28 grayscale, 2 views per
 // image, the allocator tuned as in tempered-train.
 #include <gflags/gflags.h>
-#include <malloc.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -20,6 +19,7 @@
 #include <vector>
 
 #include "trainer/model.h"
+#include "trainer/train.h"
 
 DEFINE_int32(batch_size, 256, "images per step; the encoder sees 2 views of each");
 DEFINE_int32(threads, 2, "intra-op threads");
@@ -48,8 +48,7 @@ double Milliseconds(const std::function<torch::Tensor()>& forward, const torch::
 }  // namespace
 
 int main(int argc, char** argv) {
-  mallopt(M_MMAP_MAX, 0);  // as tempered-train's TuneAllocator
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  tempered::TuneAllocator();  // as tempered-train
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   at::set_num_threads(FLAGS_threads);
   torch::manual_seed(0);

@@ -18,7 +18,6 @@
 // call by default and the median keeps only the undisturbed ones.
 // Prints a table and ends with: TARGET gather <worst ratio over the sizes> <=1.2 PASS|FAIL.
 #include <gflags/gflags.h>
-#include <malloc.h>
 #include <mpi.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/torch.h>
@@ -31,6 +30,7 @@
 #include <vector>
 
 #include "comm/comm.h"
+#include "trainer/train.h"
 
 DEFINE_string(rows, "128,1024,8192", "rows per rank (comma-separated); a SimCLR step of batch B gathers 2B/N");
 DEFINE_int32(dim, 128, "row width (floats)");
@@ -176,8 +176,7 @@ int Main() {
 }  // namespace tempered
 
 int main(int argc, char** argv) {
-  mallopt(M_MMAP_MAX, 0);  // as tempered-train: no page faults from returning freed tensors to the OS
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  tempered::TuneAllocator();  // as tempered-train
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   tempered::comm::Init(&argc, &argv);
   const int status = tempered::Main();

@@ -12,7 +12,6 @@
 // <name> <measured ratio> <target> PASS|FAIL.
 #include <benchmark/benchmark.h>
 #include <gflags/gflags.h>
-#include <malloc.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -32,6 +31,7 @@
 
 #include "trainer/loss.h"
 #include "trainer/streaming_loss.h"
+#include "trainer/train.h"
 
 DEFINE_bool(quick, false, "a subset for CI and the GPU check (still the 4,096 x 65,536 memory case)");
 DEFINE_string(device, "cpu", "cpu or cuda");
@@ -335,9 +335,6 @@ int main(int argc, char** argv) {
   argv = args.data();
   benchmark::Initialize(&argc, argv);  // takes the --benchmark_* flags (a later one wins), leaves ours
   gflags::ParseCommandLineFlags(&argc, &argv, /*remove_flags=*/true);
-  if (FLAGS_malloc == "tuned") {  // as trainer/main.cc: freed blocks stay in the heap (ENV.md, "the allocator")
-    mallopt(M_MMAP_MAX, 0);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  }
+  if (FLAGS_malloc == "tuned") tempered::TuneAllocator();  // as tempered-train
   return tempered::Main(argc, argv);
 }

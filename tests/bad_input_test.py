@@ -435,53 +435,43 @@ class RankFailureTest(FaultTest):
         return subprocess.run([MPIRUN, *MPI_ARGS, "-np", "2", wrapper, "--threads", "1", *args],
                               capture_output=True, text=True, timeout=timeout, env=env)
 
-    def test_killed_rank_ends_the_job(self):
+    def signal_a_rank(self, rank, sig, flags):
+        """Starts a 2-rank training run with `flags`, sends `sig` to rank `rank` after step 3, and checks that the
+        job ends non-zero within 30 s with its checkpoint readable. Returns (out_dir, the job's stderr)."""
         out = self.path("out")
-        proc = start_train(2, TINY + ["--max_steps", "400", "--checkpoint_every_steps", "2", "--out_dir", out])
+        proc = start_train(2, TINY + flags + ["--checkpoint_every_steps", "2", "--out_dir", out])
         try:
             wait_for_step(out, 3, proc)
             ranks = rank_pids(out)
             self.assertEqual(sorted(ranks), [0, 1], ranks)
-            os.kill(ranks[1], signal.SIGKILL)
-            killed = time.monotonic()
+            os.kill(ranks[rank], sig)
+            signalled = time.monotonic()
             _, stderr = proc.communicate(timeout=60)
-            ended = time.monotonic() - killed
+            ended = time.monotonic() - signalled
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.assertNotEqual(proc.returncode, 0)
-        self.assertLess(ended, 30, "the job took %.0f s to end after a rank died" % ended)
+        self.assertLess(ended, 30, "the job took %.0f s to end after rank %d got signal %d" % (ended, rank, sig))
+        self.assertTrue(zipfile.is_zipfile(os.path.join(out, "checkpoint.pt")))
+        return out, stderr
+
+    def test_killed_rank_ends_the_job(self):
+        out, stderr = self.signal_a_rank(1, signal.SIGKILL, ["--max_steps", "400"])
         self.assertIn("exited on signal 9", stderr)
-        # The files rank 0 wrote stay whole: a parseable result and a readable checkpoint. Rank 0 outlives rank 1
-        # by mpirun's SIGTERM-to-SIGKILL second, in which it records the failure.
+        # The files rank 0 wrote stay whole: a parseable result (the checkpoint is checked above). Rank 0 outlives
+        # rank 1 by mpirun's SIGTERM-to-SIGKILL second, in which it records the failure.
         result = read_result(out)
         self.assertEqual(result["status"], "FAILED", stderr[-3000:])
         self.assertIn("rank 0 was told to stop (SIGTERM or SIGINT)", result["error"])
         self.assertIn("another rank died or the job was cancelled", result["error"])
-        self.assertTrue(zipfile.is_zipfile(os.path.join(out, "checkpoint.pt")))
 
     def stall_a_rank(self, stalled):
-        """SIGSTOPs rank `stalled` of a training run (a rank that hangs, or a node gone silent) and returns the
-        job's stderr and how long it took to end after the stall."""
-        out = self.path("out")
-        proc = start_train(2, TINY + ["--epochs", "100", "--checkpoint_every_steps", "2",
-                                      "--collective_timeout_seconds", "3", "--out_dir", out])
-        try:
-            wait_for_step(out, 3, proc)
-            ranks = rank_pids(out)
-            self.assertEqual(sorted(ranks), [0, 1], ranks)
-            os.kill(ranks[stalled], signal.SIGSTOP)
-            stopped = time.monotonic()
-            _, stderr = proc.communicate(timeout=60)
-            ended = time.monotonic() - stopped
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self.assertNotEqual(proc.returncode, 0)
-        self.assertLess(ended, 30, "the job took %.0f s to end after a rank stalled" % ended)
-        self.assertTrue(zipfile.is_zipfile(os.path.join(out, "checkpoint.pt")))
+        """SIGSTOPs rank `stalled` of a training run (a rank that hangs, or a node gone silent); returns the run's
+        result.json and the job's stderr."""
+        out, stderr = self.signal_a_rank(stalled, signal.SIGSTOP,
+                                         ["--epochs", "100", "--collective_timeout_seconds", "3"])
         self.assertEqual([n for n in os.listdir(out) if ".tmp." in n], [], "temporary files left behind")
         return read_result(out), stderr
 

@@ -1,7 +1,6 @@
 // tempered-train: one contrastive training run. Launched by mpirun (or alone for one rank):
 //   mpirun -np N tempered-train --config run.pbtxt [--tau 0.1 ...] --out_dir DIR
 // main() only parses flags, builds the config and makes one call (STYLE.md).
-#include <malloc.h>
 
 #include <gflags/gflags.h>
 #include <glog/logging.h>
@@ -101,17 +100,10 @@ tempered::RunConfig ConfigFromFlags() {
   return config;
 }
 
-// LibTorch allocates CPU tensors with malloc; glibc returns every large block to the OS and faults it back in on
-// the next step, which costs 3-5x in this sandbox (ENV.md). Keep freed memory in the heap instead.
-void TuneAllocator() {
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  TuneAllocator();
+  tempered::TuneAllocator();
   gflags::SetUsageMessage("mpirun -np N tempered-train --config run.pbtxt [--flag overrides] --out_dir DIR");
   gflags::ParseCommandLineFlags(&argc, &argv, /*remove_flags=*/true);
   FLAGS_logtostderr = true;

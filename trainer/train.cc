@@ -1,5 +1,6 @@
 #include "trainer/train.h"
 
+#include <malloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -562,6 +563,11 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
     file.Fail(e.what());
     throw;
   }
+}
+
+void TuneAllocator() {
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 }  // namespace tempered

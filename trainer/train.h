@@ -28,4 +28,9 @@ struct TrainOptions {
 // on any rank stops every rank at the next step: a checkpoint is written and the status is INTERRUPTED.
 RunResult Train(const RunConfig& config, const TrainOptions& options = {});
 
+// LibTorch allocates CPU tensors with malloc; glibc returns every large block to the OS and faults it back in on
+// the next step, which costs 3-5x in this sandbox (ENV.md). Keeps freed memory in the heap instead. Called first
+// by tempered-train and by the benchmarks, for both sides of every comparison.
+void TuneAllocator();
+
 }  // namespace tempered
