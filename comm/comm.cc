@@ -36,6 +36,28 @@ std::vector<int64_t> Times(const std::vector<int64_t>& rows, int64_t row_element
   return elems;
 }
 
+// The output buffer of one kind of row collective on the CPU, reused from call to call once nothing outside holds
+// it: the last result and every view of it dropped (its storage referenced only here), so a result the caller still
+// holds is never overwritten. Why: at 1 MiB per rank the same MPI calls into a fresh heap buffer each time were
+// 1.1-1.35x slower than into the same one (bench/README.md, "## gather"). CUDA tensors come from LibTorch's
+// caching allocator instead. One per thread: autograd may run a CPU backward on another thread than the forward's.
+class ReusedBuffer {
+ public:
+  torch::Tensor Get(const std::vector<int64_t>& shape, const torch::TensorOptions& options) {
+    if (!options.device().is_cpu()) return torch::empty(shape, options);
+    if (!kept_.defined() || kept_.storage().use_count() != 1 || kept_.sizes() != shape ||
+        kept_.dtype() != options.dtype()) {
+      kept_ = torch::empty(shape, options);
+    }
+    return kept_.detach();  // a new tensor on the same storage: what the caller attaches (history) stays its own
+  }
+
+ private:
+  torch::Tensor kept_;
+};
+
+thread_local ReusedBuffer gathered_rows, reduced_rows;
+
 // In-place collectives work on a contiguous buffer and copy back only when t was not contiguous.
 template <typename Op>
 void InPlace(torch::Tensor& t, Op op) {
@@ -77,7 +99,7 @@ torch::Tensor AllGatherRows(const torch::Tensor& in, std::vector<int64_t>* rows)
     rows->push_back(all[3 * r]);
   }
   const int64_t total = std::accumulate(rows->begin(), rows->end(), int64_t{0});
-  torch::Tensor out = torch::empty(WithRows(local, total), local.options());
+  torch::Tensor out = gathered_rows.Get(WithRows(local, total), local.options());
   BackendFor(local).all_gather(local, out, Times(*rows, row_elements));
   return out;
 }
@@ -104,7 +126,7 @@ torch::Tensor ReduceScatterSum(const torch::Tensor& full, const std::vector<int6
   for (int64_t c : counts) COMM_REQUIRE(c >= 0, "ReduceScatterSum: negative count ", c);
   torch::Tensor in = full.detach().contiguous();
   if (Size() == 1) return in.clone();
-  torch::Tensor out = torch::empty(WithRows(in, counts[Rank()]), in.options());
+  torch::Tensor out = reduced_rows.Get(WithRows(in, counts[Rank()]), in.options());
   BackendFor(in).reduce_scatter(in, out, Times(counts, RowElements(in)));
   return out;
 }

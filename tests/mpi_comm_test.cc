@@ -107,6 +107,27 @@ TEST(Comm, AllGatherHasNoGradient) {
   EXPECT_FALSE(AllGather(x).requires_grad());
 }
 
+// The CPU output buffer is reused only once the caller has dropped the last result and every view of it: a held
+// result is never overwritten, and a reused buffer carries no autograd history of an earlier GatherWithGrad.
+TEST(Comm, OutputBufferReusedOnlyWhenDropped) {
+  const torch::Tensor x = torch::full({3, 4}, Rank() + 1.0);
+  void* dropped = nullptr;
+  {
+    torch::Tensor first = GatherWithGrad(x.clone().requires_grad_());
+    ASSERT_NE(first.grad_fn(), nullptr);
+    dropped = first.data_ptr();
+  }
+  torch::Tensor second = AllGather(x);
+  EXPECT_EQ(second.grad_fn(), nullptr);
+  if (Size() > 1) EXPECT_EQ(second.data_ptr(), dropped);  // one rank: a plain copy, nothing to reuse
+  const torch::Tensor view = second.narrow(0, 1, 2);
+  const torch::Tensor before = view.clone();
+  second = torch::Tensor();
+  const torch::Tensor third = AllGather(x * 2);
+  EXPECT_TRUE(torch::equal(view, before));
+  EXPECT_TRUE(torch::equal(third, AllGather(x) * 2));
+}
+
 // Counts (r + 1) % 3: 1, 2, 0, 1 rows. Rank s sends (s + 1) * v where v numbers the elements, so the sum over ranks
 // is n(n+1)/2 * v, and rank r receives its block of rows.
 TEST(Comm, ReduceScatterUnevenCounts) {
