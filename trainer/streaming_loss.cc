@@ -56,24 +56,20 @@ void ScoreTile(const Tensor& window, const Tensor& scaled_anchors, const Tensor&
 Tensor RowDot(const Tensor& a, const Tensor& b) { return (a * b).sum(1); }  // (n, d), (n, d) -> (n)
 
 // Backward shared by the tiled losses. With g_i the incoming gradient and the loss's derivatives written as
-// dL_i/ds_ik = r_i G_ik (negatives) and dL_i/ds_ii = r_i w_i (the positive), where fill_tile writes G for one
-// tile into the window's columns 1..t:
+// dL_i/ds_ik = r_i G_ik (negatives) and dL_i/ds_ii = r_i w_i (the positive), where tile_gradient returns G for the
+// candidates [begin, begin + t) as an (n, t) tensor:
 //   d anchors_i = r_i (sum_k G_ik c_k + w_i c_{p_i}),   d c_k = sum_i G_ik r_i a_i (+ r_i w_i a_i where k = p_i).
-// Peak extra memory: one window (n, 1 + tile).
-using FillTile = std::function<void(const Tensor& window, int64_t begin, int64_t t)>;
+using TileGradient = std::function<Tensor(int64_t begin, int64_t t)>;
 variable_list TiledBackward(const Tensor& anchors, const Tensor& candidates, const Tensor& positive,
                             const Tensor& row_scale, const Tensor& positive_weight, int64_t tile,
-                            const FillTile& fill_tile) {
-  const int64_t n = anchors.size(0), candidates_count = candidates.size(0);
+                            const TileGradient& tile_gradient) {
+  const int64_t candidates_count = candidates.size(0);
   const Tensor weighted_anchors = anchors * row_scale.unsqueeze(1);  // (n, d) r_i a_i
   Tensor anchors_grad = torch::zeros_like(anchors);                  // (n, d) sum_k G_ik c_k
   Tensor candidates_grad = torch::empty_like(candidates);            // (C, d), every row written by one tile
-  Tensor buffer = torch::empty({n, 1 + std::min(tile, candidates_count)}, anchors.options());
   for (int64_t begin = 0; begin < candidates_count; begin += tile) {
     const int64_t t = std::min(tile, candidates_count - begin);
-    const Tensor window = buffer.narrow(1, 0, 1 + t);
-    fill_tile(window, begin, t);
-    const Tensor g = window.narrow(1, 1, t);  // (n, t)
+    const Tensor g = tile_gradient(begin, t);  // (n, t)
     const Tensor tile_candidates = candidates.narrow(0, begin, t);
     anchors_grad.addmm_(g, tile_candidates);
     Tensor tile_grad = candidates_grad.narrow(0, begin, t);  // (t, d)
@@ -85,11 +81,30 @@ variable_list TiledBackward(const Tensor& anchors, const Tensor& candidates, con
   return {anchors_grad, candidates_grad};
 }
 
+// The one (n, 1 + tile) buffer a backward computes its tiles' windows in, allocated on first use: peak extra memory
+// of a backward is one window.
+class WindowBuffer {
+ public:
+  WindowBuffer(const Tensor& anchors, int64_t tile, int64_t candidates_count)
+      : n_(anchors.size(0)), columns_(1 + std::min(tile, candidates_count)), options_(anchors.options()) {}
+  Tensor Window(int64_t t) {  // (n, 1 + t)
+    if (!buffer_.defined()) buffer_ = torch::empty({n_, columns_}, options_);
+    return buffer_.narrow(1, 0, 1 + t);
+  }
+
+ private:
+  int64_t n_, columns_;
+  torch::TensorOptions options_;
+  Tensor buffer_;
+};
+
 // InfoNCE, Eq 1: L_i = log(e^{s_ii/tau} + sum_{k negative} e^{s_ik/tau}) - s_ii/tau. Forward keeps a running max m
 // and a running sum l of e^{s/tau - m} over the tiles (both start from the positive's own term), so no exp
 // overflows at tau = 0.01; L = (m - s_ii/tau) + log l, exactly log l while the positive is the largest term.
 // Backward recomputes each tile: dL_i/ds_ik = P_ik / tau with P_ik = e^{s_ik/tau - s_ii/tau - L_i}, and
-// dL_i/ds_ii = -(1/tau) sum_k P_ik = expm1(-L_i) / tau.
+// dL_i/ds_ii = -(1/tau) sum_k P_ik = expm1(-L_i) / tau. When all candidates fit in one tile the forward keeps that
+// tile's P = e^{s/tau - m} / l for the backward instead (memory: the one window either way; time: one matmul and
+// one exp pass fewer, the naive loss's count).
 struct InfoNceFunction : public torch::autograd::Function<InfoNceFunction> {
   static Tensor forward(AutogradContext* ctx, const Tensor& anchors, const Tensor& candidates, const Tensor& positive,
                         const Tensor& exclude, double tau, int64_t tile) {
@@ -109,7 +124,9 @@ struct InfoNceFunction : public torch::autograd::Function<InfoNceFunction> {
       max = new_max;
     }
     const Tensor loss = (max - positive_logit).add_(sum.log());  // (n)
-    ctx->save_for_backward({anchors, candidates, positive, exclude, loss});
+    // One tile: the window holds e^{s/tau - m} (0 in the sink and the masked columns), so P is a division away.
+    const Tensor probabilities = candidates_count <= tile ? buffer.div_(sum.unsqueeze(1)) : Tensor();
+    ctx->save_for_backward({anchors, candidates, positive, exclude, loss, probabilities});
     ctx->saved_data["tau"] = tau;
     ctx->saved_data["tile"] = tile;
     return loss;
@@ -119,15 +136,18 @@ struct InfoNceFunction : public torch::autograd::Function<InfoNceFunction> {
     torch::NoGradGuard no_grad;
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &anchors = saved[0], &candidates = saved[1], &positive = saved[2], &exclude = saved[3],
-                 &loss = saved[4];
+                 &loss = saved[4], &kept = saved[5];
     const double tau = ctx->saved_data["tau"].toDouble();
     const int64_t tile = ctx->saved_data["tile"].toInt();
     const MaskedCandidates masked(positive, exclude, tile);
     const Tensor scaled = anchors / tau;
     const Tensor shift = RowDot(scaled, candidates.index_select(0, positive)).add_(loss).unsqueeze(1);  // (n, 1)
-    const FillTile probabilities = [&](const Tensor& window, int64_t begin, int64_t t) {
+    WindowBuffer buffer(anchors, tile, candidates.size(0));
+    const TileGradient probabilities = [&](int64_t begin, int64_t t) {
+      if (kept.defined()) return kept.narrow(1, 1, t);
+      const Tensor window = buffer.Window(t);
       ScoreTile(window, scaled, candidates, begin, tile, masked);
-      window.sub_(shift).exp_();  // P = e^{s/tau - (s_ii/tau + L)}
+      return window.sub_(shift).exp_().narrow(1, 1, t);  // P = e^{s/tau - (s_ii/tau + L)}
     };
     variable_list grads =
         TiledBackward(anchors, candidates, positive, grad_outputs[0] / tau, torch::expm1(-loss), tile, probabilities);
@@ -205,12 +225,15 @@ struct HardestFunction : public torch::autograd::Function<HardestFunction> {
         positive_weight = -weight.squeeze(1);
         break;
     }
-    const FillTile scatter = [&](const Tensor& window, int64_t begin, int64_t t) {
-      window.zero_().scatter_add_(1, WindowColumn(index, begin, t), weight);  // the sink collects the others
+    const int64_t tile = ctx->saved_data["tile"].toInt();
+    WindowBuffer buffer(anchors, tile, candidates.size(0));
+    const TileGradient scatter = [&](int64_t begin, int64_t t) {
+      const Tensor window = buffer.Window(t);  // the sink (column 0) collects the entries of other tiles
+      return window.zero_().scatter_add_(1, WindowColumn(index, begin, t), weight).narrow(1, 1, t);
     };
-    variable_list grads =
-        TiledBackward(anchors, candidates, positive, grad_outputs[0] * ctx->saved_data["scale"].toDouble(),
-                      positive_weight, ctx->saved_data["tile"].toInt(), scatter);
+    variable_list grads = TiledBackward(anchors, candidates, positive,
+                                        grad_outputs[0] * ctx->saved_data["scale"].toDouble(), positive_weight, tile,
+                                        scatter);
     return {grads[0], grads[1], {}, {}, {}, {}, {}, {}};
   }
 };
