@@ -87,7 +87,10 @@ std::string RunId(const RunConfig& resolved) {
   identity.clear_log_every_steps();
   identity.clear_checkpoint_every_steps();
   identity.clear_collective_timeout_seconds();  // how long to wait for a stalled rank does not change the result
-  if (identity.has_data()) identity.mutable_data()->clear_workers();
+  if (identity.has_data()) {
+    identity.mutable_data()->clear_workers();
+    identity.mutable_data()->clear_prefetch_steps();
+  }
   std::string text;
   pb::TextFormat::PrintToString(identity, &text);
   uint64_t hash = 14695981039346656037ull;  // FNV-1a 64 offset basis

@@ -84,6 +84,7 @@ TEST(SweepSpec, RunIdIsFnv1aOfTheConfigWithoutPlacement) {
   data.mutable_data()->set_dataset("cifar10");
   RunConfig more_workers = data;
   more_workers.mutable_data()->set_workers(2);
+  more_workers.mutable_data()->set_prefetch_steps(2);
   EXPECT_EQ(RunId(more_workers), RunId(data));
   config.clear_out_dir();
   // Text "seed: 7\n": FNV-1a 64 published test vectors cover single bytes; check one byte of difference matters.

@@ -74,6 +74,24 @@ class WorldSizeInvarianceTest(unittest.TestCase):
         self.check_invariance(["--norm", "none", "--negatives", "memory_bank", "--tau", "0.07"])
 
 
+class PrefetchTest(unittest.TestCase):
+    """Views made ahead on a background thread are the views made in the step: the same run to the last bit."""
+
+    def test_prefetch_does_not_change_the_run(self):
+        for negatives in ("batch", "memory_bank"):
+            with TempDir() as tmp:
+                results = {}
+                for depth in ("0", "2"):
+                    out = os.path.join(tmp, depth)
+                    proc = run_train(2, SMALL + ["--batch_size", "64", "--negatives", negatives, "--prefetch_steps",
+                                                 depth, "--out_dir", out])
+                    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+                    results[depth] = read_result(out)
+                self.assertEqual(results["2"]["config"]["data"]["prefetch_steps"], 2)
+                self.assertEqual(results["0"]["step_loss"], results["2"]["step_loss"], negatives)
+                self.assertEqual(len(results["0"]["step_loss"]), 5)
+
+
 class BadInputTest(unittest.TestCase):
     """mpirun -np 2 with bad input: every rank exits non-zero with one clear sentence, and nothing hangs."""
 
@@ -96,6 +114,8 @@ class BadInputTest(unittest.TestCase):
             self.assert_clean_failure(proc, "--loss: invalid value 'fancy'")
             proc = run_train(2, ["--batch_size", "abc", "--out_dir", tmp], timeout=60)
             self.assert_clean_failure(proc, "--batch_size")
+            proc = run_train(2, ["--prefetch_steps", "3", "--out_dir", tmp], timeout=60)
+            self.assert_clean_failure(proc, "--prefetch_steps: data.prefetch_steps must be 0, 1 or 2")
 
     def test_malformed_config(self):
         with TempDir() as tmp:

@@ -19,6 +19,7 @@ RunConfig ComputationOf(const RunConfig& config) {
   c.clear_log_every_steps();
   c.clear_eval();
   c.mutable_data()->clear_workers();
+  c.mutable_data()->clear_prefetch_steps();
   c.mutable_data()->clear_test_subset();
   c.clear_device();  // a CUDA run may continue on the CPU and back (within float tolerance)
   return c;

@@ -157,6 +157,9 @@ void RequireFinite(const pb::Message& m, const std::string& prefix) {
 RunConfig ResolveConfig(const RunConfig& config) {
   RunConfig resolved = config;
   FillUnset(DefaultRunConfig(), &resolved);
+  if (!resolved.data().has_prefetch_steps()) {  // its default depends on the device
+    resolved.mutable_data()->set_prefetch_steps(resolved.device() == "cuda" ? 1 : 0);
+  }
   return resolved;
 }
 
@@ -185,6 +188,8 @@ void ValidateConfig(const RunConfig& c) {
   const auto& d = c.data();
   Require(d.train_subset() >= 0, "data.train_subset", ">= 0", d.train_subset());
   Require(d.test_subset() >= 0, "data.test_subset", ">= 0", d.test_subset());
+  Require(d.prefetch_steps() >= 0 && d.prefetch_steps() <= 2, "data.prefetch_steps", "0, 1 or 2",
+          d.prefetch_steps());
   Require(d.crop_scale_min() > 0 && d.crop_scale_min() <= d.crop_scale_max() && d.crop_scale_max() <= 1,
           "data.crop_scale_min/max", "0 < min <= max <= 1", std::to_string(d.crop_scale_min()) + ".." +
           std::to_string(d.crop_scale_max()));

@@ -33,6 +33,9 @@ TEMPERED_OVERRIDE(dataset, "data.dataset");
 TEMPERED_OVERRIDE(data_dir, "data.data_dir");
 TEMPERED_OVERRIDE(train_subset, "data.train_subset (first N training images; 0 = all)");
 TEMPERED_OVERRIDE(test_subset, "data.test_subset (first N test images; 0 = all)");
+TEMPERED_OVERRIDE(prefetch_steps,
+                  "data.prefetch_steps (steps of views made ahead on a background thread: 0-2; default 1 on cuda, "
+                  "0 on cpu)");
 TEMPERED_OVERRIDE(seed, "seed");
 TEMPERED_OVERRIDE(threads, "threads (intra-op threads per rank; 0 = cores / ranks on the node)");
 TEMPERED_OVERRIDE(out_dir, "out_dir");
@@ -58,7 +61,7 @@ const std::pair<const char*, const char*> kOverrides[] = {
     {"tau", "loss.tau"}, {"loss", "loss.name"}, {"hard_k", "loss.hard_k"}, {"negatives", "loss.negatives"},
     {"epochs", "epochs"}, {"max_steps", "max_steps"}, {"batch_size", "batch_size"}, {"lr", "optim.lr"},
     {"model", "model.arch"}, {"norm", "model.norm"}, {"dataset", "data.dataset"}, {"data_dir", "data.data_dir"},
-    {"train_subset", "data.train_subset"}, {"test_subset", "data.test_subset"}, {"seed", "seed"},
+    {"train_subset", "data.train_subset"}, {"test_subset", "data.test_subset"}, {"prefetch_steps", "data.prefetch_steps"}, {"seed", "seed"},
     {"threads", "threads"}, {"out_dir", "out_dir"}, {"log_every_steps", "log_every_steps"},
     {"eval_every_epochs", "eval.every_epochs"}, {"linear_epochs", "eval.linear_epochs"},
     {"checkpoint_every_steps", "checkpoint_every_steps"}, {"device", "device"},

@@ -55,7 +55,8 @@ StepInputMaker MakeStepInputs(const Dataset& data, const InputOptions& options);
 // RGB images with blur (prefetch_test's disabled timing test), against a step of 0.6-3 s on 2 CPU cores. With the
 // compute on the CPU the worker competes for the cores the step already uses: tempered-train on 2 cores (1 rank,
 // 2 threads, OMP_WAIT_POLICY=passive, shared machine) ran at 240/236 vs 232/237 img/s (Fashion-MNIST, depth 0 vs 1)
-// and 46/48 vs 46/47 img/s (64x64 image folder). So depth 1 is for GPU runs, where the CPU idles during the step.
+// and 46/48 vs 46/47 img/s (64x64 image folder). So depth 1 is for GPU runs, where the CPU idles during the step:
+// the trainer's data.prefetch_steps defaults to 1 with device cuda and 0 on the CPU.
 class Prefetcher {
  public:
   Prefetcher(StepInputMaker make, int64_t first_step, int64_t end_step, int depth);

@@ -30,6 +30,7 @@
 #include "trainer/event_writer.h"
 #include "trainer/loss.h"
 #include "trainer/model.h"
+#include "trainer/prefetch.h"
 #include "trainer/streaming_loss.h"
 
 namespace tempered {
@@ -186,26 +187,19 @@ void UpdateBank(Trainer& t, const std::vector<int64_t>& indices, const torch::Te
                                    torch::nn::functional::NormalizeFuncOptions().dim(1)));
 }
 
-// One global step; returns the mean loss over the global batch's anchors (identical on every rank).
-double Step(Trainer& t, int64_t epoch, int64_t step_in_epoch, const std::vector<int64_t>& permutation,
-            double lr) {
+// One global step on this rank's input; returns the mean loss over the global batch's anchors (identical on every
+// rank).
+double Step(Trainer& t, const StepInput& input, double lr) {
   const int64_t global_batch = t.config.batch_size();
-  const Shard shard = ShardOf(global_batch, comm::Rank(), comm::Size());
-  const auto first = permutation.begin() + step_in_epoch * global_batch + shard.offset;
-  const std::vector<int64_t> indices(first, first + shard.count);
-  const uint64_t seed = t.config.seed();
   const bool bank = t.config.loss().negatives() == LossConfig::MEMORY_BANK;
   const int64_t anchors = bank ? global_batch : 2 * global_batch;
+  const torch::Tensor views = input.views.to(t.device);  // bank: one view; batch negatives: [view 0; view 1]
 
   torch::Tensor loss_sum, embedding;
   if (bank) {
-    const torch::Tensor view = AugmentBatch(t.train, indices, seed, epoch, 0, t.augment).to(t.device);
-    loss_sum = MemoryBankLoss(t, view, indices, &embedding);
+    loss_sum = MemoryBankLoss(t, views, input.indices, &embedding);
   } else {
-    const torch::Tensor views = torch::cat({AugmentBatch(t.train, indices, seed, epoch, 0, t.augment),
-                                            AugmentBatch(t.train, indices, seed, epoch, 1, t.augment)})
-                                    .to(t.device);
-    loss_sum = BatchNegativesLoss(t, views, shard);
+    loss_sum = BatchNegativesLoss(t, views, ShardOf(global_batch, comm::Rank(), comm::Size()));
   }
   // Each rank's share, scaled by the world size: the reducer averages gradients over ranks, so the result is the
   // gradient of the global mean loss, also with uneven shards.
@@ -216,7 +210,7 @@ double Step(Trainer& t, int64_t epoch, int64_t step_in_epoch, const std::vector<
     static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
   }
   t.optimizer->step();
-  if (bank) UpdateBank(t, indices, embedding);
+  if (bank) UpdateBank(t, input.indices, embedding);
   return comm::AllReduceSum(loss_sum.item<double>()) / anchors;
 }
 
@@ -466,15 +460,22 @@ RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options,
   const int64_t checkpoint_every = config.checkpoint_every_steps() > 0 ? config.checkpoint_every_steps()
                                                                         : t.steps_per_epoch;
   double train_seconds = result.train_seconds();
-  std::vector<int64_t> permutation;
+  InputOptions input_options;
+  input_options.global_batch = config.batch_size();
+  input_options.steps_per_epoch = t.steps_per_epoch;
+  input_options.rank = comm::Rank();
+  input_options.world = comm::Size();
+  input_options.seed = config.seed();
+  input_options.views = config.loss().negatives() == LossConfig::MEMORY_BANK ? 1 : 2;
+  input_options.augment = t.augment;
+  Prefetcher inputs(MakeStepInputs(t.train, input_options), state.step, t.total_steps, config.data().prefetch_steps());
   Clock::time_point epoch_start = Clock::now(), window_start = epoch_start;
   int64_t epoch_steps_timed = 0, window_steps = 0;
   double lr = 0;
   for (int64_t& step = state.step; step < t.total_steps;) {
-    const int64_t epoch = step / t.steps_per_epoch, s = step % t.steps_per_epoch;
-    if (permutation.empty() || s == 0) permutation = EpochPermutation(t.train.size(), config.seed(), epoch);
+    const int64_t epoch = step / t.steps_per_epoch;
     lr = LearningRate(config.optim(), step, t.steps_per_epoch, t.total_steps);
-    const double loss = Step(t, epoch, s, permutation, lr);
+    const double loss = Step(t, inputs.Next(), lr);
     if (!std::isfinite(loss)) throw NonFiniteLoss(loss, step, epoch, lr, config.loss().tau());
     ++step;
     ++epoch_steps_timed;
