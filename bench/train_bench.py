@@ -11,8 +11,9 @@ TARGET:
                                                                                           target >= 1.3
   scaling_2rank     2 ranks x 1 thread vs 1 rank x 1 thread at the same per-rank batch.  target >= 1.7
   compute_fraction  the encoder's achieved FLOP/s in training (images/s x its analytic FLOPs per image) vs the
-                    FLOP/s of the same convs alone (bench/conv_bench) in their faster layout (NCHW or channels_last,
-                    both timed), same threads and batch, 1 process.                       target >= 0.6
+                    FLOP/s of the same convs alone (bench/conv_bench), same global batch; each side in both process
+                    layouts (1 process x all cores, one process per core) and the convs in both memory layouts:
+                    the faster training over the fastest convs.                           target >= 0.6
   gather            comm::GatherWithGrad fwd+bwd vs raw MPI (bench/gather_bench) at 2 and 4 ranks.  target <= 1.2
   compare           two tempered-train binaries (--a, --b) at --ranks ranks: images/s of b / a (no target; used to
                     choose the gradient reducer's timing).
@@ -85,9 +86,19 @@ def reference_rate(args, threads, batch, channels_last=False):
     return json.loads(run(cmd, env=thread_env(threads)).strip().splitlines()[-1])["images_per_second"]
 
 
-def conv_bench(args, threads, batch):
+def conv_bench(args, threads, batch, processes=1):
+    """conv_bench's JSON line; with processes > 1, that many copies run at once (batch each) and each layout's
+    GFLOP/s is their sum: the convs in the layout of one rank per core."""
     cmd = [os.path.join(args.build, "bench", "conv_bench"), "--threads", str(threads), "--batch_size", str(batch)]
-    return json.loads(run(cmd, env=thread_env(threads)).strip().splitlines()[-1])
+    procs = [subprocess.Popen(cmd, env=thread_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(processes)]
+    outs = [json.loads(p.communicate(timeout=900)[0].strip().splitlines()[-1]) for p in procs]
+    if any(p.returncode != 0 for p in procs):
+        raise RuntimeError("conv_bench failed: " + " ".join(cmd))
+    total = dict(outs[0])
+    for key in ("nchw_gflops", "nhwc_gflops"):
+        total[key] = sum(o[key] for o in outs)
+    return total
 
 
 def alternate(args, *sides):
@@ -159,25 +170,33 @@ def scaling_2rank(args):
 
 
 def compute_fraction(args):
-    threads, batch = CORES, args.batch_size
+    """Training's conv FLOP/s against the convs alone, each side in both process layouts of the node (1 process x
+    CORES threads; CORES processes x 1 thread, one rank per core, batch split) and both memory layouts: the ratio
+    is the faster training layout over the fastest way the convs run alone."""
+    batch, ranks = args.batch_size, CORES
     load = loadavg()
-    convs, rates = alternate(args, lambda: conv_bench(args, threads, batch),
-                             lambda: tempered_rate(args, 1, threads, batch))
+    sides = [lambda: conv_bench(args, CORES, batch), lambda: conv_bench(args, 1, batch // ranks, ranks),
+             lambda: tempered_rate(args, 1, CORES, batch), lambda: tempered_rate(args, ranks, 1, batch)]
+    conv_one, conv_ranks, train_one, train_ranks = alternate(args, *sides)
     med = statistics.median
-    # conv_bench times both layouts within each run; the baseline is the faster layout's median over the runs.
-    by_layout = {name: med(c[name + "_gflops"] for c in convs) for name in ("nchw", "nhwc")}
-    layout = max(by_layout, key=by_layout.get)
-    conv_gflops = by_layout[layout]
-    flops_per_image = convs[0]["encoder_flops_per_image"]
-    achieved = med(rates) * flops_per_image / 1e9
+    ways = {"%s, %s" % (proc, layout): [c[layout + "_gflops"] for c in convs]
+            for proc, convs in (("1 process x %d threads" % CORES, conv_one),
+                                ("%d processes x 1 thread" % ranks, conv_ranks))
+            for layout in ("nchw", "nhwc")}
+    best_way = max(ways, key=lambda w: med(ways[w]))
+    flops_per_image = conv_one[0]["encoder_flops_per_image"]
+    train, train_way = max((train_one, "1 process x %d threads" % CORES), (train_ranks, "%d ranks x 1 thread" % ranks),
+                           key=lambda t: med(t[0]))
     # As train_vs_pytorch: the median of the ratios within each repetition.
-    fraction = med(r * flops_per_image / 1e9 / c[layout + "_gflops"] for r, c in zip(rates, convs))
+    fraction = med(r * flops_per_image / 1e9 / c for r, c in zip(train, ways[best_way]))
     verdict("compute_fraction", fraction, ">=", 0.6,
-            "compute_fraction: batch %d, 1 process x %d threads: training %s img/s x %.1f MFLOP/image (convs + head, "
-            "fwd+bwd, 2 views) = %.1f GFLOP/s (median); convs alone NCHW %s GFLOP/s, channels_last %s, the faster "
-            "(%s) median %.1f; ratio: median over repetitions of training / convs alone; load %s -> %s"
-            % (batch, threads, fmt(rates), flops_per_image / 1e6, achieved, fmt([c["nchw_gflops"] for c in convs]),
-               fmt([c["nhwc_gflops"] for c in convs]), layout, conv_gflops, load, loadavg())
+            "compute_fraction: batch %d, %.1f MFLOP/image (convs + head, fwd+bwd, 2 views). Training img/s: 1 process "
+            "x %d threads %s, %d ranks x 1 thread %s; the faster (%s) median %.0f img/s = %.1f GFLOP/s. Convs alone "
+            "GFLOP/s: %s; the fastest (%s) median %.1f. Ratio: median over repetitions of training / convs alone; "
+            "load %s -> %s"
+            % (batch, flops_per_image / 1e6, CORES, fmt(train_one), ranks, fmt(train_ranks), train_way, med(train),
+               med(train) * flops_per_image / 1e9, "; ".join("%s %s" % (w, fmt(v)) for w, v in ways.items()),
+               best_way, med(ways[best_way]), load, loadavg())
             + load_warning(load, loadavg()))
 
 
