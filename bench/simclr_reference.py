@@ -19,6 +19,12 @@ OPENBLAS_NUM_THREADS / OMP_NUM_THREADS = --threads, and no autograd anomaly or p
 own recipe for faster CPU training of CNNs (model.to(memory_format=torch.channels_last) and channels_last inputs);
 train_bench.py runs the reference both ways and compares against the faster.
 
+--ranks N runs it as N processes of --threads threads each (torch.distributed over gloo, launched by this script):
+each rank augments B / N images, all-gathers the embeddings with their gradient (torch.distributed.nn), computes
+the loss of its anchors against all 2B views, and DistributedDataParallel averages the gradients (bucketed, overlapped
+with the backward): the layout tempered-train is compared in, one process per core, given to the reference too.
+Batch norm then normalises over each rank's views, as tempered-train's --norm batch does.
+
 Prints one JSON line: {"images_per_second": ..., "step_seconds_median": ..., ...}; images/s is the timed images
 over the timed seconds, after --warmup steps.
 """
@@ -32,6 +38,8 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.nn
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -50,8 +58,28 @@ def parse_args():
                    help="tuned: the allocator environment of ENV.md (the default)")
     p.add_argument("--channels_last", action="store_true",
                    help="NHWC model and inputs (torch.channels_last), else NCHW")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="processes, --threads threads each (torch.distributed, gloo); the batch is split")
     p.add_argument("--seed", type=int, default=1)
     return p.parse_args()
+
+
+def launch_ranks(args):
+    """Runs this script as --ranks processes of one torch.distributed job; prints rank 0's line."""
+    import socket
+    import subprocess
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(args.ranks):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(args.ranks), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable] + sys.argv, env=env, stdout=subprocess.PIPE, text=True))
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode != 0 for p in procs):
+        sys.exit("simclr_reference: a rank failed (exit status %s)" % [p.returncode for p in procs])
+    print(outs[0].strip().splitlines()[-1])
 
 
 def ensure_environment(args):
@@ -140,26 +168,40 @@ class SmallCnn(nn.Module):
         return F.normalize(self.head(self.backbone((images - 0.5) * 4.0)), dim=1)
 
 
-def info_nce(z, tau):
-    """z (2B, d), rows [view 0; view 1]: the mean over the 2B anchors of InfoNCE against every other view."""
+def info_nce(z, tau, rank=0, world=1):
+    """z (2b, d), this rank's rows [view 0; view 1]: InfoNCE of its 2b anchors against every other view of the
+    global batch (ranks' rows concatenated in rank order), averaged over the 2b anchors. The all-gather's backward
+    sums every rank's gradient of this rank's rows and DistributedDataParallel averages over the ranks: the gradient
+    of the mean over all 2B anchors."""
     n = z.shape[0]
-    logits = z @ z.t() / tau
-    logits.fill_diagonal_(float("-inf"))
-    positive = (torch.arange(n) + n // 2) % n
+    candidates = z
+    if world > 1:
+        candidates = torch.cat(torch.distributed.nn.functional.all_gather(z))
+    logits = z @ candidates.t() / tau
+    local = torch.arange(n)
+    logits[local, local + rank * n] = float("-inf")
+    positive = (local + n // 2) % n + rank * n
     return F.cross_entropy(logits, positive)
 
 
 def main():
     args = parse_args()
     ensure_environment(args)
+    if args.ranks > 1 and "RANK" not in os.environ:
+        return launch_ranks(args)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same initial parameters on every rank
+    gen = torch.Generator().manual_seed(args.seed + rank)
     images = load_images(args.data_dir, args.train_subset)
     model = SmallCnn()
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     model.train()
+    local_batch = args.batch_size // world
+    if world > 1:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        model = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
     total = args.warmup + args.steps
     step_seconds = []
@@ -168,13 +210,13 @@ def main():
         if step == args.warmup:
             timed_start = time.perf_counter()
         start = time.perf_counter()
-        index = torch.randint(0, images.shape[0], (args.batch_size,), generator=gen)
+        index = torch.randint(0, images.shape[0], (local_batch,), generator=gen)
         batch = images.index_select(0, index)
         views = torch.cat([augment(batch, gen), augment(batch, gen)]).contiguous(memory_format=layout)
         for group in opt.param_groups:
             group["lr"] = 0.06 * 0.5 * (1 + math.cos(math.pi * step / total))
         opt.zero_grad()
-        loss = info_nce(model(views), 0.2)
+        loss = info_nce(model(views), 0.2, rank, world)
         loss.backward()
         opt.step()
         loss_value = loss.item()
@@ -186,7 +228,7 @@ def main():
         "images_per_second": args.steps * args.batch_size / seconds,
         "step_seconds_median": step_seconds[len(step_seconds) // 2],
         "timed_steps": args.steps, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-        "malloc": args.malloc, "channels_last": args.channels_last, "final_loss": loss_value,
+        "malloc": args.malloc, "channels_last": args.channels_last, "ranks": world, "final_loss": loss_value,
         "torch": torch.__version__,
     }))
 
