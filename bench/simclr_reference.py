@@ -58,6 +58,8 @@ def parse_args():
                    help="tuned: the allocator environment of ENV.md (the default)")
     p.add_argument("--channels_last", action="store_true",
                    help="NHWC model and inputs (torch.channels_last), else NCHW")
+    p.add_argument("--bf16", action="store_true",
+                   help="the model under bf16 autocast (torch.autocast cpu), the loss in fp32: tempered-train --bf16")
     p.add_argument("--ranks", type=int, default=1,
                    help="processes, --threads threads each (torch.distributed, gloo); the batch is split")
     p.add_argument("--seed", type=int, default=1)
@@ -216,7 +218,9 @@ def main():
         for group in opt.param_groups:
             group["lr"] = 0.06 * 0.5 * (1 + math.cos(math.pi * step / total))
         opt.zero_grad()
-        loss = info_nce(model(views), 0.2, rank, world)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            z = model(views)
+        loss = info_nce(z.float(), 0.2, rank, world)
         loss.backward()
         opt.step()
         loss_value = loss.item()
@@ -228,7 +232,7 @@ def main():
         "images_per_second": args.steps * args.batch_size / seconds,
         "step_seconds_median": step_seconds[len(step_seconds) // 2],
         "timed_steps": args.steps, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-        "malloc": args.malloc, "channels_last": args.channels_last, "ranks": world, "final_loss": loss_value,
+        "malloc": args.malloc, "channels_last": args.channels_last, "bf16": args.bf16, "ranks": world, "final_loss": loss_value,
         "torch": torch.__version__,
     }))
 

@@ -8,7 +8,8 @@ TARGET:
                     loss, optimiser, allocator settings, all cores). Both run in both process layouts (1 process x
                     all cores; one rank per core, 1 thread each, embeddings all-gathered) and the reference also
                     NCHW and channels_last: tempered-train's recommended layout (one rank per core) over the fastest
-                    of the four references.
+                    of the four references. Where the CPU does bf16 (AVX512-BF16, AMX) the same with --bf16 on
+                    both sides (one rank per core), printed without a target.
                                                                                           target >= 1.3
   scaling_2rank     2 ranks x 1 thread vs 1 rank x 1 thread at the same per-rank batch.  target >= 1.7
   compute_fraction  the encoder's achieved FLOP/s in training (images/s x its analytic FLOPs per image) vs the
@@ -59,7 +60,7 @@ def run(cmd, env=None, timeout=900):
     return proc.stdout
 
 
-def tempered_rate(args, ranks, threads, batch, binary=None):
+def tempered_rate(args, ranks, threads, batch, binary=None, bf16=False):
     """images/s of tempered-train (global batch `batch` over `ranks` ranks), first log window dropped."""
     binary = binary or os.path.join(args.build, "trainer", "tempered-train")
     steps = args.log_every * (args.windows + 1)
@@ -68,6 +69,8 @@ def tempered_rate(args, ranks, threads, batch, binary=None):
                "--epochs", "1000", "--train_subset", str(max(2048, batch)), "--test_subset", "512",
                "--linear_epochs", "0", "--eval_every_epochs", "0", "--checkpoint_every_steps", "1000000",
                "--log_every_steps", str(args.log_every), "--out_dir", out]
+        if bf16:
+            cmd.append("--bf16")
         if ranks > 1:
             cmd = MPIRUN + ["-np", str(ranks)] + cmd
         log = run(cmd, env=thread_env(threads))
@@ -79,12 +82,14 @@ def tempered_rate(args, ranks, threads, batch, binary=None):
     return len(timed) / sum(1.0 / r for r in timed)
 
 
-def reference_rate(args, threads, batch, channels_last=False, ranks=1):
+def reference_rate(args, threads, batch, channels_last=False, ranks=1, bf16=False):
     cmd = [sys.executable, os.path.join(HERE, "simclr_reference.py"), "--batch_size", str(batch), "--threads",
            str(threads), "--ranks", str(ranks), "--steps", str(args.log_every * args.windows), "--warmup",
            str(args.log_every)]
     if channels_last:
         cmd.append("--channels_last")
+    if bf16:
+        cmd.append("--bf16")
     return json.loads(run(cmd, env=thread_env(threads)).strip().splitlines()[-1])["images_per_second"]
 
 
@@ -134,31 +139,50 @@ def fmt(values):
     return "[" + ", ".join("%.0f" % v for v in values) + "]"
 
 
+def native_bf16():
+    """Whether the CPU does bf16 arithmetic (AVX512-BF16 or AMX), where --bf16 is faster than fp32."""
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split() for line in f if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def train_vs_pytorch(args):
     cores, batch = args.cores, args.batch_size
     load = loadavg()
     # Both sides in both process layouts (1 process x all cores; one process per core), the reference also in both
-    # memory layouts; tempered-train's recommended layout is measured against the fastest reference.
+    # memory layouts; tempered-train's recommended layout is measured against the fastest reference. Where the CPU
+    # does bf16, both again with the encoder under bf16 autocast (one process per core; no target, printed).
     layouts = [(1, cores)] + ([(cores, 1)] if cores > 1 else [])
-    ours = [("tempered-train %d x %d" % (r, t), lambda r=r, t=t: tempered_rate(args, r, t, batch))
-            for r, t in layouts]
-    theirs = [("reference %d x %d %s" % (r, t, "channels_last" if nhwc else "NCHW"),
-               lambda r=r, t=t, nhwc=nhwc: reference_rate(args, t, batch, nhwc, r))
-              for r, t in layouts for nhwc in (False, True)]
-    results = alternate(args, *[f for _, f in ours + theirs])
+    groups = {"fp32": layouts}
+    if native_bf16():
+        groups["bf16"] = layouts[-1:]
+    sides = []  # (precision, is_reference, name, function)
+    for precision, group in groups.items():
+        bf16 = precision == "bf16"
+        sides += [(precision, False, "tempered-train %d x %d" % (r, t),
+                   lambda r=r, t=t, bf16=bf16: tempered_rate(args, r, t, batch, bf16=bf16)) for r, t in group]
+        sides += [(precision, True, "reference %d x %d %s" % (r, t, "channels_last" if nhwc else "NCHW"),
+                   lambda r=r, t=t, nhwc=nhwc, bf16=bf16: reference_rate(args, t, batch, nhwc, r, bf16))
+                  for r, t in group for nhwc in (False, True)]
+    results = alternate(args, *[side[3] for side in sides])
     med = statistics.median
-    named = list(zip([n for n, _ in ours + theirs], results))
-    recommended = named[len(ours) - 1]  # one rank per core where there are several cores
-    best_ref = max(named[len(ours):], key=lambda nr: med(nr[1]))
-    # Ratios within each repetition (its runs were back to back), then their median: the load drifts between them.
-    ratio = med(a / b for a, b in zip(recommended[1], best_ref[1]))
-    verdict("train_vs_pytorch", ratio, ">=", 1.3,
+    lines = []
+    for precision in groups:
+        named = [(name, r) for (p, ref, name, _), r in zip(sides, results) if p == precision and not ref]
+        refs = [(name, r) for (p, ref, name, _), r in zip(sides, results) if p == precision and ref]
+        recommended = named[-1]  # one rank per core where there are several cores
+        best_ref = max(refs, key=lambda nr: med(nr[1]))
+        # Ratios within each repetition (its runs were back to back), then their median: the load drifts.
+        ratio = med(a / b for a, b in zip(recommended[1], best_ref[1]))
+        lines.append((precision, ratio, "%s: img/s: %s. Ratio %.2f: median over repetitions of %s / the fastest "
+                      "reference (%s)" % (precision, "; ".join("%s %s median %.0f" % (n, fmt(r), med(r))
+                                                               for n, r in named + refs),
+                                          ratio, recommended[0], best_ref[0])))
+    verdict("train_vs_pytorch", lines[0][1], ">=", 1.3,
             "train_vs_pytorch: global batch %d (processes x threads; one process per core normalises each rank's "
-            "%d images in batch norm, on both sides). img/s: %s. Ratio: median over repetitions of %s / the fastest "
-            "reference (%s); load %s -> %s"
-            % (batch, batch // layouts[-1][0],
-               "; ".join("%s %s median %.0f" % (n, fmt(r), med(r)) for n, r in named),
-               recommended[0], best_ref[0], load, loadavg()) + load_warning(load, loadavg()))
+            "%d images in batch norm, on both sides).\n%s\nload %s -> %s"
+            % (batch, batch // layouts[-1][0], "\n".join(line for _, _, line in lines), load, loadavg())
+            + load_warning(load, loadavg()))
 
 
 def scaling_2rank(args):

@@ -92,6 +92,39 @@ class PrefetchTest(unittest.TestCase):
                 self.assertEqual(len(results["0"]["step_loss"]), 5)
 
 
+class Bf16Test(unittest.TestCase):
+    """--bf16 on the CPU: the encoder's convs and matmuls run in bf16 (the losses move off the fp32 run's) while
+    training stays the same computation (within bf16 rounding: 8 mantissa bits) and the saved model is fp32."""
+
+    def test_bf16_tracks_fp32(self):
+        with TempDir() as tmp:
+            results = {}
+            for precision in ("fp32", "bf16"):
+                out = os.path.join(tmp, precision)
+                proc = run_train(2, SMALL + ["--batch_size", "64", "--out_dir", out,
+                                             "--bf16=%s" % (precision == "bf16")])
+                self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+                results[precision] = (read_result(out), load_params(out))
+            fp32, bf16 = ([s["loss"] for s in results[p][0]["step_loss"]] for p in ("fp32", "bf16"))
+            self.assertTrue(results["bf16"][0]["config"]["bf16"])
+            self.assertEqual(len(bf16), 5)
+            self.assertNotEqual(fp32, bf16, "bf16 autocast changed nothing: did the encoder run in fp32?")
+            # Step 1 is the same parameters forward: bf16 rounding (2^-8) alone. Later steps also carry the updates'
+            # differences, which batch norm at lr 0.1 amplifies.
+            self.assertLessEqual(abs(fp32[0] - bf16[0]), 4e-3 * fp32[0], f"step 1: fp32 {fp32[0]} vs bf16 {bf16[0]}")
+            for step, (a, b) in enumerate(zip(fp32, bf16), 1):
+                self.assertLessEqual(abs(a - b), 0.05 * a, f"step {step}: fp32 {a} vs bf16 {b}")
+            self.assertLess(bf16[-1], bf16[0])
+            import torch
+            saved = torch.jit.load(os.path.join(tmp, "bf16", "model.pt"))
+            self.assertEqual({p.dtype for p in saved.parameters()}, {torch.float32})
+            params = results["bf16"][1]
+            self.assertEqual(params.keys(), results["fp32"][1].keys())
+            diff = sum((p - results["fp32"][1][n]).norm().item() ** 2 for n, p in params.items()) ** 0.5
+            norm = sum(p.norm().item() ** 2 for p in params.values()) ** 0.5
+            self.assertLessEqual(diff / norm, 0.05, f"relative parameter difference {diff / norm}")
+
+
 class BadInputTest(unittest.TestCase):
     """mpirun -np 2 with bad input: every rank exits non-zero with one clear sentence, and nothing hangs."""
 

@@ -205,8 +205,6 @@ void ValidateConfig(const RunConfig& c) {
   Require(e.linear_epochs() >= 0, "eval.linear_epochs", ">= 0", e.linear_epochs());
   Require(!c.out_dir().empty(), "out_dir", "a directory", "an empty path");
   Require(c.device() == "cpu" || c.device() == "cuda", "device", "cpu or cuda", c.device());
-  Require(!c.bf16() || c.device() == "cuda", "bf16", "used with device cuda (CPU training runs in fp32)",
-          "bf16 on " + c.device());
 }
 
 namespace {

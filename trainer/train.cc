@@ -9,12 +9,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <csignal>
 #include <cmath>
+#include <csignal>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <thread>
 
 #include <google/protobuf/text_format.h>
@@ -128,14 +130,35 @@ struct Trainer {
   torch::Tensor anchors, candidates, positive, exclude;
 };
 
-// LibTorch 2.4 replaced the CUDA-specific autocast switches with per-device ones; the code builds against both.
-void SetCudaAutocast(bool enabled) {
+// Whether this CPU does bf16 arithmetic natively (AVX512-BF16 or AMX): oneDNN's bf16 convs are then ~1.5-2x its
+// fp32 ones; without, it converts in software and bf16 is slower than fp32.
+bool CpuHasNativeBf16() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::istringstream flags(line);
+    for (std::string flag; flags >> flag;) {
+      if (flag == "avx512_bf16" || flag == "amx_bf16") return true;
+    }
+    return false;
+  }
+  return false;
+}
+
+// bf16 autocast on the trainer's device. LibTorch 2.4 replaced the per-device autocast switches with ones that take
+// the device; the code builds against both.
+void SetAutocast(torch::Device device, bool enabled) {
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-  at::autocast::set_autocast_enabled(at::kCUDA, enabled);
+  at::autocast::set_autocast_dtype(device.type(), at::kBFloat16);
+  at::autocast::set_autocast_enabled(device.type(), enabled);
 #else
-  at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-  at::autocast::set_enabled(enabled);
+  if (device.is_cuda()) {
+    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    at::autocast::set_enabled(enabled);
+  } else {
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_cpu_enabled(enabled);
+  }
 #endif
 }
 
@@ -143,9 +166,9 @@ void SetCudaAutocast(bool enabled) {
 // bf16) while the loss, which needs the range of fp32 at small tau, stays in fp32.
 torch::Tensor Embed(Trainer& t, const torch::Tensor& images) {
   if (!t.config.bf16()) return t.encoder->forward(images).embedding;
-  SetCudaAutocast(true);
+  SetAutocast(t.device, true);
   torch::Tensor z = t.encoder->forward(images).embedding.to(torch::kFloat32);
-  SetCudaAutocast(false);
+  SetAutocast(t.device, false);
   at::autocast::clear_cache();
   return z;
 }
@@ -321,6 +344,9 @@ Trainer Setup(const RunConfig& config) {
   if (config.max_steps() > 0) t.total_steps = std::min(t.total_steps, config.max_steps());
 
   t.device = DeviceFor(config);
+  if (config.bf16() && t.device.is_cpu() && comm::Rank() == 0 && !CpuHasNativeBf16()) {
+    LOG(WARNING) << "bf16 on a CPU without AVX512-BF16 or AMX (/proc/cpuinfo): slower than fp32 here";
+  }
   torch::manual_seed(config.seed());  // identical initial parameters on every rank
   t.encoder = Encoder(config.model(), t.train.images.size(1), t.train.images.size(2));  // the stem depends on the size
   t.encoder->to(t.device);
