@@ -3,6 +3,8 @@
 // uses it equal to the same modules run one by one in NCHW.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "trainer/batch_norm_relu.h"
 #include "trainer/model.h"
 
@@ -63,6 +65,55 @@ TEST(BatchNormReluTest, MatchesBatchNorm2dThenRelu) {
       ExpectClose(b.grad(), b_ref.grad(), 1e-5, what + " dbias");
     }
   }
+}
+
+// bf16 activations (autocast's conv outputs) with fp32 parameters: the same as batch_norm + relu computed in float on
+// the same bf16 values, but for the one rounding of the output and of dx to bf16 (2^-8 relative); the parameter
+// gradients and running statistics come from float sums and match to float tolerance.
+TEST(BatchNormReluTest, Bf16MatchesFloatBatchNormThenRelu) {
+  torch::manual_seed(4);
+  for (const std::vector<int64_t>& shape : {std::vector<int64_t>{2, 1, 1, 1}, {8, 5, 7, 7}, {33, 64, 14, 14},
+                                            {4, 37, 3, 5}}) {
+    const Case c = MakeCase(torch::kFloat, shape);
+    const std::string what = "bf16 shape " + c10::str(c.x.sizes());
+    const torch::Tensor x16 = c.x.to(torch::kBFloat16), dy16 = c.grad_y.to(torch::kBFloat16);
+    torch::Tensor x_ref = x16.to(torch::kFloat).requires_grad_(), w_ref = c.weight.clone().requires_grad_(),
+                  b_ref = c.bias.clone().requires_grad_();
+    torch::Tensor mean_ref = torch::zeros({shape[1]}), var_ref = torch::ones({shape[1]});
+    torch::Tensor mean = mean_ref.clone(), var = var_ref.clone();
+    const torch::Tensor y_ref = torch::relu(F::batch_norm(
+        x_ref, mean_ref, var_ref, F::BatchNormFuncOptions().weight(w_ref).bias(b_ref).training(true).momentum(0.1)));
+    y_ref.backward(dy16.to(torch::kFloat));
+
+    torch::Tensor x = x16.contiguous(at::MemoryFormat::ChannelsLast).requires_grad_(),
+                  w = c.weight.clone().requires_grad_(), b = c.bias.clone().requires_grad_();
+    ASSERT_TRUE(BatchNormReluSupports(x));
+    const torch::Tensor y = BatchNormReluTraining(x, w, b, mean, var, {0.1, 1e-5});
+    y.backward(dy16.contiguous(at::MemoryFormat::ChannelsLast));
+    EXPECT_EQ(y.scalar_type(), torch::kBFloat16) << what;
+    EXPECT_EQ(x.grad().scalar_type(), torch::kBFloat16) << what;
+    EXPECT_EQ(w.grad().scalar_type(), torch::kFloat) << what;
+    // Elementwise: within one bf16 rounding of the float result (plus float noise).
+    const auto expect_rounded = [&](const torch::Tensor& got, const torch::Tensor& want, const std::string& name) {
+      const torch::Tensor err = (got.to(torch::kFloat) - want).abs();
+      const torch::Tensor bound = want.abs() * (1.0 / 256) + 1e-5 * std::max(1.0, want.abs().max().item<double>());
+      EXPECT_TRUE(err.le(bound).all().item<bool>())
+          << what << " " << name << ": worst excess " << (err - bound).max().item<double>();
+    };
+    expect_rounded(y, y_ref, "output");
+    expect_rounded(x.grad(), x_ref.grad(), "dx");
+    ExpectClose(w.grad(), w_ref.grad(), 1e-5, what + " dweight");
+    ExpectClose(b.grad(), b_ref.grad(), 1e-5, what + " dbias");
+    ExpectClose(mean, mean_ref, 1e-5, what + " running mean");
+    ExpectClose(var, var_ref, 1e-5, what + " running var");
+  }
+  // A NaN stays NaN through the bf16 rounding (relu propagates it).
+  torch::Tensor x = torch::ones({2, 3, 2, 2}, torch::kBFloat16);
+  x.index_put_({0, 1, 0, 0}, std::numeric_limits<float>::quiet_NaN());
+  torch::Tensor mean = torch::zeros({3}), var = torch::ones({3});
+  const torch::Tensor y = BatchNormReluTraining(x, torch::ones({3}), torch::zeros({3}), mean, var);
+  EXPECT_TRUE(y.select(1, 1).isnan().all().item<bool>());
+  EXPECT_FALSE(y.select(1, 0).isnan().any().item<bool>());
 }
 
 // Central differences of L = sum(grad_y * y) in float64 against the analytic backward.

@@ -13,15 +13,17 @@ struct BatchNormReluOptions {
   double eps = 1e-5;
 };
 
-// x (N, C, H, W) float or double on the CPU, N H W >= 2; weight, bias (C) parameters; running_mean, running_var (C)
-// buffers, updated in place with the batch mean and the unbiased batch variance, as BatchNorm2d in training mode.
-// Returns relu(weight (x - mean) / sqrt(var + eps) + bias) in the channels_last layout (values equal to the NCHW
-// result; any layout of x is accepted, channels_last costs no copy).
+// x (N, C, H, W) float, double or bfloat16 (bf16 autocast's conv outputs: read into float, the output and dx
+// rounded to bf16 once) on the CPU, N H W >= 2; weight, bias (C) parameters; running_mean, running_var (C) buffers,
+// updated in place with the batch mean and the unbiased batch variance, as BatchNorm2d in training mode. Returns
+// relu(weight (x - mean) / sqrt(var + eps) + bias) in x's dtype and the channels_last layout (values equal to the
+// NCHW result; any layout of x is accepted, channels_last costs no copy).
 torch::Tensor BatchNormReluTraining(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                                     torch::Tensor& running_mean, torch::Tensor& running_var,
                                     const BatchNormReluOptions& options = {});
 
-// Whether BatchNormReluTraining handles x (else use BatchNorm2d then ReLU): 4-d, CPU, float or double, N H W >= 2.
+// Whether BatchNormReluTraining handles x (else use BatchNorm2d then ReLU): 4-d, CPU, float, double or bfloat16,
+// N H W >= 2.
 bool BatchNormReluSupports(const torch::Tensor& x);
 
 }  // namespace tempered
