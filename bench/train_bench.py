@@ -174,14 +174,14 @@ def train_vs_pytorch(args):
         best_ref = max(refs, key=lambda nr: med(nr[1]))
         # Ratios within each repetition (its runs were back to back), then their median: the load drifts.
         ratio = med(a / b for a, b in zip(recommended[1], best_ref[1]))
-        lines.append((precision, ratio, "%s: img/s: %s. Ratio %.2f: median over repetitions of %s / the fastest "
+        lines.append((ratio, "%s: img/s: %s. Ratio %.2f: median over repetitions of %s / the fastest "
                       "reference (%s)" % (precision, "; ".join("%s %s median %.0f" % (n, fmt(r), med(r))
                                                                for n, r in named + refs),
                                           ratio, recommended[0], best_ref[0])))
-    verdict("train_vs_pytorch", lines[0][1], ">=", 1.3,
+    verdict("train_vs_pytorch", lines[0][0], ">=", 1.3,
             "train_vs_pytorch: global batch %d (processes x threads; one process per core normalises each rank's "
             "%d images in batch norm, on both sides).\n%s\nload %s -> %s"
-            % (batch, batch // layouts[-1][0], "\n".join(line for _, _, line in lines), load, loadavg())
+            % (batch, batch // layouts[-1][0], "\n".join(text for _, text in lines), load, loadavg())
             + load_warning(load, loadavg()))
 
 
