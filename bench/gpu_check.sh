@@ -93,6 +93,10 @@ EOF
   ls /usr/include/zlib.h 2>&1
   echo "--- carried Open MPI"
   timeout 30 mpirun -np 2 hostname 2>&1; echo "mpirun -np 2 hostname: rc=$?"
+  # data_test and datasets_test failed in mkdtemp under temp_directory_path() on the 2026-11-27 image: what it sees.
+  echo "--- temp directory"; echo "TMPDIR=${TMPDIR-<unset>}"; ls -ld "${TMPDIR:-/tmp}" /tmp 2>&1; df -h /tmp 2>&1 | tail -1
+  probe=$(mktemp -d "${TMPDIR:-/tmp}/tempered_probe_XXXXXX" 2>&1) && rmdir "$probe" && echo "mktemp -d: ok" ||
+    echo "mktemp -d: failed: $probe"
 } >"$ENVLOG" 2>&1
 grep -E "^(torch|device|nccl|cuda available|NVIDIA-SMI)" "$ENVLOG" | head -6
 done_phase "environment" "ok"
