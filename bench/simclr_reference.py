@@ -232,7 +232,8 @@ def main():
         "images_per_second": args.steps * args.batch_size / seconds,
         "step_seconds_median": step_seconds[len(step_seconds) // 2],
         "timed_steps": args.steps, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-        "malloc": args.malloc, "channels_last": args.channels_last, "bf16": args.bf16, "ranks": world, "final_loss": loss_value,
+        "malloc": args.malloc, "channels_last": args.channels_last, "bf16": args.bf16, "ranks": world,
+        "final_loss": loss_value,
         "torch": torch.__version__,
     }))
 

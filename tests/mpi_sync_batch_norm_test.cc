@@ -61,6 +61,27 @@ TEST(SyncBatchNorm, MatchesBatchNormOnTheGlobalBatch) {
   EXPECT_TRUE(torch::allclose(sync->running_var, reference->running_var, 1e-9, 1e-9));
 }
 
+// bf16 activations (autocast) are normalised in fp32 and handed back in bf16: exactly the fp32 layer on the same
+// values, rounded once (the loss weights are bf16 values, so both backward passes see the same gradient).
+TEST(SyncBatchNorm, Bf16IsTheFloatLayerRoundedOnce) {
+  const int rank = comm::Rank();
+  const int64_t begin = OffsetOf(rank), rows = RowsOf(rank);
+  const torch::Tensor x16 = GlobalBatch().slice(0, begin, begin + rows).to(torch::kBFloat16);
+  const torch::Tensor w =
+      WeightsLike(GlobalBatch()).slice(0, begin, begin + rows).to(torch::kBFloat16).to(torch::kFloat);
+  SyncBatchNorm2d sync16(kChannels), sync32(kChannels);
+  torch::Tensor a = x16.clone().requires_grad_(true), b = x16.to(torch::kFloat).requires_grad_(true);
+  const torch::Tensor y16 = sync16(a), y32 = sync32(b);
+  (y16.to(torch::kFloat) * w).sum().backward();
+  (y32 * w).sum().backward();
+  EXPECT_EQ(y16.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(y16, y32.to(torch::kBFloat16)));
+  EXPECT_EQ(a.grad().scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(a.grad(), b.grad().to(torch::kBFloat16)));
+  EXPECT_TRUE(torch::equal(sync16->weight.grad(), sync32->weight.grad()));
+  EXPECT_TRUE(torch::equal(sync16->running_var, sync32->running_var));
+}
+
 // Total loss = sum over ranks; d(total)/dx on each rank by central differences, one element at a time (every rank
 // perturbs in lock step so that the collectives line up).
 TEST(SyncBatchNorm, BackwardMatchesFiniteDifferences) {

@@ -33,8 +33,16 @@ SyncBatchNorm2dImpl::SyncBatchNorm2dImpl(int64_t channels, double momentum, doub
   running_var = register_buffer("running_var", torch::ones({channels}));
 }
 
-torch::Tensor SyncBatchNorm2dImpl::forward(const torch::Tensor& x) {
-  if (x.dim() == 2) return forward(x.view({x.size(0), x.size(1), 1, 1})).view({x.size(0), x.size(1)});
+torch::Tensor SyncBatchNorm2dImpl::forward(const torch::Tensor& input) {
+  if (input.dim() == 2) {
+    return forward(input.view({input.size(0), input.size(1), 1, 1})).view({input.size(0), input.size(1)});
+  }
+  // bf16 / fp16 activations (autocast's conv outputs) are normalised in fp32: sums of them in their own type lose
+  // the statistics' digits, and the MPI backend moves no 16-bit floats. The output goes back to the input's type.
+  if (input.is_floating_point() && input.element_size() < 4) {
+    return forward(input.to(torch::kFloat)).to(input.scalar_type());
+  }
+  const torch::Tensor& x = input;
   const auto shape = std::vector<int64_t>{1, x.size(1), 1, 1};
   if (!is_training()) {
     return (x - running_mean.view(shape)) * torch::rsqrt(running_var.view(shape) + eps_) * weight.view(shape) +
