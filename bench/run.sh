@@ -2,7 +2,7 @@
 # Runs every benchmark of bench/ against an existing build and prints one line per target:
 #   <name> <measured ratio> <target> PASS|FAIL
 #
-#   bench/run.sh [--quick]      # --quick: the subset for CI and the GPU check (< 2 minutes on 2 cores)
+#   bench/run.sh [--quick]      # --quick: fewer shapes and repetitions (~2.5 minutes on 2 cores; the GPU check runs it)
 #
 # Builds nothing: expects the benchmark binaries in $TEMPERED_BUILD_DIR (default build/; build them with
 # -DTEMPERED_BENCH=ON). TEMPERED_DEVICE: cpu (default) or cuda. TEMPERED_BENCH_OUT: folder for each benchmark's
