@@ -49,7 +49,8 @@ TEMPERED_OVERRIDE(collective_timeout_seconds,
 #undef TEMPERED_OVERRIDE
 DEFINE_bool(eval_at_init, false, "also evaluate the randomly initialised model (RunResult.initial)");
 DEFINE_bool(raw_pixel_knn, false, "also report kNN accuracy on raw pixels (RunResult.raw_pixel_knn_top1)");
-DEFINE_bool(bf16, false, "run the encoder under bf16 autocast (cuda; cpu with AVX512-BF16 or AMX); the loss stays fp32");
+DEFINE_bool(bf16, false,
+            "run the encoder under bf16 autocast (cuda; cpu with AVX512-BF16 or AMX); the loss stays fp32");
 DEFINE_bool(resume, false, "continue from out_dir/checkpoint.pt if it exists (a fresh run otherwise)");
 
 // Exit status of a run stopped by SIGTERM/SIGINT after writing its checkpoint (128 + SIGTERM, as a shell reports).
