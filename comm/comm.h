@@ -128,6 +128,9 @@ class GradientReducer {
   // Parameters without a gradient are treated as zero gradients; one without a gradient on any rank keeps none.
   void Finalize();
 
+  // How many buckets the gradients are sent in (for the log).
+  size_t bucket_count() const;
+
  private:
   struct Overlap;  // the kDuringBackward state and its autograd hooks (comm/reducer.cc)
 

@@ -198,6 +198,8 @@ GradientReducer::GradientReducer(std::vector<torch::Tensor> parameters, const Re
 
 GradientReducer::~GradientReducer() = default;
 
+size_t GradientReducer::bucket_count() const { return overlap_ ? overlap_->buckets.size() : buckets_.size(); }
+
 void GradientReducer::Finalize() {
   if (Size() == 1) return;  // the mean over one rank is the gradient itself
   if (overlap_) return overlap_->Finish();

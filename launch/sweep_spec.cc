@@ -87,6 +87,7 @@ std::string RunId(const RunConfig& resolved) {
   identity.clear_log_every_steps();
   identity.clear_checkpoint_every_steps();
   identity.clear_collective_timeout_seconds();  // how long to wait for a stalled rank does not change the result
+  identity.clear_gradient_bucket_kib();         // how gradients are sent, not what they are
   if (identity.has_data()) {
     identity.mutable_data()->clear_workers();
     identity.mutable_data()->clear_prefetch_steps();

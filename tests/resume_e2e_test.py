@@ -91,7 +91,8 @@ class ResumeTest(unittest.TestCase):
             self.assertIn("cannot resume from", proc.stderr)
             self.assertIn("tau", proc.stderr)
             # Changing only what does not affect the computation is fine.
-            proc = run_train(1, RUN + ["--out_dir", out, "--max_steps", "5", "--resume", "--log_every_steps", "3"])
+            proc = run_train(1, RUN + ["--out_dir", out, "--max_steps", "5", "--resume", "--log_every_steps", "3",
+                                       "--gradient_bucket_kib", "64", "--collective_timeout_seconds", "60"])
             self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
 
 

@@ -79,6 +79,7 @@ TEST(SweepSpec, RunIdIsFnv1aOfTheConfigWithoutPlacement) {
   config.set_log_every_steps(7);
   config.set_checkpoint_every_steps(100);
   config.set_collective_timeout_seconds(30);
+  config.set_gradient_bucket_kib(1024);
   EXPECT_EQ(RunId(config), "cbf29ce484222325");
   RunConfig data;
   data.mutable_data()->set_dataset("cifar10");

@@ -92,6 +92,24 @@ class PrefetchTest(unittest.TestCase):
                 self.assertEqual(len(results["0"]["step_loss"]), 5)
 
 
+class GradientBucketTest(unittest.TestCase):
+    """--gradient_bucket_kib changes how the gradients are sent (how many all-reduces during backward), not what they
+    are: with 2 ranks each sum is a + b, so the runs agree to the last bit."""
+
+    def test_bucket_size_does_not_change_the_run(self):
+        with TempDir() as tmp:
+            results, logs = {}, {}
+            for kib in ("1", "4096"):
+                out = os.path.join(tmp, kib)
+                proc = run_train(2, SMALL + ["--batch_size", "64", "--gradient_bucket_kib", kib, "--out_dir", out])
+                self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+                results[kib], logs[kib] = read_result(out), proc.stdout + proc.stderr
+            self.assertIn("gradients all-reduced in 1 buckets of about 4096 KiB", logs["4096"])
+            self.assertRegex(logs["1"], r"gradients all-reduced in ([2-9]|\d\d+) buckets of about 1 KiB")
+            self.assertEqual(results["1"]["step_loss"], results["4096"]["step_loss"])
+            self.assertEqual(len(results["1"]["step_loss"]), 5)
+
+
 class Bf16Test(unittest.TestCase):
     """--bf16 on the CPU: the encoder's convs and matmuls run in bf16 (the losses move off the fp32 run's) while
     training stays the same computation (within bf16 rounding: 8 mantissa bits) and the saved model is fp32."""

@@ -178,6 +178,8 @@ void ValidateConfig(const RunConfig& c) {
   Require(c.log_every_steps() >= 1, "log_every_steps", ">= 1", c.log_every_steps());
   Require(c.collective_timeout_seconds() >= 0, "collective_timeout_seconds", ">= 0 (0 = 600)",
           c.collective_timeout_seconds());
+  Require(c.gradient_bucket_kib() >= 0 && c.gradient_bucket_kib() <= (1 << 20), "gradient_bucket_kib",
+          "in [0, 1048576] (0 = 256)", c.gradient_bucket_kib());
   Require(c.model().embed_dim() >= 1, "model.embed_dim", ">= 1", c.model().embed_dim());
   Require(c.model().width() >= 0, "model.width", ">= 0", c.model().width());
   Require(c.optim().lr() > 0, "optim.lr", "> 0", c.optim().lr());

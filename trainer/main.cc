@@ -46,6 +46,9 @@ TEMPERED_OVERRIDE(checkpoint_every_steps, "checkpoint_every_steps (0 = every epo
 TEMPERED_OVERRIDE(device, "device: cpu|cuda");
 TEMPERED_OVERRIDE(collective_timeout_seconds,
                   "collective_timeout_seconds (a rank waiting longer in one collective ends the job; 0 = 600)");
+TEMPERED_OVERRIDE(gradient_bucket_kib,
+                  "gradient_bucket_kib (gradients are all-reduced in buckets of about this size during backward; "
+                  "0 = 256)");
 #undef TEMPERED_OVERRIDE
 DEFINE_bool(eval_at_init, false, "also evaluate the randomly initialised model (RunResult.initial)");
 DEFINE_bool(raw_pixel_knn, false, "also report kNN accuracy on raw pixels (RunResult.raw_pixel_knn_top1)");
@@ -66,7 +69,7 @@ const std::pair<const char*, const char*> kOverrides[] = {
     {"threads", "threads"}, {"out_dir", "out_dir"}, {"log_every_steps", "log_every_steps"},
     {"eval_every_epochs", "eval.every_epochs"}, {"linear_epochs", "eval.linear_epochs"},
     {"checkpoint_every_steps", "checkpoint_every_steps"}, {"device", "device"},
-    {"collective_timeout_seconds", "collective_timeout_seconds"},
+    {"collective_timeout_seconds", "collective_timeout_seconds"}, {"gradient_bucket_kib", "gradient_bucket_kib"},
 };
 
 tempered::RunConfig ConfigFromFlags() {

@@ -355,9 +355,14 @@ Trainer Setup(const RunConfig& config) {
       t.encoder->parameters(), torch::optim::SGDOptions(config.optim().lr())
                                    .momentum(config.optim().momentum())
                                    .weight_decay(config.optim().weight_decay()));
-  // Buckets all-reduced during backward, as each fills (the small CNN's ~1 MB of gradients makes 3-4 buckets).
+  // Buckets all-reduced during backward, as each fills (the small CNN's ~1 MB of gradients makes 3-4 of 256 KiB).
+  const int64_t bucket_kib = config.gradient_bucket_kib() > 0 ? config.gradient_bucket_kib() : 256;
   t.reducer = std::make_unique<comm::GradientReducer>(
-      t.encoder->parameters(), comm::ReducerOptions{256 << 10, comm::ReduceTiming::kDuringBackward});
+      t.encoder->parameters(), comm::ReducerOptions{bucket_kib << 10, comm::ReduceTiming::kDuringBackward});
+  if (comm::Rank() == 0 && comm::Size() > 1) {
+    LOG(INFO) << "gradients all-reduced in " << t.reducer->bucket_count() << " buckets of about " << bucket_kib
+              << " KiB during backward";
+  }
   t.loss.name = config.loss().name();
   t.loss.tau = config.loss().tau();
   const bool bank = config.loss().negatives() == LossConfig::MEMORY_BANK;
