@@ -13,6 +13,8 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "trainer/errors.h"
 
@@ -59,6 +61,34 @@ TEST(Crc32cTest, Masking) {
   // Every TensorFlow event file starts with the 24-byte file_version record: length 24, then this masked CRC.
   const std::string length_24("\x18\0\0\0\0\0\0\0", 8);
   EXPECT_EQ(MaskCrc(Crc32c(length_24.data(), 8)), 0x224b7fa3u);  // bytes a3 7f 4b 22
+}
+
+// A resumed run may start within the second its last attempt stopped in: the default name must not reuse (and
+// truncate) that attempt's file. Files for this second and the next three exist already; the writer takes a later
+// name and leaves them as they were.
+TEST(EventWriterTest, NeverOverwritesAnEarlierFile) {
+  const std::string dir = MakeTempDir();
+  char host[256] = "";
+  gethostname(host, sizeof(host) - 1);
+  const int64_t now = std::time(nullptr);
+  std::vector<std::string> earlier;
+  for (int64_t s = now; s < now + 4; ++s) {
+    earlier.push_back(dir + "/events.out.tfevents." + std::to_string(s) + "." + host);
+    std::ofstream(earlier.back()) << "an earlier run's events";
+  }
+  std::string path;
+  {
+    EventWriter writer(dir);
+    path = writer.path();
+    WriteSample(writer);
+  }
+  for (const std::string& file : earlier) {
+    EXPECT_NE(path, file);
+    std::ifstream in(file);
+    const std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(content, "an earlier run's events") << file;
+  }
+  EXPECT_EQ(ReadEventFile(path).size(), 6u);
 }
 
 TEST(EventWriterTest, RoundTrip) {

@@ -46,12 +46,10 @@ double WallTime() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-std::string DefaultFileName() {
+std::string DefaultFileName(int64_t unix_seconds) {
   char host[256] = "localhost";
   gethostname(host, sizeof(host) - 1);
-  const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(
-      std::chrono::system_clock::now().time_since_epoch());
-  return "events.out.tfevents." + std::to_string(seconds.count()) + "." + host;
+  return "events.out.tfevents." + std::to_string(unix_seconds) + "." + host;
 }
 
 }  // namespace
@@ -69,8 +67,21 @@ EventWriter::EventWriter(const std::string& dir, const std::string& file_name) {
   std::error_code error;
   std::filesystem::create_directories(dir, error);
   if (error) throw UserError("cannot create the event directory " + dir + ": " + error.message());
-  path_ = dir + "/" + (file_name.empty() ? DefaultFileName() : file_name);
-  file_ = std::fopen(path_.c_str(), "wb");
+  if (!file_name.empty()) {
+    path_ = dir + "/" + file_name;
+    file_ = std::fopen(path_.c_str(), "wb");
+  } else {
+    // A run resumed within the second its last attempt stopped in would get that attempt's name: an event file is
+    // never overwritten (its curves are the earlier steps' only record); the name of a later second is taken
+    // instead, which also keeps TensorBoard's file order.
+    int64_t seconds = std::chrono::duration_cast<std::chrono::seconds>(
+                          std::chrono::system_clock::now().time_since_epoch()).count();
+    for (int tries = 0; file_ == nullptr && tries < 1000; ++tries, ++seconds) {
+      path_ = dir + "/" + DefaultFileName(seconds);
+      file_ = std::fopen(path_.c_str(), "wbx");  // exclusive: fails with EEXIST rather than truncate
+      if (file_ == nullptr && errno != EEXIST) break;
+    }
+  }
   if (file_ == nullptr) ThrowWriteError("cannot create");
   tensorboard::Event event;
   event.set_wall_time(WallTime());

@@ -25,8 +25,9 @@ uint32_t MaskCrc(uint32_t crc);
 
 class EventWriter {
  public:
-  // Creates `dir` if needed and dir/`file_name` (by default events.out.tfevents.<unix seconds>.<hostname>), and
-  // writes the first record, file_version "brain.Event:2". Throws UserError naming the file if it cannot.
+  // Creates `dir` if needed and dir/`file_name` (by default events.out.tfevents.<unix seconds>.<hostname>, never an
+  // existing file: a later second's name if this one's is taken), and writes the first record, file_version
+  // "brain.Event:2". Throws UserError naming the file if it cannot.
   explicit EventWriter(const std::string& dir, const std::string& file_name = "");
   ~EventWriter();  // flushes and closes; errors at this point are logged, not thrown
   EventWriter(const EventWriter&) = delete;
