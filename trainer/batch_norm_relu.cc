@@ -1,5 +1,6 @@
 #include "trainer/batch_norm_relu.h"
 
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -17,21 +18,15 @@ using torch::autograd::tensor_list;
 
 // In channels_last a (N, C, H, W) tensor is a row-major (M = N H W, C) matrix: every loop below runs over rows and,
 // innermost, over the C contiguous channels (vectorised by the compiler). Partial sums are taken in the arithmetic
-// type (below) over blocks of kBlockRows rows and added into double totals: rounding stays ~1e-7 relative for millions of rows.
+// type (below) over blocks of kBlockRows rows and added into double totals: rounding stays ~1e-7 relative for
+// millions of rows.
 constexpr int64_t kBlockRows = 64;
 
-// The arithmetic type for activations of type T: bf16 (autocast's conv outputs) is read into float and the result
-// rounded back to bf16 once, as LibTorch's own bf16 kernels do; float and double compute in themselves.
+// The arithmetic type for activations of type T (LibTorch's opmath type): bf16 (autocast's conv outputs) is read
+// into float and the result rounded back to bf16 once, as LibTorch's own bf16 kernels do; float and double compute
+// in themselves.
 template <typename T>
-struct Arithmetic {
-  using type = T;
-};
-template <>
-struct Arithmetic<c10::BFloat16> {
-  using type = float;
-};
-template <typename T>
-using Acc = typename Arithmetic<T>::type;
+using Acc = at::opmath_type<T>;
 
 // The four loops below are also compiled for AVX-512 (x86-64-v4) and the loader picks the clone the CPU runs
 // (GCC's target_clones; clang does not clone templates yet): ~10% of a bf16 training step here over the default

@@ -22,7 +22,7 @@ RunConfig ComputationOf(const RunConfig& config) {
   c.mutable_data()->clear_prefetch_steps();
   c.mutable_data()->clear_test_subset();
   c.clear_device();  // a CUDA run may continue on the CPU and back (within float tolerance)
-  c.clear_collective_timeout_seconds();
+  c.clear_collective_timeout_seconds();  // how long to wait for a stalled rank
   c.clear_gradient_bucket_kib();  // how gradients are sent, not their values
   return c;
 }
