@@ -244,6 +244,26 @@ void ExpectGradientsClose(const torch::Tensor& analytic, const torch::Tensor& nu
   EXPECT_LT(error, 1e-6 * scale) << what << "\nanalytic\n" << analytic << "\nnumeric\n" << numeric;
 }
 
+// The smallest gap between consecutive negative similarities of any anchor (sims (n, C), float64): the hard and
+// nearest losses choose negatives by rank, so a test is CPU-independent only when no two negatives of an anchor
+// are closer than the rounding error of the precision under test (a tie broken by rounding picks another
+// negative, and so another subgradient, on another CPU or BLAS kernel).
+double MinNegativeGap(const torch::Tensor& sims, const torch::Tensor& positive, const torch::Tensor& exclude) {
+  const int64_t n = sims.size(0);
+  torch::Tensor is_negative = torch::ones_like(sims, torch::kBool);
+  is_negative.scatter_(1, positive.view({-1, 1}), false);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t e = exclude[i].item<int64_t>();
+    if (e >= 0) is_negative[i][e] = false;
+  }
+  double gap = INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    const torch::Tensor sorted = std::get<0>(sims[i].masked_select(is_negative[i]).sort());
+    if (sorted.numel() > 1) gap = std::min(gap, sorted.diff().min().item<double>());
+  }
+  return gap;
+}
+
 // Every loss, both forms: separate anchors and candidates (some anchors with an exclusion, some without) and the
 // SimCLR batch form where the anchors are the candidates (2B, d) and each excludes itself. A random weight per
 // anchor makes every per-anchor loss count. Random Gaussian inputs have no ties, so topk and max are
@@ -258,6 +278,9 @@ TEST(Loss, FiniteDifferenceGradients) {
   torch::Tensor batch_positive = (torch::arange(2 * batch, torch::kLong) + batch) % (2 * batch);
   torch::Tensor batch_exclude = torch::arange(2 * batch, torch::kLong);
   torch::Tensor batch_weights = torch::rand({2 * batch}, torch::kDouble);
+  // The chosen negatives must not change within a step of 1e-6 (nor with float64 rounding on another CPU).
+  ASSERT_GT(MinNegativeGap(anchors.matmul(candidates.t()), positive, exclude), 1e-4);
+  ASSERT_GT(MinNegativeGap(views.matmul(views.t()), batch_positive, batch_exclude), 1e-4);
 
   for (LossConfig::Name name : kAllLosses) {
     for (double tau : {0.1, 0.5}) {
@@ -288,12 +311,26 @@ TEST(Loss, FiniteDifferenceGradients) {
 
 // tau = 0.01 in fp32 with every similarity near 1: s / tau ~ 100 would overflow a raw exp (e^100 > 3.4e38).
 // The fp32 losses and gradients are finite and agree with the same computation in float64.
+// The input is built so that fp32 and float64 choose the same hardest negatives on any CPU: z_i = R (e_0 +
+// sqrt(d_i) e_{i+1}) / |.| with distinct d_i and a random rotation R, so s_ij = 1 / sqrt((1 + d_i)(1 + d_j)) exactly
+// and an anchor's negatives are ordered by d_j, >= 1.9e-4 apart, while fp32 similarities of unit 32-d vectors carry
+// < 1e-6 of rounding error whatever the summation order. (Random points around one direction, the earlier input,
+// had negatives 1e-7 apart: `nearest` failed on an AMD EPYC where the matmul rounded them the other way.)
 TEST(Loss, SmallTauIsFiniteInFp32) {
   torch::manual_seed(6);
-  torch::Tensor direction = torch::randn({1, 32});
-  torch::Tensor z = torch::nn::functional::normalize(direction + 0.01 * torch::randn({16, 32}),
-                                                     torch::nn::functional::NormalizeFuncOptions().dim(1));
-  torch::Tensor positive = (torch::arange(16, torch::kLong) + 8) % 16, exclude = torch::arange(16, torch::kLong);
+  const int64_t n = 16, d = 32;
+  const torch::Tensor spread = (torch::randperm(n, torch::kLong).to(torch::kDouble) + 1) * 4e-4;  // d_i
+  torch::Tensor basis = torch::zeros({n, d}, torch::kDouble);
+  basis.select(1, 0).fill_(1.0);
+  basis.slice(1, 1, n + 1).diagonal().copy_(spread.sqrt());
+  const torch::Tensor rotation = std::get<0>(torch::linalg_qr(torch::randn({d, d}, torch::kDouble)));
+  torch::Tensor z = torch::nn::functional::normalize(basis, torch::nn::functional::NormalizeFuncOptions().dim(1))
+                        .matmul(rotation).to(torch::kFloat);
+  torch::Tensor positive = (torch::arange(n, torch::kLong) + n / 2) % n, exclude = torch::arange(n, torch::kLong);
+  const torch::Tensor sims64 = z.to(torch::kDouble).matmul(z.to(torch::kDouble).t());
+  ASSERT_GT(sims64.min().item<double>(), 0.99);
+  ASSERT_GT(MinNegativeGap(sims64, positive, exclude), 1e-4);
+  ASSERT_LT((z.matmul(z.t()).to(torch::kDouble) - sims64).abs().max().item<double>(), 1e-6);
   for (LossConfig::Name name : kAllLosses) {
     SCOPED_TRACE(LossConfig::Name_Name(name));
     const LossOptions options = Options(name, 0.01, 3);
@@ -301,14 +338,14 @@ TEST(Loss, SmallTauIsFiniteInFp32) {
     torch::Tensor loss32 = ContrastiveLoss(z32, z32, positive, exclude, options);
     torch::Tensor loss64 = ContrastiveLoss(z64, z64, positive, exclude, options);
     EXPECT_EQ(loss32.scalar_type(), torch::kFloat);
-    EXPECT_GT(z.matmul(z.t()).min().item<double>(), 0.99);
     loss32.sum().backward();
     loss64.sum().backward();
     EXPECT_TRUE(torch::isfinite(loss32).all().item<bool>()) << loss32;
     EXPECT_TRUE(torch::isfinite(z32.grad()).all().item<bool>());
     // fp32 similarities carry ~1e-7 absolute error, amplified by 1/tau = 100 in the logits.
     EXPECT_TRUE(torch::allclose(loss32.to(torch::kDouble), loss64, 1e-3, 1e-4)) << loss32 << loss64;
-    EXPECT_TRUE(torch::allclose(z32.grad().to(torch::kDouble), z64.grad(), 1e-3, 1e-2 * z64.grad().abs().max().item<double>()));
+    EXPECT_TRUE(torch::allclose(z32.grad().to(torch::kDouble), z64.grad(), 1e-3,
+                                1e-2 * z64.grad().abs().max().item<double>()));
   }
 }
 
