@@ -186,4 +186,10 @@ class TrainingRunEventsTest(unittest.TestCase):
             self.assertEqual(scalars[("eval/knn_top1", 4)], float32(result["final"]["knn_top1"]))
             self.assertEqual(scalars[("eval/uniformity", 4)], float32(result["final"]["uniformity"]))
             self.assertIn(("train/lr", 2), scalars)
+            # The convergence curve of the (partial) epoch and the weight norm, beside the full evaluation.
+            epoch = result["epochs"][-1]
+            self.assertEqual(scalars[("curve/uniformity", 4)], float32(epoch["metrics"]["uniformity"]))
+            self.assertEqual(scalars[("curve/knn_top1", 4)], float32(epoch["metrics"]["knn_top1"]))
+            self.assertEqual(scalars[("train/weight_norm", 4)], float32(epoch["weight_norm"]))
+            self.assertNotIn(("curve/linear_top1", 4), scalars)
             self.assertTrue(histograms, "no similarity histograms")

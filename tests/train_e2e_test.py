@@ -143,6 +143,44 @@ class Bf16Test(unittest.TestCase):
             self.assertLessEqual(diff / norm, 0.05, f"relative parameter difference {diff / norm}")
 
 
+class ConvergenceCurveTest(unittest.TestCase):
+    """Every epoch records the curve's bounded evaluation and the weight norm; the full evaluation stays in final."""
+
+    def test_curve_every_epoch(self):
+        with TempDir() as tmp:
+            out = os.path.join(tmp, "curve")
+            proc = run_train(2, ["--train_subset", "640", "--test_subset", "256", "--batch_size", "64",
+                                 "--epochs", "3", "--linear_epochs", "1", "--curve_train_samples", "300",
+                                 "--out_dir", out])
+            self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+            result = read_result(out)
+            epochs = result["epochs"]
+            self.assertEqual([e["epoch"] for e in epochs], [1, 2, 3])
+            for e in epochs:
+                m = e["metrics"]
+                self.assertEqual((m["knn_train_samples"], m["knn_test_samples"], m["metric_samples"]), (300, 256, 256))
+                self.assertTrue(0 < m["uniformity"] < 4 and -1 <= m["tolerance"] <= 1, m)
+                self.assertEqual(m.get("linear_top1", 0), 0)  # the curve has no linear classifier
+                self.assertGreater(e["weight_norm"], 0)
+            self.assertNotEqual(epochs[0]["metrics"]["uniformity"], epochs[2]["metrics"]["uniformity"])
+            self.assertNotEqual(epochs[0]["weight_norm"], epochs[2]["weight_norm"])
+            final = result["final"]
+            self.assertEqual((final["knn_train_samples"], final["knn_test_samples"]), (640, 256))
+            self.assertIn("linear_top1", final)
+            # Uniformity and tolerance use the same test sample in the curve and the full evaluation.
+            self.assertAlmostEqual(final["uniformity"], epochs[2]["metrics"]["uniformity"], places=9)
+
+    def test_no_curve(self):
+        with TempDir() as tmp:
+            out = os.path.join(tmp, "nocurve")
+            proc = run_train(1, SMALL + ["--batch_size", "64", "--curve_train_samples", "0", "--out_dir", out])
+            self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+            result = read_result(out)
+            # Without the curve the one epoch's metrics are the full evaluation's, as before the curve existed.
+            self.assertEqual(result["epochs"][-1]["metrics"]["knn_train_samples"], 640)
+            self.assertEqual(result["final"]["knn_top1"], result["epochs"][-1]["metrics"]["knn_top1"])
+
+
 class BadInputTest(unittest.TestCase):
     """mpirun -np 2 with bad input: every rank exits non-zero with one clear sentence, and nothing hangs."""
 

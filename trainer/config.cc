@@ -54,6 +54,7 @@ RunConfig DefaultRunConfig() {
   eval->set_knn_temperature(0.07f);
   eval->set_metric_samples(2000);
   eval->set_linear_epochs(10);
+  eval->set_curve_train_samples(5000);
   eval->set_linear_lr(0.1f);
   c.set_epochs(1);
   c.set_batch_size(256);
@@ -205,6 +206,7 @@ void ValidateConfig(const RunConfig& c) {
   Require(e.metric_samples() >= 2, "eval.metric_samples", ">= 2", e.metric_samples());
   Require(e.every_epochs() >= 0, "eval.every_epochs", ">= 0", e.every_epochs());
   Require(e.linear_epochs() >= 0, "eval.linear_epochs", ">= 0", e.linear_epochs());
+  Require(e.curve_train_samples() >= 0, "eval.curve_train_samples", ">= 0", e.curve_train_samples());
   Require(!c.out_dir().empty(), "out_dir", "a directory", "an empty path");
   Require(c.device() == "cpu" || c.device() == "cuda", "device", "cpu or cuda", c.device());
 }

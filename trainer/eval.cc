@@ -2,6 +2,8 @@
 
 #include <glog/logging.h>
 
+#include <cmath>
+
 #include "comm/comm.h"
 #include "trainer/loss.h"
 #include "trainer/metrics.h"
@@ -106,26 +108,60 @@ double LinearTop1(const torch::Tensor& train_features, const torch::Tensor& trai
   return 100.0 * predicted.eq(test_labels).sum().item<double>() / static_cast<double>(test_labels.size(0));
 }
 
-Metrics Evaluate(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config) {
-  const Embedded train_set = EmbedAll(encoder, train);
-  const Embedded test_set = EmbedAll(encoder, test);
+namespace {
+
+Dataset FirstImages(const Dataset& data, int64_t n) {
+  n = std::min(n, data.size());
+  return {data.images.slice(0, 0, n), data.labels.slice(0, 0, n), data.num_classes};
+}
+
+// kNN of `test` against `train` and the representation metrics, on rank 0 (the others return empty metrics).
+// Collective: every rank embeds its block of both sets.
+Metrics KnnAndRepresentation(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config,
+                             Embedded* train_set, Embedded* test_set) {
+  *train_set = EmbedAll(encoder, train);
+  *test_set = EmbedAll(encoder, test);
   Metrics metrics;
   if (comm::Rank() != 0) return metrics;
-
   torch::NoGradGuard no_grad;
   const bool was_training = encoder->is_training();
   encoder->eval();
   const EvalConfig& e = config.eval();
-  metrics.set_knn_top1(KnnTop1(train_set.embedding, train.labels, test_set.embedding, test.labels, e.knn_k(),
+  metrics.set_knn_top1(KnnTop1(train_set->embedding, train.labels, test_set->embedding, test.labels, e.knn_k(),
                                e.knn_temperature(), train.num_classes));
-  RepresentationMetrics(encoder, test, test_set.embedding, config, &metrics);
+  metrics.set_knn_train_samples(static_cast<int32_t>(train.size()));
+  metrics.set_knn_test_samples(static_cast<int32_t>(test.size()));
+  RepresentationMetrics(encoder, test, test_set->embedding, config, &metrics);
   encoder->train(was_training);
-  if (e.linear_epochs() > 0) {
-    torch::AutoGradMode grad(true);
+  return metrics;
+}
+
+}  // namespace
+
+Metrics Evaluate(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config) {
+  Embedded train_set, test_set;
+  Metrics metrics = KnnAndRepresentation(encoder, train, test, config, &train_set, &test_set);
+  const EvalConfig& e = config.eval();
+  if (comm::Rank() == 0 && e.linear_epochs() > 0) {
     metrics.set_linear_top1(LinearTop1(train_set.features, train.labels, test_set.features, test.labels,
                                        train.num_classes, e.linear_epochs(), e.linear_lr(), config.seed()));
   }
   return metrics;
+}
+
+Metrics EvaluateCurve(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config) {
+  Embedded train_set, test_set;
+  return KnnAndRepresentation(encoder, FirstImages(train, config.eval().curve_train_samples()),
+                              FirstImages(test, config.eval().metric_samples()), config, &train_set, &test_set);
+}
+
+double WeightNorm(Encoder& encoder) {
+  torch::NoGradGuard no_grad;
+  double squares = 0;
+  for (const torch::Tensor& p : encoder->parameters()) {
+    if (p.dim() > 1) squares += p.to(torch::kDouble).pow(2).sum().item<double>();
+  }
+  return std::sqrt(squares);
 }
 
 double RawPixelKnnTop1(const Dataset& train, const Dataset& test, const EvalConfig& config) {

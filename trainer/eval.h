@@ -26,6 +26,15 @@ double LinearTop1(const torch::Tensor& train_features, const torch::Tensor& trai
 // Full evaluation. Collective (every rank must call it); the returned metrics are complete on rank 0 only.
 Metrics Evaluate(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config);
 
+// The convergence curve's bounded evaluation (EvalConfig.curve_train_samples): kNN of the first metric_samples
+// test images against the first curve_train_samples training images and the representation metrics; no linear
+// classifier. Cheap enough for every epoch (~6,000 images embedded by default). Collective, like Evaluate.
+Metrics EvaluateCurve(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config);
+
+// L2 norm of every conv and linear weight (parameters of dim > 1): the scale of the weights that batch norm and the
+// normalised embedding make scale-invariant, whose growth shrinks SGD's effective step (lr / |w|^2).
+double WeightNorm(Encoder& encoder);
+
 // kNN top-1 (%) on raw pixels (the no-learning baseline), same kNN as Evaluate.
 double RawPixelKnnTop1(const Dataset& train, const Dataset& test, const EvalConfig& config);
 

@@ -174,13 +174,16 @@ void AddSimilarityHistograms(EventWriter& writer, int64_t step, const torch::Ten
   writer.AddHistogram("similarity/negative", step, similarity.masked_select(negative));
 }
 
-void AddMetrics(EventWriter& writer, int64_t step, const Metrics& metrics, const EvalConfig& eval) {
-  writer.AddScalar("eval/knn_top1", step, metrics.knn_top1());
-  if (eval.linear_epochs() > 0) writer.AddScalar("eval/linear_top1", step, metrics.linear_top1());
-  writer.AddScalar("eval/uniformity", step, metrics.uniformity());
-  writer.AddScalar("eval/alignment", step, metrics.alignment());
-  writer.AddScalar("eval/tolerance", step, metrics.tolerance());
-  writer.AddScalar("eval/penalty_entropy", step, metrics.penalty_entropy());
+void AddMetrics(EventWriter& writer, int64_t step, const Metrics& metrics, const EvalConfig& eval,
+                const std::string& prefix) {
+  writer.AddScalar(prefix + "knn_top1", step, metrics.knn_top1());
+  if (prefix == "eval/" && eval.linear_epochs() > 0) {
+    writer.AddScalar(prefix + "linear_top1", step, metrics.linear_top1());
+  }
+  writer.AddScalar(prefix + "uniformity", step, metrics.uniformity());
+  writer.AddScalar(prefix + "alignment", step, metrics.alignment());
+  writer.AddScalar(prefix + "tolerance", step, metrics.tolerance());
+  writer.AddScalar(prefix + "penalty_entropy", step, metrics.penalty_entropy());
 }
 
 std::vector<tensorboard::Event> ReadEventFile(const std::string& path) {

@@ -60,8 +60,10 @@ class EventWriter {
 void AddSimilarityHistograms(EventWriter& writer, int64_t step, const torch::Tensor& anchors,
                              const torch::Tensor& candidates, const torch::Tensor& positive,
                              const torch::Tensor& exclude);
-// Scalars eval/<metric> of one evaluation; eval/linear_top1 only when linear evaluation ran (linear_epochs > 0).
-void AddMetrics(EventWriter& writer, int64_t step, const Metrics& metrics, const EvalConfig& eval);
+// Scalars <prefix><metric> of one evaluation: "eval/" for a full evaluation, whose eval/linear_top1 is written
+// when linear evaluation ran (linear_epochs > 0); "curve/" for the convergence curve, which has no linear classifier.
+void AddMetrics(EventWriter& writer, int64_t step, const Metrics& metrics, const EvalConfig& eval,
+                const std::string& prefix = "eval/");
 
 // Reads every record of an event file, checking both CRCs of each. Throws UserError naming the file and the
 // record's offset on a truncated or corrupt record. For tests and tools (TensorBoard has its own reader).

@@ -42,6 +42,10 @@ TEMPERED_OVERRIDE(out_dir, "out_dir");
 TEMPERED_OVERRIDE(log_every_steps, "log_every_steps");
 TEMPERED_OVERRIDE(eval_every_epochs, "eval.every_epochs");
 TEMPERED_OVERRIDE(linear_epochs, "eval.linear_epochs (0 = no linear evaluation)");
+TEMPERED_OVERRIDE(curve_train_samples,
+                  "eval.curve_train_samples (training images in the per-epoch convergence curve's kNN; 0 = no curve)");
+TEMPERED_OVERRIDE(weight_decay, "optim.weight_decay");
+TEMPERED_OVERRIDE(warmup_epochs, "optim.warmup_epochs (linear lr warm-up, fractional epochs allowed)");
 TEMPERED_OVERRIDE(checkpoint_every_steps, "checkpoint_every_steps (0 = every epoch)");
 TEMPERED_OVERRIDE(device, "device: cpu|cuda");
 TEMPERED_OVERRIDE(collective_timeout_seconds,
@@ -69,6 +73,8 @@ const std::pair<const char*, const char*> kOverrides[] = {
     {"prefetch_steps", "data.prefetch_steps"}, {"seed", "seed"},
     {"threads", "threads"}, {"out_dir", "out_dir"}, {"log_every_steps", "log_every_steps"},
     {"eval_every_epochs", "eval.every_epochs"}, {"linear_epochs", "eval.linear_epochs"},
+    {"curve_train_samples", "eval.curve_train_samples"}, {"weight_decay", "optim.weight_decay"},
+    {"warmup_epochs", "optim.warmup_epochs"},
     {"checkpoint_every_steps", "checkpoint_every_steps"}, {"device", "device"},
     {"collective_timeout_seconds", "collective_timeout_seconds"}, {"gradient_bucket_kib", "gradient_bucket_kib"},
 };

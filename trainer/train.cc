@@ -437,6 +437,35 @@ void RecordEpoch(const Trainer& t, int64_t epoch, int64_t step, double seconds, 
   e->set_lr(lr);
 }
 
+// After an epoch: the weight norm, the convergence curve's bounded evaluation (every epoch, the last included) and
+// the full evaluation when eval.every_epochs asks for one before the end (the end's is RunResult.final).
+// Collective.
+void EvaluateEpoch(Trainer& t, int64_t epoch, int64_t step, EventWriter* events, EpochResult* record) {
+  const EvalConfig& eval = t.config.eval();
+  record->set_weight_norm(WeightNorm(t.encoder));
+  if (events) events->AddScalar("train/weight_norm", step, record->weight_norm());
+  const bool curve = eval.curve_train_samples() > 0;
+  if (curve) {
+    *record->mutable_metrics() = EvaluateCurve(t.encoder, t.train, t.test, t.config);
+    if (events) AddMetrics(*events, step, record->metrics(), eval, "curve/");
+    if (comm::Rank() == 0) {
+      const Metrics& m = record->metrics();
+      LOG(INFO) << "epoch " << epoch + 1 << " curve (kNN of " << m.knn_test_samples() << " test images against "
+                << m.knn_train_samples() << " train images): kNN top-1 " << m.knn_top1() << "%, uniformity "
+                << m.uniformity() << ", tolerance " << m.tolerance() << ", alignment " << m.alignment()
+                << ", weight norm " << record->weight_norm();
+    }
+  }
+  const bool full = step < t.total_steps && eval.every_epochs() > 0 && (epoch + 1) % eval.every_epochs() == 0;
+  if (full) {
+    Metrics* metrics = curve ? record->mutable_full() : record->mutable_metrics();
+    *metrics = EvaluateAndReport(t, "after epoch " + std::to_string(epoch + 1));
+    if (events) AddMetrics(*events, step, *metrics, eval);
+  }
+  if (events) events->Flush();
+  if (curve || full) WaitForRankZero();
+}
+
 void Checkpoint(Trainer& t, const TrainingState& state) {
   if (comm::Rank() == 0) SaveCheckpoint(t.config.out_dir() + "/checkpoint.pt", t.config, t.encoder, *t.optimizer, state);
 }
@@ -536,17 +565,7 @@ RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options,
       const double seconds = SecondsSince(epoch_start);
       train_seconds += seconds;
       RecordEpoch(t, epoch, step, seconds, epoch_steps_timed, lr, &result);
-      const bool evaluate = step < t.total_steps && config.eval().every_epochs() > 0 &&
-                            (epoch + 1) % config.eval().every_epochs() == 0;
-      if (evaluate) {
-        *result.mutable_epochs()->rbegin()->mutable_metrics() =
-            EvaluateAndReport(t, "after epoch " + std::to_string(epoch + 1));
-        if (events) {
-          AddMetrics(*events, step, result.epochs().rbegin()->metrics(), config.eval());
-          events->Flush();
-        }
-        WaitForRankZero();
-      }
+      EvaluateEpoch(t, epoch, step, events.get(), result.mutable_epochs()->rbegin().operator->());
       epoch_start = Clock::now();
       epoch_steps_timed = 0;
     }
@@ -568,7 +587,9 @@ RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options,
   }
 
   *result.mutable_final() = EvaluateAndReport(t, "at the end");
-  if (!result.epochs().empty()) *result.mutable_epochs()->rbegin()->mutable_metrics() = result.final();
+  if (!result.epochs().empty() && config.eval().curve_train_samples() == 0) {
+    *result.mutable_epochs()->rbegin()->mutable_metrics() = result.final();
+  }
   if (events) {
     AddMetrics(*events, result.global_steps(), result.final(), config.eval());
     events->Flush();
