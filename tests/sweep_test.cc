@@ -1,5 +1,5 @@
-// Unit tests of tempered-sweep's pure parts: grid expansion and run ids, spec validation, the state file, the
-// report's statistics, claims, CSV and Markdown, the status table, the launch commands, and the process helpers.
+// Unit tests of tempered-sweep's pure parts: grid expansion and run ids, spec validation, the state file, the status
+// table, the launch commands, and the process helpers (the report's are in report_test.cc).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -15,7 +15,6 @@
 #include <set>
 #include <thread>
 
-#include "launch/report.h"
 #include "launch/scheduler.h"
 #include "launch/scheduler_process.h"
 #include "launch/sweep_spec.h"
@@ -176,149 +175,6 @@ TEST(SweepState, LockIsExclusive) {
   SweepLock lock(dir);
   // flock conflicts between open file descriptions, also within one process.
   EXPECT_THROW(SweepLock second(dir), UserError);
-}
-
-TEST(Report, SpearmanRho) {
-  EXPECT_DOUBLE_EQ(SpearmanRho({1, 2, 3, 4, 5}, {2, 4, 9, 16, 100}), 1.0);
-  EXPECT_DOUBLE_EQ(SpearmanRho({1, 2, 3, 4, 5}, {5, 4, 3, 2, 1}), -1.0);
-  // Ties take their average rank: y ranks (1.5, 1.5, 3.5, 3.5) against (1, 2, 3, 4): 4 / sqrt(5 * 4).
-  EXPECT_NEAR(SpearmanRho({1, 2, 3, 4}, {7, 7, 9, 9}), 2 / std::sqrt(5.0), 1e-12);
-  EXPECT_TRUE(std::isnan(SpearmanRho({1, 2, 3}, {4, 4, 4})));
-  EXPECT_TRUE(std::isnan(SpearmanRho({1}, {1})));
-}
-
-TEST(Report, RelativePenaltyDensityIsANormalisedBoltzmannCurve) {
-  for (double tau : {0.01, 0.05, 0.2, 1.0, 10.0}) {
-    // Trapezoid rule over [-1, 1]; fine enough for the sharp tau = 0.01 curve.
-    const int n = 200000;
-    double integral = 0;
-    for (int i = 0; i <= n; ++i) {
-      const double s = -1 + 2.0 * i / n;
-      integral += (i == 0 || i == n ? 0.5 : 1.0) * RelativePenaltyDensity(s, tau) * (2.0 / n);
-    }
-    EXPECT_NEAR(integral, 1.0, 1e-4) << "tau " << tau;
-    EXPECT_NEAR(RelativePenaltyDensity(0.5, tau) / RelativePenaltyDensity(0.25, tau), std::exp(0.25 / tau),
-                1e-9 * std::exp(0.25 / tau));
-    EXPECT_TRUE(std::isfinite(RelativePenaltyDensity(1.0, tau)));
-  }
-  EXPECT_NEAR(RelativePenaltyDensity(0.3, 1e6), 0.5, 1e-6);  // tau -> infinity: uniform on [-1, 1]
-}
-
-Cell MakeCell(LossConfig::Name loss, double tau, double acc, double uniformity, double tolerance) {
-  Cell c;
-  c.loss = loss;
-  c.tau = tau;
-  c.runs = 1;
-  c.knn = acc - 1;
-  c.linear = acc;
-  c.uniformity = uniformity;
-  c.tolerance = tolerance;
-  return c;
-}
-
-// PAPER.md Table 1, CIFAR-10 (plus tau = 0.2 from §6's "best tau 0.2").
-std::vector<Cell> PaperCells() {
-  const auto I = LossConfig::INFONCE, H = LossConfig::HARD;
-  return {MakeCell(I, 0.07, 79.75, 3.86, 0.04),   MakeCell(I, 0.2, 83.78, 3.75, 0.12),
-          MakeCell(I, 0.3, 83.27, 3.60, 0.178),   MakeCell(I, 0.7, 82.69, 3.17, 0.333),
-          MakeCell(I, 1.0, 82.21, 2.96, 0.372),   MakeCell(H, 0.07, 79.20, 3.88, 0.034),
-          MakeCell(H, 0.3, 83.63, 3.89, 0.027),   MakeCell(H, 0.7, 84.19, 3.87, 0.030),
-          MakeCell(H, 1.0, 84.19, 3.86, 0.030),   MakeCell(LossConfig::SIMPLE, NAN, 74.83, 1.68, 0.61),
-          MakeCell(LossConfig::HARD_SIMPLE, NAN, 84.84, 3.85, 0.030)};
-}
-
-TEST(Report, ThePapersOwnNumbersAgreeWithEveryClaim) {
-  for (const ClaimCheck& c : CheckClaims(PaperCells())) EXPECT_EQ(c.verdict, "agrees") << c.claim << ": " << c.evidence;
-}
-
-TEST(Report, ClaimsSayWhenDataIsMissingOrDisagrees) {
-  std::vector<Cell> cells = {MakeCell(LossConfig::INFONCE, 0.1, 80, 3.0, 0.3),
-                             MakeCell(LossConfig::INFONCE, 0.5, 70, 3.5, 0.1)};
-  for (const ClaimCheck& c : CheckClaims(cells)) EXPECT_EQ(c.verdict, "not enough data") << c.claim;
-  cells.push_back(MakeCell(LossConfig::INFONCE, 1.0, 60, 3.8, 0.05));  // uniformity rises, accuracy peaks at edge
-  const auto checks = CheckClaims(cells);
-  EXPECT_EQ(checks[0].verdict, "disagrees");  // 3a
-  EXPECT_NE(checks[0].evidence.find("rho(tau, uniformity) = +1.00"), std::string::npos) << checks[0].evidence;
-  EXPECT_EQ(checks[1].verdict, "disagrees");  // 3b
-  EXPECT_EQ(checks[2].verdict, "disagrees");  // 4: peak at tau = 0.1, the smallest
-}
-
-TEST(Report, MonotoneClaimsUseThePapersTauRangeWhenTheSweepCoversIt) {
-  // tau = 0.05 is an outlier (PAPER.md: flat or noisy at the extremes); over [0.1, 0.8] uniformity falls.
-  const auto I = LossConfig::INFONCE;
-  const std::vector<Cell> cells = {MakeCell(I, 0.05, 70, 1.0, 0.8), MakeCell(I, 0.1, 75, 3.0, 0.3),
-                                   MakeCell(I, 0.2, 76, 2.9, 0.4), MakeCell(I, 0.5, 74, 2.8, 0.5)};
-  const ClaimCheck uniformity = CheckClaims(cells)[0];
-  EXPECT_EQ(uniformity.verdict, "agrees") << uniformity.evidence;
-  EXPECT_NE(uniformity.evidence.find("= -1.00 over tau 0.1: 3.000, 0.2: 2.900, 0.5: 2.800"), std::string::npos)
-      << uniformity.evidence;
-}
-
-RunRecord Record(LossConfig::Name loss, float tau, uint64_t seed, double knn, bool finished) {
-  RunRecord r;
-  r.config = ResolveConfig(RunConfig());
-  r.config.mutable_loss()->set_name(loss);
-  r.config.mutable_loss()->set_tau(tau);
-  r.config.set_seed(seed);
-  r.id = RunId(r.config);
-  r.name = LossName(loss) + "_" + r.id;
-  r.run_dir = "runs/" + r.name;
-  r.state = finished ? "finished" : "failed";
-  r.attempts = finished ? 1 : 2;
-  r.has_result = finished;
-  if (finished) {
-    r.result.set_status(RunResult::FINISHED);
-    r.result.mutable_final()->set_knn_top1(knn);
-    r.result.mutable_final()->set_linear_top1(knn + 1);
-    r.result.mutable_final()->set_uniformity(3.5);
-    r.result.mutable_final()->set_tolerance(0.2);
-    r.result.mutable_final()->set_metric_split("test");
-    r.result.mutable_final()->set_metric_samples(1000);
-    r.result.set_wall_seconds(12.5);
-  } else {
-    r.last_error = "exit code 1, see attempt-2.err";
-  }
-  return r;
-}
-
-TEST(Report, CsvHasOneRowPerRunAndTheRequiredColumns) {
-  const SweepSpec spec = Spec(R"(axis { field: "optim.lr" values: ["0.06"] })");
-  const std::vector<RunRecord> records = {Record(LossConfig::INFONCE, 0.1f, 1, 70, true),
-                                          Record(LossConfig::HARD, 0.2f, 1, 0, false)};
-  const std::string csv = ResultsCsv(records, spec);
-  std::vector<std::string> lines;
-  for (size_t pos = 0, next; (next = csv.find('\n', pos)) != std::string::npos; pos = next + 1) {
-    lines.push_back(csv.substr(pos, next - pos));
-  }
-  ASSERT_EQ(lines.size(), 3u);
-  for (const char* column : {"loss", "tau", "hard_k", "seed", "optim.lr", "status", "knn_top1", "linear_top1",
-                             "uniformity", "alignment", "tolerance", "wall_seconds", "run_dir"}) {
-    EXPECT_NE(lines[0].find(column), std::string::npos) << column;
-  }
-  EXPECT_EQ(lines[1].find(records[0].id + ",infonce,0.1,0,1,0.06,finished,1,70,71,3.5,0,0.2,"), 0u) << lines[1];
-  EXPECT_NE(lines[2].find(",failed,2,,,,,,"), std::string::npos) << lines[2];
-  EXPECT_NE(lines[2].find("\"exit code 1, see attempt-2.err\""), std::string::npos) << lines[2];  // quoted: a comma
-}
-
-TEST(Report, MarkdownHasTable1BestTauAndTheChecklist) {
-  std::vector<RunRecord> records;
-  for (float tau : {0.1f, 0.2f, 0.5f}) {
-    for (uint64_t seed : {1, 2}) records.push_back(Record(LossConfig::INFONCE, tau, seed, 60 + 10 * tau + seed, true));
-  }
-  records.push_back(Record(LossConfig::SIMPLE, 0.2f, 1, 40, true));
-  records.push_back(Record(LossConfig::HARD, 0.2f, 1, 0, false));
-  const auto cells = MeanByLossAndTau(records);
-  ASSERT_EQ(cells.size(), 4u);  // three infonce taus (seeds pooled) and simple
-  EXPECT_EQ(cells[0].runs, 2);
-  EXPECT_NEAR(cells[0].knn, 60 + 1 + 1.5, 1e-5);
-  const std::string md = ReportMarkdown(records, Spec(""), {"plots/accuracy_vs_tau.png"});
-  for (const char* text : {"## Table 1", "| metric | τ=0.1 | τ=0.2 | τ=0.5 | simple |", "| kNN top-1 | 62.50 |",
-                           "| runs | 2 | 2 | 2 | 1 |", "## Best τ per loss", "| infonce | 0.5 |",
-                           "3a. infonce: uniformity falls", "**not enough data**", "**disagrees**",
-                           "![accuracy_vs_tau](plots/accuracy_vs_tau.png)", "## Runs without a result",
-                           "exit code 1, see attempt-2.err"}) {
-    EXPECT_NE(md.find(text), std::string::npos) << text << "\n" << md;
-  }
 }
 
 TEST(Status, TableIsAlignedAndCounted) {
