@@ -135,8 +135,9 @@ void WriteSeparationData(const std::string& plots_dir, const std::vector<Cell>& 
 
 // Every section starts from gnuplot's defaults (`reset` keeps the terminal), so no setting leaks into the next plot.
 std::string Section(const std::string& title, const std::string& output) {
-  return "reset\nset datafile missing \"NaN\"\nset grid\nset key outside right\nset title \"" + title +
-         "\"\nset output \"" + output + "\"\n";
+  // The y offsets keep a level at the data's minimum (a loss without tau) off the frame.
+  return "reset\nset datafile missing \"NaN\"\nset grid\nset key outside right\nset offsets 0, 0, graph 0.05, "
+         "graph 0.05\nset title \"" + title + "\"\nset output \"" + output + "\"\n";
 }
 
 // A measure against tau: one line per series that uses tau, a dashed level for each that does not.
