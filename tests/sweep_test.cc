@@ -50,8 +50,8 @@ TEST(SweepSpec, DefaultSweepCoversTheClaims) {
   const SweepSpec spec = ResolveSweepSpec(DefaultSweepSpec());
   ValidateSweepSpec(spec, 2);
   const auto points = ExpandGrid(spec);
-  // infonce and hard at 5 temperatures; simple and hard_simple do not use tau and run once each.
-  ASSERT_EQ(points.size(), 12u);
+  // infonce and hard at 8 temperatures; simple, hard_simple and nearest do not use tau and run once; 2 seeds each.
+  ASSERT_EQ(points.size(), 38u);
   std::multiset<std::string> losses;
   std::set<std::string> ids;
   for (const auto& p : points) {
@@ -60,11 +60,12 @@ TEST(SweepSpec, DefaultSweepCoversTheClaims) {
     EXPECT_EQ(p.config.out_dir(), "");  // set by the scheduler, not part of the identity
     EXPECT_EQ(p.name.substr(p.name.size() - 16), p.id);
   }
-  EXPECT_EQ(ids.size(), 12u);
-  EXPECT_EQ(losses.count("infonce"), 5u);
-  EXPECT_EQ(losses.count("hard"), 5u);
-  EXPECT_EQ(losses.count("simple"), 1u);
-  EXPECT_EQ(losses.count("hard_simple"), 1u);
+  EXPECT_EQ(ids.size(), 38u);
+  EXPECT_EQ(losses.count("infonce"), 16u);
+  EXPECT_EQ(losses.count("hard"), 16u);
+  EXPECT_EQ(losses.count("simple"), 2u);
+  EXPECT_EQ(losses.count("hard_simple"), 2u);
+  EXPECT_EQ(losses.count("nearest"), 2u);
   EXPECT_EQ(points[0].name.substr(0, 16), "infonce_tau0.05_");
   EXPECT_EQ(points[0].config.data().dataset(), "fashion_mnist");
 }
