@@ -53,12 +53,14 @@ void SaveCheckpoint(const std::string& path, const RunConfig& config, Encoder& e
   WriteFileAtomically(path, bytes.str());
 }
 
-void LoadCheckpoint(const std::string& path, const RunConfig& config, Encoder& encoder,
+void LoadCheckpoint(const std::string& path, const RunConfig& config, torch::Device device, Encoder& encoder,
                     torch::optim::Optimizer& optimizer, TrainingState* state) {
   torch::serialize::InputArchive archive, model, optim;
   c10::IValue step, saved_config, result;
   try {
-    archive.load_from(path);
+    // Every tensor straight onto this rank's device. Without it they come back where rank 0 saved them (its
+    // cuda:0), and reading them into the parameters moves those there (set_data), on every rank.
+    archive.load_from(path, device);
     archive.read("model", model);
     archive.read("optimizer", optim);
     archive.read("step", step);

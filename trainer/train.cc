@@ -476,7 +476,7 @@ TrainingState Restore(Trainer& t, const TrainOptions& options) {
   const std::string path = t.config.out_dir() + "/checkpoint.pt";
   struct stat st {};
   if (!options.resume || ::stat(path.c_str(), &st) != 0) return state;
-  Collectively([&] { LoadCheckpoint(path, t.config, t.encoder, *t.optimizer, &state); });
+  Collectively([&] { LoadCheckpoint(path, t.config, t.device, t.encoder, *t.optimizer, &state); });
   if (state.bank.defined()) t.bank = state.bank.to(t.device);
   if (comm::Rank() == 0) LOG(INFO) << "resumed from " << path << " at global step " << state.step;
   return state;
