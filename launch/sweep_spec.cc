@@ -88,16 +88,7 @@ std::string FormatFloat(double value) {
 
 std::string RunId(const RunConfig& resolved) {
   RunConfig identity = resolved;
-  identity.clear_out_dir();
-  identity.clear_threads();
-  identity.clear_log_every_steps();
-  identity.clear_checkpoint_every_steps();
-  identity.clear_collective_timeout_seconds();  // how long to wait for a stalled rank does not change the result
-  identity.clear_gradient_bucket_kib();         // how gradients are sent, not what they are
-  if (identity.has_data()) {
-    identity.mutable_data()->clear_workers();
-    identity.mutable_data()->clear_prefetch_steps();
-  }
+  StripResultIndependentFields(&identity);  // the checkpoint's identity too: a retry resumes what it names
   std::string text;
   pb::TextFormat::PrintToString(identity, &text);
   uint64_t hash = 14695981039346656037ull;  // FNV-1a 64 offset basis

@@ -37,10 +37,11 @@ struct GridPoint {
 std::vector<GridPoint> ExpandGrid(const SweepSpec& spec);
 
 // 16 hex digits of FNV-1a 64 over the text format of the resolved config without the fields that say where and how
-// a run executes rather than what it computes and reports: out_dir, threads, data.workers, log_every_steps and
-// checkpoint_every_steps (the global batch defines the computation, DESIGN.md), so moving a sweep or changing
-// threads_per_rank keeps finished runs. Everything else counts, evaluation settings included (they change the
-// reported metrics), and so do defaults: a new default in DefaultRunConfig is a new config. Why these choices:
+// a run executes rather than what it computes and reports (ResultIndependentFields, trainer/config.h: out_dir,
+// threads, data.workers, log_every_steps, checkpoint_every_steps, ...; the global batch defines the computation,
+// DESIGN.md), so moving a sweep or changing threads_per_rank keeps finished runs; a checkpoint resumes under the
+// same identity. Everything else counts, device and evaluation settings included (they change the reported
+// metrics), and so do defaults: a new default in DefaultRunConfig is a new config. Why these choices:
 // text format prints fields in field-number order with shortest round-trip floats, so the id is stable across runs
 // and protobuf versions and can be recomputed from run.pbtxt by hand; FNV-1a needs no crypto library, and 64 bits
 // make a collision within a sweep of a million points a ~3e-8 event (the input is not adversarial).

@@ -11,19 +11,11 @@ namespace tempered {
 
 namespace {
 
-// The config with every field cleared that does not change what training computes.
+// The config without the fields that do not change a result: the same identity as the sweep's run ids, so that a
+// sweep's retry (same run id, perhaps another checkpoint_every_steps) resumes, and nothing else does.
 RunConfig ComputationOf(const RunConfig& config) {
   RunConfig c = config;
-  c.clear_out_dir();
-  c.clear_threads();
-  c.clear_log_every_steps();
-  c.clear_eval();
-  c.mutable_data()->clear_workers();
-  c.mutable_data()->clear_prefetch_steps();
-  c.mutable_data()->clear_test_subset();
-  c.clear_device();  // a CUDA run may continue on the CPU and back (within float tolerance)
-  c.clear_collective_timeout_seconds();  // how long to wait for a stalled rank
-  c.clear_gradient_bucket_kib();  // how gradients are sent, not their values
+  StripResultIndependentFields(&c);
   return c;
 }
 

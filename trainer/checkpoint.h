@@ -25,7 +25,8 @@ void SaveCheckpoint(const std::string& path, const RunConfig& config, Encoder& e
 // Loads `path` into encoder, optimizer and state, every tensor onto `device`: this rank's, not the GPU rank 0 saved
 // from (the archive maps CPU and CUDA tensors either way). Throws UserError naming the file when it is unreadable,
 // and naming the first differing field when the checkpoint's config would give a different result than `config`
-// (fields that do not change the computation, like out_dir, threads, logging and evaluation, may differ).
+// (only ResultIndependentFields, trainer/config.h, such as out_dir, threads and logging, may differ; not the
+// config's device).
 void LoadCheckpoint(const std::string& path, const RunConfig& config, torch::Device device, Encoder& encoder,
                     torch::optim::Optimizer& optimizer, TrainingState* state);
 

@@ -270,6 +270,33 @@ RunConfig ReadRunConfig(const std::string& path, FieldLines* lines) {
   return config;
 }
 
+const std::vector<std::string>& ResultIndependentFields() {
+  // In: where files go and how the work is spread over threads and sent between ranks. The views are a pure
+  // function of (seed, epoch, index), so workers and prefetching do not change them; gradient buckets hold the same
+  // sums (more than 2 ranks may add them in another order: a last-bit rounding accepted for a tuning knob);
+  // checkpoints and the stalled-rank timeout do not touch the computation.
+  // Out, on purpose: `device` (CPU and GPU kernels round differently, so a result names the device it came from,
+  // and a resume across devices would splice two roundings into one run), `bf16`, and every `eval` and
+  // data.test_subset setting: they change the reported metrics, and a checkpoint carries the per-epoch curve
+  // evaluated under them.
+  static const std::vector<std::string> fields = {
+      "out_dir", "threads", "log_every_steps", "checkpoint_every_steps", "collective_timeout_seconds",
+      "gradient_bucket_kib", "data.workers", "data.prefetch_steps"};
+  return fields;
+}
+
+void StripResultIndependentFields(RunConfig* config) {
+  for (const std::string& path : ResultIndependentFields()) {
+    pb::Message* m = config;
+    size_t begin = 0;
+    for (size_t dot; m && (dot = path.find('.', begin)) != std::string::npos; begin = dot + 1) {
+      const pb::FieldDescriptor* parent = m->GetDescriptor()->FindFieldByName(path.substr(begin, dot - begin));
+      m = m->GetReflection()->HasField(*m, parent) ? m->GetReflection()->MutableMessage(m, parent) : nullptr;
+    }
+    if (m) m->GetReflection()->ClearField(m, m->GetDescriptor()->FindFieldByName(path.substr(begin)));
+  }
+}
+
 namespace {
 
 // The field of DefaultRunConfig() at `path`'s parent, for a leaf `f`: whether the default sets it, and its text.

@@ -5,6 +5,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "proto/tempered.pb.h"
 #include "trainer/errors.h"
@@ -31,6 +32,14 @@ class InvalidFieldError : public UserError {
 
 // Throws InvalidFieldError with one sentence naming the first invalid field (e.g. "loss.tau must be > 0, got -1").
 void ValidateConfig(const RunConfig& config);
+
+// The fields that say where and how a run executes rather than what it computes and reports, as paths
+// ("data.workers"): the one definition behind both the sweep's run ids (launch RunId) and the checkpoint's identity
+// (a resume may change exactly these). See config.cc for why each is in or out.
+const std::vector<std::string>& ResultIndependentFields();
+// Clears every ResultIndependentFields() field of `config`, creating no message that was absent (so that the text
+// form, and the run id hashed from it, of a config without `data` stays as it was).
+void StripResultIndependentFields(RunConfig* config);
 
 // The 1-based line of every scalar field a config file sets, by path: {"batch_size": 3, "loss.tau": 5}.
 using FieldLines = std::map<std::string, int>;
