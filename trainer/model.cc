@@ -1,5 +1,6 @@
 #include "trainer/model.h"
 
+#include "comm/comm.h"
 #include "trainer/batch_norm_relu.h"
 #include "trainer/sync_batch_norm.h"
 
@@ -237,6 +238,16 @@ EncoderOutput EncoderImpl::forward(const torch::Tensor& images) {
   out.embedding = torch::nn::functional::normalize(head_->forward(out.features),
                                                    torch::nn::functional::NormalizeFuncOptions().dim(1));
   return out;
+}
+
+// Rank 0's rather than the mean over ranks, which would draw on every rank's data (closer to the statistics of one
+// process over the global batch): only rank 0's make the result independent of when this runs. The broadcast never
+// changes rank 0's statistics, and the others' are read only after one (training uses the batch's statistics), so
+// the checkpoint cadence and a stop by a signal (an extra checkpoint) change nothing and a resumed run matches an
+// uninterrupted one to the bit; a mean taken at each checkpoint rounds differently with every cadence. With norm
+// SYNC the buffers are already equal, with NONE there are none.
+void BroadcastBuffers(Encoder& encoder) {
+  for (torch::Tensor& buffer : encoder->buffers()) comm::Broadcast(buffer, 0);
 }
 
 }  // namespace tempered

@@ -30,4 +30,10 @@ class EncoderImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Encoder);
 
+// Makes every buffer (batch norm's running statistics) rank 0's on every rank, as DDP's broadcast_buffers does.
+// Collective; call it before every evaluation and checkpoint. With norm BATCH each rank's statistics follow its own
+// shard's batches: without it the ranks would evaluate W different models (each embedding its share of the kNN
+// bank), and a checkpoint would keep rank 0's alone, so a resumed run would evaluate yet another.
+void BroadcastBuffers(Encoder& encoder);
+
 }  // namespace tempered

@@ -388,6 +388,7 @@ void LogConfig(const RunConfig& config) {
 // Evaluate with a line before and after on rank 0 (evaluation of the full data set takes seconds to minutes).
 Metrics EvaluateAndReport(Trainer& t, const std::string& when) {
   const Clock::time_point start = Clock::now();
+  BroadcastBuffers(t.encoder);  // one model evaluated, on every rank
   if (comm::Rank() == 0) {
     LOG(INFO) << "evaluating " << when << ": embedding " << t.train.size() << " train and " << t.test.size()
               << " test images, kNN, representation metrics"
@@ -442,6 +443,7 @@ void RecordEpoch(const Trainer& t, int64_t epoch, int64_t step, double seconds, 
 // Collective.
 void EvaluateEpoch(Trainer& t, int64_t epoch, int64_t step, EventWriter* events, EpochResult* record) {
   const EvalConfig& eval = t.config.eval();
+  BroadcastBuffers(t.encoder);  // one model evaluated, on every rank
   record->set_weight_norm(WeightNorm(t.encoder));
   if (events) events->AddScalar("train/weight_norm", step, record->weight_norm());
   const bool curve = eval.curve_train_samples() > 0;
@@ -466,8 +468,13 @@ void EvaluateEpoch(Trainer& t, int64_t epoch, int64_t step, EventWriter* events,
   if (curve || full) WaitForRankZero();
 }
 
+// Collective. The checkpoint holds rank 0's running statistics, and so, from here on, does every rank: a run
+// resumed from it goes on exactly as this one does.
 void Checkpoint(Trainer& t, const TrainingState& state) {
-  if (comm::Rank() == 0) SaveCheckpoint(t.config.out_dir() + "/checkpoint.pt", t.config, t.encoder, *t.optimizer, state);
+  BroadcastBuffers(t.encoder);
+  if (comm::Rank() == 0) {
+    SaveCheckpoint(t.config.out_dir() + "/checkpoint.pt", t.config, t.encoder, *t.optimizer, state);
+  }
 }
 
 // Loads out_dir/checkpoint.pt when resuming and it exists. Collective: every rank reads the same file.
@@ -594,6 +601,7 @@ RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options,
     AddMetrics(*events, result.global_steps(), result.final(), config.eval());
     events->Flush();
   }
+  // The evaluated model: EvaluateAndReport gave every rank rank 0's running statistics.
   if (comm::Rank() == 0) torch::save(t.encoder, config.out_dir() + "/model.pt");
   result.set_train_seconds(train_seconds);
   result.set_images_per_second(result.global_steps() * config.batch_size() / std::max(train_seconds, 1e-9));
