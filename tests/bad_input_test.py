@@ -133,6 +133,14 @@ class FaultTest(unittest.TestCase):
         self.mounts.append(target)
         return target
 
+    def assert_resumed_to_the_end(self, proc, out, steps):
+        """The run resumed from out_dir's checkpoint and finished with every step's loss."""
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertIn("resumed from", proc.stderr)
+        result = read_result(out)
+        self.assertEqual(result["status"], "FINISHED")
+        self.assertEqual([int(s["step"]) for s in result["step_loss"]], list(range(1, steps + 1)))
+
     def assert_clean_failure(self, proc, *expected, ranks=1):
         """Non-zero exit, every expected phrase in stderr, one error sentence from the trainer, no crash."""
         self.assertNotEqual(proc.returncode, 0, proc.stderr[-3000:])
@@ -388,11 +396,7 @@ class OutputDirTest(FaultTest):
         # With space again, the kept checkpoint resumes the run to its end.
         os.remove(os.path.join(disk, "filler"))
         proc = run_train(2, run + ["--resume"], timeout=120)
-        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-        self.assertIn("resumed from", proc.stderr)
-        result = read_result(out)
-        self.assertEqual(result["status"], "FINISHED")
-        self.assertEqual([int(s["step"]) for s in result["step_loss"]], list(range(1, 5)))
+        self.assert_resumed_to_the_end(proc, out, 4)
 
 
 class NonFiniteLossTest(FaultTest):
@@ -530,6 +534,32 @@ class RankFailureTest(FaultTest):
         self.assertLess(time.monotonic() - start, 100)
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn(missing, proc.stderr)
+
+    def test_rank_zero_decides_whether_to_resume(self):
+        # Rank 1 alone is told not to resume (as a rank that looked before a lagging shared file system showed the
+        # checkpoint would decide): rank 0's decision holds, so both ranks resume and enter the same collectives.
+        # (A --resume of a finished run loads its last checkpoint, evaluates and writes its results again.)
+        out = self.path("out")
+        proc = run_train(2, TINY + ["--max_steps", "4", "--out_dir", out], timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        wrapper = self.wrapper({"1": ["--resume=false"]})
+        proc = self.run_wrapped(wrapper, TINY + ["--max_steps", "4", "--out_dir", out, "--resume",
+                                                 "--collective_timeout_seconds", "20"])
+        self.assert_resumed_to_the_end(proc, out, 4)
+
+    def test_a_checkpoint_another_rank_cannot_read_is_reported(self):
+        # As when out_dir is not on a file system every rank shares: rank 1 is given a directory of its own (its
+        # node's disk), where rank 0's checkpoint is not. Every rank exits non-zero, with one sentence naming it.
+        out, elsewhere = self.path("out"), self.path("rank-1-disk")
+        proc = run_train(1, TINY + ["--max_steps", "4", "--out_dir", out], timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        wrapper = self.wrapper({"1": ["--out_dir", elsewhere]})
+        start = time.monotonic()
+        proc = self.run_wrapped(wrapper, TINY + ["--max_steps", "4", "--out_dir", out, "--resume",
+                                                 "--collective_timeout_seconds", "10"])
+        self.assertLess(time.monotonic() - start, 100)
+        self.assert_clean_failure(proc, "rank 1 cannot read the checkpoint %s/checkpoint.pt that rank 0 resumes from"
+                                  % elsewhere)
 
     def test_corrupt_checkpoint_on_resume(self):
         out = self.path("out")

@@ -11,6 +11,8 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -477,13 +479,31 @@ void Checkpoint(Trainer& t, const TrainingState& state) {
   }
 }
 
-// Loads out_dir/checkpoint.pt when resuming and it exists. Collective: every rank reads the same file.
+// A rank other than 0 must see the checkpoint that rank 0 found; when it does not, the sentence says where to look.
+void RequireReadable(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    throw UserError("rank " + std::to_string(comm::Rank()) + " cannot read the checkpoint " + path +
+                    " that rank 0 resumes from (" + std::strerror(errno) +
+                    "): out_dir must be on a file system that every rank shares");
+  }
+}
+
+// Loads out_dir/checkpoint.pt when resuming and it exists, as rank 0 decides for every rank: ranks that looked for
+// themselves could disagree (a lagging shared file system, an out_dir on each node's own disk) and then enter
+// different collectives. Collective: every rank reads the same file, and a rank that cannot fails them all.
 TrainingState Restore(Trainer& t, const TrainOptions& options) {
   TrainingState state;
   const std::string path = t.config.out_dir() + "/checkpoint.pt";
-  struct stat st {};
-  if (!options.resume || ::stat(path.c_str(), &st) != 0) return state;
-  Collectively([&] { LoadCheckpoint(path, t.config, t.device, t.encoder, *t.optimizer, &state); });
+  std::error_code ignored;
+  torch::Tensor resume = torch::tensor(
+      {comm::Rank() == 0 && options.resume && std::filesystem::exists(path, ignored) ? 1 : 0}, torch::kLong);
+  comm::Broadcast(resume, 0);
+  if (resume.item<int64_t>() == 0) return state;
+  Collectively([&] {
+    if (comm::Rank() != 0) RequireReadable(path);
+    LoadCheckpoint(path, t.config, t.device, t.encoder, *t.optimizer, &state);
+  });
   if (state.bank.defined()) t.bank = state.bank.to(t.device);
   if (comm::Rank() == 0) LOG(INFO) << "resumed from " << path << " at global step " << state.step;
   return state;
