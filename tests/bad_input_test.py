@@ -360,6 +360,17 @@ class OutputDirTest(FaultTest):
         self.assert_clean_failure(proc, "cannot create output directory " + os.path.join(read_only, "run"),
                                   "Read-only file system")
 
+    def test_unwritable_progress_json_does_not_end_the_run(self):
+        # progress.json is best-effort (for a person or a script watching): a failed write of it, here a directory
+        # where the file goes (as ENOSPC or EIO would), is one warning, and the run goes on to its result.
+        out = self.path("out")
+        os.makedirs(os.path.join(out, "progress.json"))
+        proc = run_train(2, TINY + ["--max_steps", "4", "--out_dir", out], timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertEqual(read_result(out)["status"], "FINISHED")
+        warnings = [line for line in proc.stderr.splitlines() if "progress.json" in line]
+        self.assertEqual(len(warnings), 1, proc.stderr[-3000:])  # --log_every_steps 1: four failed writes
+
     def test_full_disk_keeps_the_last_checkpoint_and_result(self):
         disk = self.mount_tmpfs("disk", "size=256k")
         out = os.path.join(disk, "run")

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include <google/protobuf/text_format.h>
+#include <nlohmann/json.hpp>
 
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
@@ -253,13 +254,23 @@ void ReportProgress(const std::string& text, double fraction) {
   std::fflush(stderr);
 }
 
+// out_dir/progress.json, for a person or a script watching the run: best-effort. A failed write (a full or failing
+// disk) must not end a run whose checkpoints and result may still be written, so it warns once and training goes on.
 void WriteProgress(const RunConfig& config, int64_t step, int64_t total, int64_t epoch, double loss,
                    double images_per_second, double eta) {
-  std::ostringstream json;
-  json << "{\"step\": " << step << ", \"total_steps\": " << total << ", \"epoch\": " << epoch
-       << ", \"epochs\": " << config.epochs() << ", \"loss\": " << loss << ", \"images_per_second\": "
-       << images_per_second << ", \"eta_seconds\": " << eta << "}\n";
-  WriteFileAtomically(config.out_dir() + "/progress.json", json.str());
+  static bool warned = false;  // rank 0 writes it, from the main thread only
+  nlohmann::json progress = {
+      {"step", step}, {"total_steps", total}, {"epoch", epoch}, {"epochs", config.epochs()}, {"loss", loss}};
+  // A rate timed over 0 s is infinite, and so its ETA: JSON has no such number (nlohmann would write null, which
+  // launch/sweep_state.cc's reader refuses), and a missing field reads there as not known.
+  if (std::isfinite(images_per_second)) progress["images_per_second"] = images_per_second;
+  if (std::isfinite(eta)) progress["eta_seconds"] = eta;
+  try {
+    WriteFileAtomically(config.out_dir() + "/progress.json", progress.dump() + "\n");
+  } catch (const std::exception& e) {
+    if (!warned) LOG(WARNING) << e.what() << "; training goes on without progress.json";
+    warned = true;
+  }
 }
 
 std::string FormatDuration(double seconds) {
