@@ -306,6 +306,7 @@ bool CellLess(const Cell& a, const Cell& b) {
 struct CellSamples {
   Cell cell;
   std::array<std::vector<double>, kMeasureCount> final, initial;  // by Measure, one value per run
+  std::vector<double> raw_pixel_knn;
   std::vector<std::vector<double>> top_negative;                  // by rank, one value per run
   std::map<int, std::array<std::vector<double>, kMeasureCount>> curve;
 };
@@ -321,6 +322,7 @@ void AddRun(const RunRecord& r, CellSamples* s) {
     for (const auto& [epoch, value] : CurvePoints(result, measure)) s->curve[epoch][m].push_back(value);
     member.trend[m] = TrendOf(result, measure);
   }
+  if (r.config.eval().raw_pixel_knn()) s->raw_pixel_knn.push_back(result.raw_pixel_knn_top1());
   const auto& top = result.final().top_negative_similarity();
   if (s->top_negative.size() < static_cast<size_t>(top.size())) s->top_negative.resize(top.size());
   for (int k = 0; k < top.size(); ++k) s->top_negative[k].push_back(top[k]);
@@ -334,6 +336,7 @@ Cell Reduce(CellSamples& s) {
     c.stat[m] = StatOf(s.final[m]);
     c.initial[m] = StatOf(s.initial[m]);
   }
+  c.raw_pixel_knn = StatOf(s.raw_pixel_knn);
   for (const auto& values : s.top_negative) c.top_negative.push_back(StatOf(values).mean);
   for (const auto& [epoch, values] : s.curve) {
     for (int m = 0; m < kMeasureCount; ++m) c.curve[epoch][m] = StatOf(values[m]).mean;

@@ -96,6 +96,7 @@ struct Cell {
   int runs = 0;
   std::array<Stat, kMeasureCount> stat;     // RunResult.final, by Measure
   std::array<Stat, kMeasureCount> initial;  // RunResult.initial of the runs that have one (n = 0: none)
+  Stat raw_pixel_knn;                       // kNN top-1 on raw pixels of the runs with eval.raw_pixel_knn
   std::vector<double> top_negative;         // mean k-th largest negative similarity, k = 1..10 (Fig 8)
   std::map<int, std::array<double, kMeasureCount>> curve;  // epoch -> mean over runs of CurvePoints (NaN: none)
   std::vector<CellRun> members;
