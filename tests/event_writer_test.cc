@@ -227,6 +227,33 @@ TEST(EventWriterTest, SimilarityHistograms) {
   EXPECT_EQ(bank_negatives.sum(), 1);
 }
 
+// A memory bank larger than kHistogramColumns: the negatives are every stride-th candidate's (2 * 4096 + 1 candidates:
+// stride 3, columns 0, 3, ..., 8190: 2731 of them), the positives every row's own, wherever it lies.
+TEST(EventWriterTest, SimilarityHistogramsOfALargeBankAreABoundedSample) {
+  torch::manual_seed(3);
+  const int64_t m = 2 * kHistogramColumns + 1, n = 4;
+  const auto unit = [](torch::Tensor x) {
+    return torch::nn::functional::normalize(x, torch::nn::functional::NormalizeFuncOptions().dim(1));
+  };
+  const torch::Tensor candidates = unit(torch::randn({m, 8})), anchors = unit(torch::randn({n, 8}));
+  const torch::Tensor positive = torch::tensor({1, 3, 6, 8000}, torch::kLong);  // 3 and 6 are sampled columns
+  const std::string dir = MakeTempDir();
+  EventWriter writer(dir, "events.out.tfevents.0.test");
+  AddSimilarityHistograms(writer, 1, anchors, candidates, positive, torch::full({n}, -1, torch::kLong));
+  writer.Flush();
+  const std::vector<tensorboard::Event> events = ReadEventFile(writer.path());
+  ASSERT_EQ(events.size(), 3u);
+  const tensorboard::HistogramProto positives = events[1].summary().value(0).histo();
+  const tensorboard::HistogramProto negatives = events[2].summary().value(0).histo();
+  const torch::Tensor full = anchors.to(torch::kDouble).mm(candidates.to(torch::kDouble).t());  // (n, m)
+  EXPECT_NEAR(positives.sum(), full.gather(1, positive.unsqueeze(1)).sum().item<double>(), 1e-5);
+  const int64_t sampled = (m + 2) / 3;
+  EXPECT_EQ(negatives.num(), n * sampled - 2);  // rows 1 and 2 have their positive among the sampled columns
+  const torch::Tensor columns = full.index_select(1, torch::arange(0, m, 3, torch::kLong));
+  const double expected = columns.sum().item<double>() - full[1][3].item<double>() - full[2][6].item<double>();
+  EXPECT_NEAR(negatives.sum(), expected, 1e-3);
+}
+
 TEST(EventWriterTest, Metrics) {
   Metrics metrics;
   metrics.set_knn_top1(80.5);

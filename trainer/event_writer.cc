@@ -164,13 +164,16 @@ void AddSimilarityHistograms(EventWriter& writer, int64_t step, const torch::Ten
                              const torch::Tensor& candidates, const torch::Tensor& positive,
                              const torch::Tensor& exclude) {
   torch::NoGradGuard no_grad;
-  const torch::Tensor similarity = anchors.detach().mm(candidates.detach().t());  // (n, m)
-  const torch::Tensor rows = torch::arange(similarity.size(0), positive.options());
-  torch::Tensor negative = torch::ones_like(similarity, torch::kBool);
-  negative.index_put_({rows, positive}, false);
-  const torch::Tensor has_self = exclude >= 0;
-  negative.index_put_({rows.masked_select(has_self), exclude.masked_select(has_self)}, false);
-  writer.AddHistogram("similarity/positive", step, similarity.gather(1, positive.unsqueeze(1)));
+  const torch::Tensor a = anchors.detach(), c = candidates.detach();
+  // Every kHistogramColumns-th candidate at most: with a memory bank there are as many candidates as images (a full
+  // (256, 1.28M) matrix is 1.3 GB at every log step); a fixed stride keeps the histogram an unbiased sample.
+  const int64_t m = c.size(0), stride = (m + kHistogramColumns - 1) / kHistogramColumns;
+  const torch::Tensor columns = torch::arange(0, m, std::max<int64_t>(stride, 1), positive.options());  // (k)
+  const torch::Tensor similarity = a.mm(c.index_select(0, columns).t());                            // (n, k)
+  // A sampled column is a negative of row i unless it is row i's positive or the candidate it excludes (-1: none).
+  const torch::Tensor column = columns.unsqueeze(0);
+  const torch::Tensor negative = column.ne(positive.unsqueeze(1)) & column.ne(exclude.unsqueeze(1));
+  writer.AddHistogram("similarity/positive", step, (a * c.index_select(0, positive)).sum(1));
   writer.AddHistogram("similarity/negative", step, similarity.masked_select(negative));
 }
 

@@ -56,7 +56,9 @@ class EventWriter {
 // What tempered-train writes (rank 0), under the tags TensorBoard groups by their prefix:
 // histograms similarity/positive and similarity/negative of one step's cosine similarities: anchors (n, d) against
 // candidates (m, d), both L2-normalised, any device; row i's positive is candidates[positive[i]], and
-// candidates[exclude[i]] (the anchor itself; -1 for none) is neither positive nor negative.
+// candidates[exclude[i]] (the anchor itself; -1 for none) is neither positive nor negative. The negatives are those
+// of every ceil(m / kHistogramColumns)-th candidate: memory and time stay O(n x 4096) with a bank of any size.
+constexpr int64_t kHistogramColumns = 4096;
 void AddSimilarityHistograms(EventWriter& writer, int64_t step, const torch::Tensor& anchors,
                              const torch::Tensor& candidates, const torch::Tensor& positive,
                              const torch::Tensor& exclude);
