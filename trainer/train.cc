@@ -456,11 +456,11 @@ void RecordEpoch(const Trainer& t, int64_t epoch, int64_t step, double seconds, 
 // Collective.
 void EvaluateEpoch(Trainer& t, int64_t epoch, int64_t step, EventWriter* events, EpochResult* record) {
   const EvalConfig& eval = t.config.eval();
-  BroadcastBuffers(t.encoder);  // one model evaluated, on every rank
   record->set_weight_norm(WeightNorm(t.encoder));
   if (events) events->AddScalar("train/weight_norm", step, record->weight_norm());
   const bool curve = eval.curve_train_samples() > 0;
   if (curve) {
+    BroadcastBuffers(t.encoder);  // one model evaluated, on every rank (EvaluateAndReport does its own)
     *record->mutable_metrics() = EvaluateCurve(t.encoder, t.train, t.test, t.config);
     if (events) AddMetrics(*events, step, record->metrics(), eval, "curve/");
     if (comm::Rank() == 0) {
@@ -603,7 +603,7 @@ RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options,
       const double seconds = SecondsSince(epoch_start);
       train_seconds += seconds;
       RecordEpoch(t, epoch, step, seconds, epoch_steps_timed, lr, &result);
-      EvaluateEpoch(t, epoch, step, events.get(), result.mutable_epochs()->rbegin().operator->());
+      EvaluateEpoch(t, epoch, step, events.get(), result.mutable_epochs(result.epochs_size() - 1));
       epoch_start = Clock::now();
       epoch_steps_timed = 0;
     }
