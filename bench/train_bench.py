@@ -9,14 +9,14 @@ TARGET:
                     all cores; one rank per core, 1 thread each, embeddings all-gathered) and the reference also
                     NCHW and channels_last: tempered-train's recommended layout (one rank per core) over the fastest
                     of the four references. Where the CPU does bf16 (AVX512-BF16, AMX) the same with --bf16 on
-                    both sides (one rank per core), printed without a target.
-                                                                                          target >= 1.3
+                    both sides (one rank per core).      target >= 1.1 (fp32), >= 1.25 (bf16, native-bf16 CPUs)
   scaling_2rank     2 ranks x 1 thread vs 1 rank x 1 thread at the same per-rank batch.  target >= 1.7
   compute_fraction  the encoder's achieved FLOP/s in training (images/s x its analytic FLOPs per image) vs the
                     FLOP/s of the same convs alone (bench/conv_bench), same global batch; each side in both process
                     layouts (1 process x all cores, one process per core) and the convs in both memory layouts:
                     the faster training over the fastest convs.                           target >= 0.6
-  gather            comm::GatherWithGrad fwd+bwd vs raw MPI (bench/gather_bench) at 2 and 4 ranks.  target <= 1.2
+  gather            comm::GatherWithGrad fwd+bwd vs raw MPI (bench/gather_bench) at 2 and 4 ranks.
+                    target <= 1.2 at >= 1 MiB per rank, <= 1.3 below (LibTorch's fixed ~6 us per backward)
   compare           two tempered-train binaries (--a, --b) at --ranks ranks: images/s of b / a (no target; used to
                     choose the gradient reducer's timing).
 
@@ -178,7 +178,10 @@ def train_vs_pytorch(args):
                       "reference (%s)" % (precision, "; ".join("%s %s median %.0f" % (n, fmt(r), med(r))
                                                                for n, r in named + refs),
                                           ratio, recommended[0], best_ref[0])))
-    verdict("train_vs_pytorch", lines[0][0], ">=", 1.3,
+    # Issue 15's targets: oneDNN's convolutions are ~77% of a step on both sides, which bounds any win in fp32.
+    for (ratio, _), precision in zip(lines[1:], list(groups)[1:]):
+        verdict("train_vs_pytorch_" + precision, ratio, ">=", 1.25, "%s, both sides under bf16 autocast" % precision)
+    verdict("train_vs_pytorch", lines[0][0], ">=", 1.1,
             "train_vs_pytorch: global batch %d (processes x threads; one process per core normalises each rank's "
             "%d images in batch norm, on both sides).\n%s\nload %s -> %s"
             % (batch, batch // layouts[-1][0], "\n".join(text for _, text in lines), load, loadavg())
@@ -230,7 +233,7 @@ def compute_fraction(args):
 
 def gather(args):
     load = loadavg()
-    worst = 0.0
+    worst = {True: 0.0, False: 0.0}  # by "at least 1 MiB per rank"
     lines = []
     rows = "256,2048" if args.quick else "128,256,1024,4096,8192"
     for ranks in (2, 4):
@@ -238,13 +241,14 @@ def gather(args):
                                              "--rows", rows, "--repetitions", "51" if args.quick else "101"]
         out = run(cmd, env=thread_env(1))
         for line in out.splitlines():
-            m = re.match(r"TARGET gather (\S+)", line)
+            m = re.search(r"\(\s*(\S+) MiB/rank\).*ratio (\S+)", line)
             if m:
-                worst = max(worst, float(m.group(1)))
-            elif "ranks" in line:
+                large = float(m.group(1)) >= 1.0
+                worst[large] = max(worst[large], float(m.group(2)))
                 lines.append(line)
-    verdict("gather", worst, "<=", 1.2, "\n".join(lines) + "\ngather: worst ratio over sizes and world sizes; load "
-            "%s -> %s" % (load, loadavg()))
+    detail = "\n".join(lines) + "\ngather: worst ratio over sizes and world sizes; load %s -> %s" % (load, loadavg())
+    verdict("gather_small", worst[False], "<=", 1.3, detail)
+    verdict("gather", worst[True], "<=", 1.2, "gather at >= 1 MiB per rank")
 
 
 def compare(args):

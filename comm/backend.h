@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +31,11 @@ extern const Backend kNcclBackend;  // nccl_backend.cc, or no_nccl.cc which refu
 
 // AllGather that also returns the rows contributed by each rank (GatherWithGrad keeps them for its backward).
 torch::Tensor AllGatherRows(const torch::Tensor& in, std::vector<int64_t>* rows);
+
+// Host rows to root (comm::GatherToRoot, MPI only): out (sum(rows) x row_elements, on root; undefined elsewhere)
+// = every rank's in (rows[rank] x row_elements), in rounds of at most piece_rows rows per rank.
+void GatherRowsToRoot(const torch::Tensor& in, torch::Tensor& out, const std::vector<int64_t>& rows,
+                      int64_t row_elements, int64_t piece_rows, int root);
 
 // Small host-side collectives over MPI, used by every backend.
 // Concatenation over ranks of `mine` (the same length on every rank).
@@ -76,6 +82,10 @@ class CollectiveWatch {
   CollectiveWatch& operator=(const CollectiveWatch&) = delete;
 };
 void RunFailureHook(const std::string& sentence);
+// A check of asynchronous work that no CollectiveWatch sees (the NCCL backend's collectives, enqueued on a stream),
+// which the watchdog's thread runs at every poll with the collective timeout: returns "" while all is well, else the
+// sentence of the failure, after which the watchdog takes the job down. nullptr removes it.
+void SetAsyncPoll(std::function<std::string(double timeout_seconds)> poll);
 // Init starts the watchdog's thread when the world has 2 or more ranks; Finalize stops it before MPI_Finalize.
 void StartWatchdog(int rank);
 void StopWatchdog();

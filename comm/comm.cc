@@ -3,6 +3,7 @@
 // CUDA -> NCCL).
 #include "comm/comm.h"
 
+#include <atomic>
 #include <numeric>
 
 #include "comm/backend.h"
@@ -43,11 +44,14 @@ std::vector<int64_t> Times(const std::vector<int64_t>& rows, int64_t row_element
 // caching allocator instead. One per thread: autograd may run a CPU backward on another thread than the forward's.
 class ReusedBuffer {
  public:
+  static inline std::atomic<int64_t> allocations{0};  // by every thread's buffers (RowBufferAllocations)
+
   torch::Tensor Get(const std::vector<int64_t>& shape, const torch::TensorOptions& options) {
     if (!options.device().is_cpu()) return torch::empty(shape, options);
     if (!kept_.defined() || kept_.storage().use_count() != 1 || kept_.sizes() != shape ||
         kept_.dtype() != options.dtype()) {
       kept_ = torch::empty(shape, options);
+      ++allocations;
     }
     return kept_.detach();  // a new tensor on the same storage: what the caller attaches (history) stays its own
   }
@@ -74,6 +78,24 @@ void AllReduce(torch::Tensor& t, detail::Reduction op) {
   InPlace(t, [&](torch::Tensor& buffer) { backend.all_reduce(buffer, op); });
 }
 
+// Every rank's row count, from one small host-side exchange that also checks that the rows agree in size and dtype
+// (which would otherwise corrupt memory silently). NCCL needs the sizes on the host too, so this costs CUDA tensors
+// nothing extra.
+std::vector<int64_t> RowsOfEveryRank(const torch::Tensor& local, const char* collective) {
+  const int64_t row_elements = RowElements(local);
+  const auto dtype = static_cast<int64_t>(local.scalar_type());
+  const std::vector<int64_t> all = detail::AllGatherInt64({local.size(0), row_elements, dtype});
+  std::vector<int64_t> rows;
+  for (int r = 0; r < Size(); ++r) {
+    COMM_REQUIRE(all[3 * r + 1] == row_elements && all[3 * r + 2] == dtype, collective, ": rank ", r,
+                 " sends rows of ", all[3 * r + 1], " elements of dtype ",
+                 static_cast<torch::ScalarType>(all[3 * r + 2]), ", rank ", Rank(), " rows of ", row_elements,
+                 " elements of dtype ", local.scalar_type());
+    rows.push_back(all[3 * r]);
+  }
+  return rows;
+}
+
 }  // namespace
 
 namespace detail {
@@ -85,22 +107,10 @@ torch::Tensor AllGatherRows(const torch::Tensor& in, std::vector<int64_t>* rows)
     *rows = {in.size(0)};
     return local.clone();
   }
-  // One small host-side exchange gives every rank the row counts (to size the output) and lets it check that the
-  // rows agree in size and dtype, which would otherwise corrupt memory silently. NCCL needs the sizes on the host
-  // too, so this costs CUDA tensors nothing extra.
-  const int64_t row_elements = RowElements(local);
-  const auto dtype = static_cast<int64_t>(local.scalar_type());
-  const std::vector<int64_t> all = AllGatherInt64({local.size(0), row_elements, dtype});
-  rows->clear();
-  for (int r = 0; r < Size(); ++r) {
-    COMM_REQUIRE(all[3 * r + 1] == row_elements && all[3 * r + 2] == dtype, "AllGather: rank ", r, " sends rows of ",
-                 all[3 * r + 1], " elements of dtype ", static_cast<torch::ScalarType>(all[3 * r + 2]), ", rank ",
-                 Rank(), " rows of ", row_elements, " elements of dtype ", local.scalar_type());
-    rows->push_back(all[3 * r]);
-  }
+  *rows = RowsOfEveryRank(local, "AllGather");
   const int64_t total = std::accumulate(rows->begin(), rows->end(), int64_t{0});
   torch::Tensor out = gathered_rows.Get(WithRows(local, total), local.options());
-  BackendFor(local).all_gather(local, out, Times(*rows, row_elements));
+  BackendFor(local).all_gather(local, out, Times(*rows, RowElements(local)));
   return out;
 }
 
@@ -128,6 +138,33 @@ torch::Tensor ReduceScatterSum(const torch::Tensor& full, const std::vector<int6
   if (Size() == 1) return in.clone();
   torch::Tensor out = reduced_rows.Get(WithRows(in, counts[Rank()]), in.options());
   BackendFor(in).reduce_scatter(in, out, Times(counts, RowElements(in)));
+  return out;
+}
+
+int FirstFailedRank(bool failed) {
+  // The maximum over ranks of -rank (failed) or -Size() (did not) is minus the lowest rank that failed.
+  const double lowest = -AllReduceMax(failed ? -static_cast<double>(Rank()) : -static_cast<double>(Size()));
+  return lowest < Size() ? static_cast<int>(lowest) : -1;
+}
+
+int64_t RowBufferAllocations() { return ReusedBuffer::allocations.load(); }
+
+torch::Tensor GatherToRoot(const torch::Tensor& in, int root, int64_t piece_bytes) {
+  COMM_REQUIRE(in.dim() >= 1, "GatherToRoot needs a tensor with a row dimension, got a 0-dim tensor");
+  COMM_REQUIRE(in.is_cpu(), "GatherToRoot moves host tensors (evaluation's features), got one on ", in.device());
+  COMM_REQUIRE(root >= 0 && root < Size(), "GatherToRoot: root ", root, " is not a rank of a world of ", Size());
+  torch::Tensor local = in.detach().contiguous();
+  if (Size() == 1) return local;  // no copy: the caller's (large) set is the result
+  const std::vector<int64_t> rows = RowsOfEveryRank(local, "GatherToRoot");
+  const int64_t row_bytes = RowElements(local) * static_cast<int64_t>(local.element_size());
+  const int64_t piece_rows = row_bytes == 0 ? 1 : piece_bytes / row_bytes;
+  COMM_REQUIRE(piece_rows >= 1, "GatherToRoot: one row of ", row_bytes, " bytes is larger than a piece (",
+               piece_bytes, " bytes)");
+  torch::Tensor out;
+  if (Rank() == root) {
+    out = torch::empty(WithRows(local, std::accumulate(rows.begin(), rows.end(), int64_t{0})), local.options());
+  }
+  detail::GatherRowsToRoot(local, out, rows, RowElements(local), piece_rows, root);
   return out;
 }
 

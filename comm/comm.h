@@ -39,6 +39,15 @@ torch::Tensor AllGather(const torch::Tensor& in);
 // Rows contributed by each rank to an AllGather of `rows` local rows (collective).
 std::vector<int64_t> AllGatherCounts(int64_t rows);
 
+// The concatenation along dim 0 of every rank's CPU tensor `in`, on `root` only (every other rank gets an undefined
+// tensor): for results one rank uses, such as evaluation's features, which an AllGather would copy onto every rank.
+// Sent in rounds of at most `piece_bytes` per rank (default 1 GiB: MPI counts are int, and Open MPI's transports
+// have mishandled single messages above 2 GiB), so an ImageNet-scale set (1.28M x 2048 floats = 10 GB) goes through.
+// Ranks may contribute different numbers of rows, including 0. With one rank the result is `in` itself (contiguous),
+// not a copy. `piece_bytes` is smaller in the tests.
+constexpr int64_t kGatherPieceBytes = int64_t{1} << 30;
+torch::Tensor GatherToRoot(const torch::Tensor& in, int root, int64_t piece_bytes = kGatherPieceBytes);
+
 // In-place elementwise sum over ranks.
 void AllReduceSum(torch::Tensor& t);
 // In-place elementwise max over ranks.
@@ -51,6 +60,15 @@ void Broadcast(torch::Tensor& t, int root);
 double AllReduceSum(double v);
 double AllReduceMax(double v);
 void Barrier();
+// Failure agreement: every rank says whether it failed, and every rank gets the lowest rank that did, or -1 when
+// none did. So an error on one rank (a file only that node cannot read) ends every rank together instead of leaving
+// the others waiting in the next collective. Collective.
+int FirstFailedRank(bool failed);
+
+// CPU output buffers the row collectives (AllGather, GatherWithGrad and its backward) allocated on this process so
+// far instead of reusing the last one (which happens only once nothing outside holds it): a diagnostic for the tests
+// and benchmarks that check a training step leaves nothing holding the gathered rows.
+int64_t RowBufferAllocations();
 
 // Takes the whole job down: prints `message`, runs the failure hook and calls MPI_Abort. Never returns.
 [[noreturn]] void Abort(const std::string& message, int code = 1);
@@ -59,20 +77,23 @@ void Barrier();
 // waits in one for longer than the timeout (for a peer that was stopped, deadlocked, or lost with a node whose TCP
 // connection never closes) prints "<program>: error: rank R waited T s in <collective> for the other ranks; a rank
 // stalled or died", runs the failure hook and takes the job down (MPI_Abort kills every rank). A timeout <= 0
-// disables it. Collectives of CUDA tensors (NCCL, asynchronous on a stream) are not watched.
+// disables it. Collectives of CUDA tensors (NCCL, asynchronous on a stream) are watched by the NCCL backend with
+// the same timeout: an operation not complete after it, or an asynchronous NCCL error, aborts the communicator
+// (ncclCommAbort) and takes the job down with the same kind of sentence.
 constexpr double kDefaultCollectiveTimeoutSeconds = 600;
 void SetCollectiveTimeout(double seconds);
 double CollectiveTimeout();
 
-// Within its scope this rank's collectives are unbounded: for the one kind of wait that no timeout fits, the other
-// ranks waiting for work that rank 0 does alone for as long as the data set demands (evaluation). Open it only
-// around a collective that waits for such work; a stalled rank 0 there still hangs the job.
-class UnboundedWaits {
+// Within its scope this rank's collectives wait up to `seconds` (<= 0: without bound) instead of the collective
+// timeout, and a timeout's sentence says what was awaited: "... for <waiting_for>" (a string literal). For the one
+// kind of wait the collective timeout does not fit: the other ranks waiting for work rank 0 does alone for as long
+// as the data set demands (evaluation: minutes to hours). Scopes do not nest.
+class LongWait {
  public:
-  UnboundedWaits();
-  ~UnboundedWaits();
-  UnboundedWaits(const UnboundedWaits&) = delete;
-  UnboundedWaits& operator=(const UnboundedWaits&) = delete;
+  LongWait(double seconds, const char* waiting_for);
+  ~LongWait();
+  LongWait(const LongWait&) = delete;
+  LongWait& operator=(const LongWait&) = delete;
 };
 
 // `hook(sentence)` runs on this rank when the job is about to be taken down from here (Abort, an MPI error, the

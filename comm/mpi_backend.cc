@@ -3,6 +3,7 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -117,6 +118,33 @@ void MpiBroadcast(torch::Tensor& t, int root) {
 namespace detail {
 
 const Backend kMpiBackend = {"MPI", MpiAllGather, MpiAllReduce, MpiReduceScatter, MpiBroadcast};
+
+// Rows rather than elements are the unit (a contiguous datatype of one row), so displacements stay within int for
+// any set of fewer than 2^31 rows; each round moves at most piece_rows rows from each rank, straight into out.
+void GatherRowsToRoot(const torch::Tensor& in, torch::Tensor& out, const std::vector<int64_t>& rows,
+                      int64_t row_elements, int64_t piece_rows, int root) {
+  const int64_t most = *std::max_element(rows.begin(), rows.end());
+  if (most == 0 || row_elements == 0) return;
+  MPI_Datatype row;
+  MPI_CHECK(MPI_Type_contiguous(MpiCount(row_elements), MpiType(in), &row));
+  MPI_CHECK(MPI_Type_commit(&row));
+  const bool is_root = Rank() == root;
+  const int64_t row_bytes = row_elements * static_cast<int64_t>(in.element_size());
+  for (int64_t first = 0; first < most; first += piece_rows) {  // this round: rows [first, first + piece_rows)
+    std::vector<int> counts, displs;
+    int64_t offset = 0;
+    for (int64_t r : rows) {
+      counts.push_back(MpiCount(std::clamp<int64_t>(r - first, 0, piece_rows)));
+      displs.push_back(MpiCount(offset + std::min(first, r)));
+      offset += r;
+    }
+    const char* send = static_cast<const char*>(in.data_ptr()) + std::min(first, rows[Rank()]) * row_bytes;
+    const CollectiveWatch watch("gather");
+    MPI_CHECK(MPI_Gatherv(send, counts[Rank()], row, is_root ? out.data_ptr() : nullptr, counts.data(),
+                          displs.data(), row, root, MPI_COMM_WORLD));
+  }
+  MPI_CHECK(MPI_Type_free(&row));
+}
 
 std::vector<int64_t> AllGatherInt64(const std::vector<int64_t>& mine) {
   const State& s = Ready();

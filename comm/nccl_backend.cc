@@ -13,12 +13,23 @@
 // The communicator is created by the first CUDA collective (every rank reaches it in the same order, as with any
 // collective), on that tensor's device: one process drives one GPU, chosen by the caller from LocalRank().
 // It is destroyed by comm::Finalize before MPI_Finalize (see DestroyNccl).
+//
+// The watch (comm.h, the collective watchdog): NCCL calls return at once, and a collective whose peer stalled blocks
+// the host later, in whatever synchronises (.item(), a copy to the CPU), where no CollectiveWatch sees it. So each
+// collective records an event on its stream behind it, with the time it was enqueued; the watchdog's thread polls
+// the oldest events and the communicator's asynchronous error (ncclCommGetAsyncError). An operation not done within
+// the collective timeout, or an asynchronous error, aborts the communicator (ncclCommAbort, which ends its kernels
+// and unblocks the host) and ends the job with one sentence, as the MPI side does. Timed from the enqueue: a
+// stream's backlog ahead of a collective is milliseconds, the timeout minutes.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
 #include <algorithm>
+#include <chrono>
+#include <deque>
+#include <mutex>
 
 #include "comm/backend.h"
 #include "comm/comm.h"
@@ -30,8 +41,23 @@ namespace {
   Abort(c10::str(file, ":", line, ": ", library, " error in `", call, "`: ", error));
 }
 
-ncclComm_t nccl_comm = nullptr;
+ncclComm_t nccl_comm = nullptr;  // written under watch_mutex (the watchdog's thread reads it)
 c10::DeviceIndex nccl_device = -1;
+
+// The collectives enqueued and not yet seen done, oldest first, and events to reuse.
+struct Enqueued {
+  cudaEvent_t done;
+  int64_t since_ns;
+  const char* what;  // a string literal
+};
+std::mutex watch_mutex;
+std::deque<Enqueued> enqueued;
+std::vector<cudaEvent_t> spare_events;
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 // ncclGetErrorString / ncclGetLastError are the reporter's own calls and are left bare.
 #define NCCL_CHECK(cmd)                                                                              \
@@ -64,6 +90,45 @@ ncclDataType_t NcclType(const torch::Tensor& t) {
   }
 }
 
+// Called after each collective is enqueued on `stream` (main thread, device guard set).
+void Watch(const char* what, cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(watch_mutex);
+  cudaEvent_t done;
+  if (spare_events.empty()) {
+    CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  } else {
+    done = spare_events.back();
+    spare_events.pop_back();
+  }
+  CUDA_CHECK(cudaEventRecord(done, stream));
+  enqueued.push_back({done, NowNs(), what});
+}
+
+// The watchdog's poll (SetAsyncPoll), on its thread: "" while all is well; else, with the communicator aborted, the
+// sentence that ends the job.
+std::string PollNccl(double timeout_seconds) {
+  std::lock_guard<std::mutex> lock(watch_mutex);
+  if (nccl_comm == nullptr) return "";
+  cudaSetDevice(nccl_device);  // this thread's calls go to the communicator's device
+  while (!enqueued.empty() && cudaEventQuery(enqueued.front().done) == cudaSuccess) {
+    spare_events.push_back(enqueued.front().done);
+    enqueued.pop_front();
+  }
+  ncclResult_t async = ncclSuccess;
+  const ncclResult_t queried = ncclCommGetAsyncError(nccl_comm, &async);
+  std::string sentence;
+  if (queried != ncclSuccess || (async != ncclSuccess && async != ncclInProgress)) {
+    sentence = c10::str("rank ", Rank(), "'s NCCL communicator failed: ",
+                        ncclGetErrorString(queried != ncclSuccess ? queried : async), " (",
+                        ncclGetLastError(nccl_comm), ")");
+  } else if (!enqueued.empty() && timeout_seconds > 0 && (NowNs() - enqueued.front().since_ns) * 1e-9 > timeout_seconds) {
+    sentence = c10::str("rank ", Rank(), " waited ", timeout_seconds, " s in NCCL ", enqueued.front().what,
+                        " for the other ranks; a rank stalled or died");
+  }
+  if (!sentence.empty()) ncclCommAbort(nccl_comm);  // its kernels end, and so the host's wait for them
+  return sentence;
+}
+
 // The communicator for t's device, made on first use: rank 0 draws the unique id, MPI carries it to every rank.
 ncclComm_t CommFor(const torch::Tensor& t) {
   const c10::DeviceIndex device = t.device().index();
@@ -76,8 +141,14 @@ ncclComm_t CommFor(const torch::Tensor& t) {
   if (Rank() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
   BroadcastBytes(&id, sizeof(id), 0);
   c10::cuda::CUDAGuard guard(device);
-  NCCL_CHECK(ncclCommInitRank(&nccl_comm, Size(), id, Rank()));
-  nccl_device = device;
+  ncclComm_t comm = nullptr;
+  NCCL_CHECK(ncclCommInitRank(&comm, Size(), id, Rank()));
+  {
+    std::lock_guard<std::mutex> lock(watch_mutex);
+    nccl_comm = comm;
+    nccl_device = device;
+  }
+  SetAsyncPoll(PollNccl);
   return nccl_comm;
 }
 
@@ -100,7 +171,7 @@ void NcclAllGather(const torch::Tensor& in, torch::Tensor& out, const std::vecto
   const cudaStream_t stream = StreamFor(in);
   if (AllEqual(elems)) {
     NCCL_CHECK(ncclAllGather(in.data_ptr(), out.data_ptr(), elems[0], NcclType(in), comm, stream));
-    return;
+    return Watch("all-gather", stream);
   }
   NCCL_CHECK(ncclGroupStart());
   int64_t offset = 0;
@@ -112,13 +183,16 @@ void NcclAllGather(const torch::Tensor& in, torch::Tensor& out, const std::vecto
     offset += elems[r];
   }
   NCCL_CHECK(ncclGroupEnd());
+  Watch("all-gather", stream);
 }
 
 void NcclAllReduce(torch::Tensor& t, Reduction op) {
   ncclComm_t comm = CommFor(t);
   c10::cuda::CUDAGuard guard(t.device());
+  const cudaStream_t stream = StreamFor(t);
   NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), NcclType(t),
-                           op == Reduction::kSum ? ncclSum : ncclMax, comm, StreamFor(t)));
+                           op == Reduction::kSum ? ncclSum : ncclMax, comm, stream));
+  Watch("all-reduce", stream);
 }
 
 // Equal blocks use ncclReduceScatter; uneven ones are one ncclReduce per rank (to that rank) inside a group.
@@ -128,7 +202,7 @@ void NcclReduceScatter(const torch::Tensor& full, torch::Tensor& out, const std:
   const cudaStream_t stream = StreamFor(full);
   if (AllEqual(elems)) {
     NCCL_CHECK(ncclReduceScatter(full.data_ptr(), out.data_ptr(), elems[0], NcclType(full), ncclSum, comm, stream));
-    return;
+    return Watch("reduce-scatter", stream);
   }
   NCCL_CHECK(ncclGroupStart());
   int64_t offset = 0;
@@ -140,12 +214,15 @@ void NcclReduceScatter(const torch::Tensor& full, torch::Tensor& out, const std:
     offset += elems[r];
   }
   NCCL_CHECK(ncclGroupEnd());
+  Watch("reduce-scatter", stream);
 }
 
 void NcclBroadcast(torch::Tensor& t, int root) {
   ncclComm_t comm = CommFor(t);
   c10::cuda::CUDAGuard guard(t.device());
-  NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), NcclType(t), root, comm, StreamFor(t)));
+  const cudaStream_t stream = StreamFor(t);
+  NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), NcclType(t), root, comm, stream));
+  Watch("broadcast", stream);
 }
 
 }  // namespace
@@ -155,12 +232,19 @@ const Backend kNcclBackend = {"NCCL", NcclAllGather, NcclAllReduce, NcclReduceSc
 // Called by comm::Finalize *before* MPI_Finalize: the communicator was bootstrapped over MPI and its teardown
 // (ncclCommDestroy finalises it: flushes outstanding work, then frees) still talks to the other ranks.
 // Pending work on the streams finishes first: destroying a communicator under a running kernel is undefined.
+// The watchdog keeps watching the synchronisation (a peer may stall there too); it stops before the destroy.
 void DestroyNccl() {
   if (nccl_comm == nullptr) return;
   {
     c10::cuda::CUDAGuard guard(nccl_device);
     CUDA_CHECK(cudaDeviceSynchronize());
   }
+  SetAsyncPoll(nullptr);
+  std::lock_guard<std::mutex> lock(watch_mutex);
+  for (const Enqueued& e : enqueued) spare_events.push_back(e.done);
+  enqueued.clear();
+  for (cudaEvent_t e : spare_events) cudaEventDestroy(e);
+  spare_events.clear();
   NCCL_CHECK(ncclCommDestroy(nccl_comm));
   nccl_comm = nullptr;
   nccl_device = -1;

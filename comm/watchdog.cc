@@ -51,7 +51,8 @@ struct Watchdog {
   std::atomic<int64_t> waiting_since_ns{0};     // 0: not in a collective
   std::atomic<const char*> waiting_in{nullptr};  // a string literal: "all-reduce", ...
   std::atomic<int> depth{0};                     // CollectiveWatch nesting (main thread only)
-  std::atomic<int> unbounded{0};                 // open UnboundedWaits scopes
+  std::atomic<const char*> long_wait_for{nullptr};  // an open LongWait: what it awaits (nullptr: none)
+  std::atomic<double> long_wait_seconds{0};
   std::atomic<double> timeout_seconds{kDefaultCollectiveTimeoutSeconds};
   std::atomic<int64_t> stop_noted_ns{0};         // NoteStopRequested, 0: none
   std::atomic<bool> stop_reported{false};
@@ -62,11 +63,30 @@ struct Watchdog {
   std::thread thread;
   std::function<void(const std::string&)> hook;  // guarded by hook_mutex
   std::mutex hook_mutex;
+  std::function<std::string(double)> async_poll;  // guarded by poll_mutex
+  std::mutex poll_mutex;
 };
 
 Watchdog& Get() {
   static Watchdog* watchdog = new Watchdog;
   return *watchdog;
+}
+
+[[noreturn]] void EndJob(const std::string& sentence) {
+  detail::AbortJob(c10::str(program_invocation_short_name, ": error: ", sentence, " (", detail::Where(), ")"),
+                   sentence, 1);
+}
+
+[[noreturn]] void TimedOut(int rank, double timeout, const char* what, const char* awaited) {
+  char seconds[32];
+  std::snprintf(seconds, sizeof(seconds), "%g", timeout);
+  EndJob(c10::str("rank ", rank, " waited ", seconds, " s in ", what, " for ", awaited));
+}
+
+// The asynchronous work's failure sentence, or "".
+std::string PollAsync(Watchdog& w) {
+  std::lock_guard<std::mutex> lock(w.poll_mutex);
+  return w.async_poll ? w.async_poll(w.timeout_seconds.load()) : std::string();
 }
 
 void Loop(Watchdog& w) {
@@ -88,6 +108,11 @@ void Loop(Watchdog& w) {
                                       waiting ? c10::str(" while it waited in ", what, " for the other ranks") : "",
                                       "; another rank died or the job was cancelled"));
     }
+    const bool quiet = stop != 0 && now - stop < kStopQuietNs;
+    if (const std::string failed = quiet ? std::string() : PollAsync(w); !failed.empty()) {
+      lock.unlock();
+      EndJob(failed);
+    }
     const int64_t counted = now - last_poll <= kLatePollNs ? now - last_poll : 0;
     last_poll = now;
     if (!waiting) continue;
@@ -97,16 +122,12 @@ void Loop(Watchdog& w) {
     } else {
       waited_ns += counted;
     }
-    if (stop != 0 && now - stop < kStopQuietNs) continue;
-    const double timeout = w.timeout_seconds.load();
-    if (timeout <= 0 || w.unbounded.load() > 0 || waited_ns * 1e-9 < timeout) continue;
-    char seconds[32];
-    std::snprintf(seconds, sizeof(seconds), "%g", timeout);
-    const std::string sentence = c10::str("rank ", w.rank, " waited ", seconds, " s in ", what,
-                                          " for the other ranks; a rank stalled or died");
+    if (quiet) continue;
+    const char* awaited = w.long_wait_for.load();
+    const double timeout = awaited != nullptr ? w.long_wait_seconds.load() : w.timeout_seconds.load();
+    if (timeout <= 0 || waited_ns * 1e-9 < timeout) continue;
     lock.unlock();
-    detail::AbortJob(c10::str(program_invocation_short_name, ": error: ", sentence, " (", detail::Where(), ")"),
-                     sentence, 1);
+    TimedOut(w.rank, timeout, what, awaited != nullptr ? awaited : "the other ranks; a rank stalled or died");
   }
 }
 
@@ -115,8 +136,11 @@ void Loop(Watchdog& w) {
 void SetCollectiveTimeout(double seconds) { Get().timeout_seconds = seconds; }
 double CollectiveTimeout() { return Get().timeout_seconds; }
 
-UnboundedWaits::UnboundedWaits() { ++Get().unbounded; }
-UnboundedWaits::~UnboundedWaits() { --Get().unbounded; }
+LongWait::LongWait(double seconds, const char* waiting_for) {
+  Get().long_wait_seconds = seconds;  // before the description, which the watchdog reads first
+  Get().long_wait_for = waiting_for;
+}
+LongWait::~LongWait() { Get().long_wait_for = nullptr; }
 
 void SetFailureHook(std::function<void(const std::string& message)> hook) {
   std::lock_guard<std::mutex> lock(Get().hook_mutex);
@@ -156,6 +180,11 @@ void RunFailureHook(const std::string& message) {
     // The job is failing already; the sentence that says why has been or will be printed.
   }
   in_hook = false;
+}
+
+void SetAsyncPoll(std::function<std::string(double timeout_seconds)> poll) {
+  std::lock_guard<std::mutex> lock(Get().poll_mutex);
+  Get().async_poll = std::move(poll);
 }
 
 void StartWatchdog(int rank) {

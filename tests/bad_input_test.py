@@ -524,6 +524,22 @@ class RankFailureTest(FaultTest):
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         self.assertEqual(read_result(out)["status"], "FINISHED")
 
+    def test_waiting_for_rank_zero_to_evaluate_is_bounded(self):
+        # The same several-second evaluation with --eval_timeout_seconds 1: rank 1 gives up waiting and ends the
+        # job in one sentence that names the wait and the setting (on main before issue 15 it waited without bound).
+        out = self.path("out")
+        config = self.write("metrics.pbtxt", "eval { metric_samples: 4000 }\n")
+        start = time.monotonic()
+        proc = run_train(2, TINY + ["--config", config, "--train_subset", "16384", "--test_subset", "4000",
+                                    "--max_steps", "1", "--eval_at_init", "--raw_pixel_knn",
+                                    "--eval_timeout_seconds", "1", "--out_dir", out], timeout=180)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertLess(time.monotonic() - start, 120)
+        errors = error_lines(proc.stderr)
+        self.assertEqual(len(errors), 1, proc.stderr[-3000:])
+        self.assertRegex(errors[0], r"^tempered-train: error: rank 1 waited 1 s in barrier for rank 0's evaluation; "
+                                    r"rank 0 stalled or died, or its evaluation needs a longer eval_timeout_seconds")
+
     def test_a_rank_failing_alone_in_setup_ends_the_job(self):
         # Only rank 1 is given a data directory that does not exist (as on a node without the data set).
         missing = self.path("no-data-on-this-node")

@@ -85,6 +85,35 @@ TEST(Comm, AllGatherUnevenRowsIncludingZero) {
   }
 }
 
+// GatherToRoot: the same rows as AllGather, on the root only, also when they travel in rounds of a few rows (the
+// 1 GiB pieces of an ImageNet-scale bank, scaled down): rank r sends 3r + 1 rows of 3 elements, and pieces of 2 rows
+// (24 bytes of float) make the largest rank's rows take 2r + 1 rounds while the others run out early.
+TEST(Comm, GatherToRootInPiecesWithUnevenRows) {
+  for (const int64_t piece_bytes : {int64_t{24}, int64_t{28}, kGatherPieceBytes}) {
+    for (int root = 0; root < Size(); ++root) {
+      const torch::Tensor in = RankRows(Rank(), 3 * Rank() + 1, 3, torch::kFloat);
+      const torch::Tensor out = GatherToRoot(in, root, piece_bytes);
+      if (Rank() != root) {
+        EXPECT_FALSE(out.defined()) << "a rank other than the root holds nothing";
+        continue;
+      }
+      std::vector<torch::Tensor> parts;
+      for (int r = 0; r < Size(); ++r) parts.push_back(RankRows(r, 3 * r + 1, 3, torch::kFloat));
+      EXPECT_TRUE(torch::equal(out, torch::cat(parts))) << "piece " << piece_bytes << " B, root " << root;
+    }
+  }
+}
+
+TEST(Comm, GatherToRootOfZeroRowsOnSomeRanks) {
+  const torch::Tensor in = RankRows(Rank(), Rank() % 2 == 0 ? 0 : 2, 4, torch::kDouble);
+  const torch::Tensor out = GatherToRoot(in, 0, 32);  // one row per round
+  if (Rank() != 0) return;
+  std::vector<torch::Tensor> parts;
+  for (int r = 0; r < Size(); ++r) parts.push_back(RankRows(r, r % 2 == 0 ? 0 : 2, 4, torch::kDouble));
+  EXPECT_TRUE(torch::equal(out, torch::cat(parts)));
+  EXPECT_EQ(out.size(0), 2 * (Size() / 2));
+}
+
 TEST(Comm, AllGatherHigherRankAndNonContiguous) {
   // (rows, 2, 3) blocks, taken from a transposed (3, 2) layout so the input is not contiguous.
   auto block = [](int r) {

@@ -119,7 +119,10 @@ class Bf16Test(unittest.TestCase):
             results = {}
             for precision in ("fp32", "bf16"):
                 out = os.path.join(tmp, precision)
-                proc = run_train(2, SMALL + ["--batch_size", "64", "--out_dir", out,
+                # lr 0.02, not SMALL's 0.1: at 0.1 five steps of batch norm are chaotic enough that bf16 rounding
+                # alone moved step 5's loss by 21% (4.02 vs 4.86) on an AMD EPYC with AVX2 only (bf16 emulated),
+                # against ~2% with AVX512-BF16; at 0.02 it is <= 1.1% on the former.
+                proc = run_train(2, SMALL + ["--batch_size", "64", "--lr", "0.02", "--out_dir", out,
                                              "--bf16=%s" % (precision == "bf16")])
                 self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
                 results[precision] = (read_result(out), load_params(out))
@@ -128,7 +131,7 @@ class Bf16Test(unittest.TestCase):
             self.assertEqual(len(bf16), 5)
             self.assertNotEqual(fp32, bf16, "bf16 autocast changed nothing: did the encoder run in fp32?")
             # Step 1 is the same parameters forward: bf16 rounding (2^-8) alone. Later steps also carry the updates'
-            # differences, which batch norm at lr 0.1 amplifies.
+            # differences, which batch norm amplifies.
             self.assertLessEqual(abs(fp32[0] - bf16[0]), 4e-3 * fp32[0], f"step 1: fp32 {fp32[0]} vs bf16 {bf16[0]}")
             for step, (a, b) in enumerate(zip(fp32, bf16), 1):
                 self.assertLessEqual(abs(a - b), 0.05 * a, f"step {step}: fp32 {a} vs bf16 {b}")

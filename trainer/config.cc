@@ -179,6 +179,7 @@ void ValidateConfig(const RunConfig& c) {
   Require(c.log_every_steps() >= 1, "log_every_steps", ">= 1", c.log_every_steps());
   Require(c.collective_timeout_seconds() >= 0, "collective_timeout_seconds", ">= 0 (0 = 600)",
           c.collective_timeout_seconds());
+  Require(c.eval_timeout_seconds() >= 0, "eval_timeout_seconds", ">= 0 (0 = 86400)", c.eval_timeout_seconds());
   Require(c.gradient_bucket_kib() >= 0 && c.gradient_bucket_kib() <= (1 << 20), "gradient_bucket_kib",
           "in [0, 1048576] (0 = 256)", c.gradient_bucket_kib());
   Require(c.model().embed_dim() >= 1, "model.embed_dim", ">= 1", c.model().embed_dim());
@@ -274,14 +275,14 @@ const std::vector<std::string>& ResultIndependentFields() {
   // In: where files go and how the work is spread over threads and sent between ranks. The views are a pure
   // function of (seed, epoch, index), so workers and prefetching do not change them; gradient buckets hold the same
   // sums (more than 2 ranks may add them in another order: a last-bit rounding accepted for a tuning knob);
-  // checkpoints and the stalled-rank timeout do not touch the computation.
+  // checkpoints and the stalled-rank timeouts do not touch the computation.
   // Out, on purpose: `device` (CPU and GPU kernels round differently, so a result names the device it came from,
   // and a resume across devices would splice two roundings into one run), `bf16`, and every `eval` and
   // data.test_subset setting: they change the reported metrics, and a checkpoint carries the per-epoch curve
   // evaluated under them.
   static const std::vector<std::string> fields = {
       "out_dir", "threads", "log_every_steps", "checkpoint_every_steps", "collective_timeout_seconds",
-      "gradient_bucket_kib", "data.workers", "data.prefetch_steps"};
+      "eval_timeout_seconds", "gradient_bucket_kib", "data.workers", "data.prefetch_steps"};
   return fields;
 }
 
@@ -311,68 +312,81 @@ bool DefaultIsSet(const std::string& path, const pb::FieldDescriptor* f, std::st
   return true;
 }
 
-}  // namespace
-
-void SetFieldByPath(pb::Message* message, const std::string& path, const std::string& value) {
+// The message that holds the last field of `path` ("a.b.c": message a.b, field c) and that field's descriptor.
+pb::Message* FieldAtPath(pb::Message* message, const std::string& path, const pb::FieldDescriptor** field) {
   pb::Message* m = message;
-  std::string rest = path;
-  for (;;) {
+  for (std::string rest = path;;) {
     const size_t dot = rest.find('.');
     const std::string name = rest.substr(0, dot);
     const pb::FieldDescriptor* f = m->GetDescriptor()->FindFieldByName(name);
     if (f == nullptr) throw UserError("unknown config field '" + path + "' (no field '" + name + "' in " +
                                       m->GetDescriptor()->name() + ")");
-    if (dot != std::string::npos) {
-      if (f->type() != pb::FieldDescriptor::TYPE_MESSAGE || f->is_repeated()) {
-        throw UserError("config field '" + path + "': '" + name + "' is not a message");
+    if (dot == std::string::npos) {
+      if (f->type() == pb::FieldDescriptor::TYPE_MESSAGE) {
+        throw UserError("config field '" + path + "' is a message; set one of its fields instead");
       }
-      m = m->GetReflection()->MutableMessage(m, f);
-      rest = rest.substr(dot + 1);
-      continue;
+      *field = f;
+      return m;
     }
-    if (f->type() == pb::FieldDescriptor::TYPE_MESSAGE) {
-      throw UserError("config field '" + path + "' is a message; set one of its fields instead");
+    if (f->type() != pb::FieldDescriptor::TYPE_MESSAGE || f->is_repeated()) {
+      throw UserError("config field '" + path + "': '" + name + "' is not a message");
     }
-    std::vector<std::string> items;
-    if (f->is_repeated()) {
-      m->GetReflection()->ClearField(m, f);
-      std::stringstream ss(value);
-      for (std::string item; std::getline(ss, item, ',');) items.push_back(item);
-    } else {
-      items.push_back(value);
+    m = m->GetReflection()->MutableMessage(m, f);
+    rest = rest.substr(dot + 1);
+  }
+}
+
+// What a value of field f looks like, for the error of one that does not parse.
+std::string ExpectedValue(const pb::FieldDescriptor* f) {
+  if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_ENUM) return f->cpp_type_name();
+  std::string expected = "one of";
+  for (int i = 1; i < f->enum_type()->value_count(); ++i) {
+    std::string v = f->enum_type()->value(i)->name();
+    std::transform(v.begin(), v.end(), v.begin(), ::tolower);
+    expected += (i > 1 ? ", " : " ") + v;
+  }
+  return expected;
+}
+
+// Sets (or, repeated, appends) one value of field f of m from its flag text: enums in any case, strings as given.
+bool ParseFieldValue(std::string item, const pb::FieldDescriptor* f, pb::Message* m) {
+  if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM) {
+    std::transform(item.begin(), item.end(), item.begin(), ::toupper);
+  } else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
+    item = "\"" + pb::CEscape(item) + "\"";
+  }
+  // A parser that reports to nobody: the static TextFormat function logs a libprotobuf ERROR line of its own.
+  ErrorCollector ignored;
+  pb::TextFormat::Parser parser;
+  parser.RecordErrorsTo(&ignored);
+  return !item.empty() && parser.ParseFieldValueFromString(item, f, m);
+}
+
+}  // namespace
+
+void SetFieldByPath(pb::Message* message, const std::string& path, const std::string& value) {
+  const pb::FieldDescriptor* f = nullptr;
+  pb::Message* m = FieldAtPath(message, path, &f);
+  std::vector<std::string> items;
+  if (f->is_repeated()) {
+    m->GetReflection()->ClearField(m, f);
+    std::stringstream ss(value);
+    for (std::string item; std::getline(ss, item, ',');) items.push_back(item);
+  } else {
+    items.push_back(value);
+  }
+  for (const std::string& item : items) {
+    if (!ParseFieldValue(item, f, m)) {
+      throw UserError("invalid value '" + value + "' for " + path + ": expected " + ExpectedValue(f));
     }
-    for (std::string item : items) {
-      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM) {
-        std::transform(item.begin(), item.end(), item.begin(), ::toupper);
-      } else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
-        item = "\"" + pb::CEscape(item) + "\"";
-      }
-      // A parser that reports to nobody: the static TextFormat function logs a libprotobuf ERROR line of its own.
-      ErrorCollector ignored;
-      pb::TextFormat::Parser parser;
-      parser.RecordErrorsTo(&ignored);
-      if (item.empty() || !parser.ParseFieldValueFromString(item, f, m)) {
-        std::string expected = f->cpp_type_name();
-        if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM) {
-          expected = "one of";
-          for (int i = 1; i < f->enum_type()->value_count(); ++i) {
-            std::string v = f->enum_type()->value(i)->name();
-            std::transform(v.begin(), v.end(), v.begin(), ::tolower);
-            expected += (i > 1 ? ", " : " ") + v;
-          }
-        }
-        throw UserError("invalid value '" + value + "' for " + path + ": expected " + expected);
-      }
-    }
-    // proto3: a zero in a field without presence cannot be told from an unset one, and ResolveConfig would replace
-    // it with the default (--batch_size 0 would train with 256). Where the default is not zero, refuse it here.
-    std::string default_text;
-    if (!f->is_repeated() && !f->has_presence() && !m->GetReflection()->HasField(*m, f) &&
-        message->GetDescriptor() == RunConfig::descriptor() && DefaultIsSet(path, f, &default_text)) {
-      throw UserError("invalid value '" + value + "' for " + path + ": it reads as unset, which takes the default " +
-                      default_text);
-    }
-    return;
+  }
+  // proto3: a zero in a field without presence cannot be told from an unset one, and ResolveConfig would replace
+  // it with the default (--batch_size 0 would train with 256). Where the default is not zero, refuse it here.
+  std::string default_text;
+  if (!f->is_repeated() && !f->has_presence() && !m->GetReflection()->HasField(*m, f) &&
+      message->GetDescriptor() == RunConfig::descriptor() && DefaultIsSet(path, f, &default_text)) {
+    throw UserError("invalid value '" + value + "' for " + path + ": it reads as unset, which takes the default " +
+                    default_text);
   }
 }
 

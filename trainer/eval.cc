@@ -18,19 +18,17 @@ constexpr int64_t kMetricViewEpoch = int64_t{1} << 40;
 
 torch::Device DeviceOf(Encoder& encoder) { return encoder->parameters().front().device(); }
 
-// Embeddings are computed on the encoder's device and returned on the CPU, where the metrics run.
+// Embeddings are computed on the encoder's device and returned on the CPU, where the metrics run; written batch by
+// batch into their place, so that a large set (a 500k-image bank) is held once, not twice as a list and its concat.
 Embedded EmbedRange(Encoder& encoder, const Dataset& data, int64_t begin, int64_t end) {
-  std::vector<torch::Tensor> features, embeddings;
+  Embedded out{torch::empty({end - begin, encoder->feature_dim()}), torch::empty({end - begin, encoder->embed_dim()})};
   for (int64_t b = begin; b < end; b += kEvalBatch) {
-    const torch::Tensor images = ToFloat(data.images.slice(0, b, std::min(end, b + kEvalBatch)));
-    const EncoderOutput out = encoder->forward(images.to(DeviceOf(encoder)));
-    features.push_back(out.features.to(torch::kCPU));
-    embeddings.push_back(out.embedding.to(torch::kCPU));
+    const int64_t e = std::min(end, b + kEvalBatch);
+    const EncoderOutput batch = encoder->forward(ToFloat(data.images.slice(0, b, e)).to(DeviceOf(encoder)));
+    out.features.slice(0, b - begin, e - begin).copy_(batch.features);
+    out.embedding.slice(0, b - begin, e - begin).copy_(batch.embedding);
   }
-  if (features.empty()) {
-    return {torch::zeros({0, encoder->feature_dim()}), torch::zeros({0, encoder->embed_dim()})};
-  }
-  return {torch::cat(features), torch::cat(embeddings)};
+  return out;
 }
 
 torch::Tensor EmbedViews(Encoder& encoder, const Dataset& data, const std::vector<int64_t>& indices, int view,
@@ -76,7 +74,8 @@ Embedded EmbedAll(Encoder& encoder, const Dataset& data) {
   const int64_t begin = n * rank / world, end = n * (rank + 1) / world;
   const Embedded local = EmbedRange(encoder, data, begin, end);
   encoder->train(was_training);
-  return {comm::AllGather(local.features.contiguous()), comm::AllGather(local.embedding.contiguous())};
+  // Only rank 0 evaluates: the other ranks would each hold the whole set for nothing.
+  return {comm::GatherToRoot(local.features, 0), comm::GatherToRoot(local.embedding, 0)};
 }
 
 double LinearTop1(const torch::Tensor& train_features, const torch::Tensor& train_labels,

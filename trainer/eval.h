@@ -14,7 +14,7 @@ struct Embedded {
 };
 
 // Embeds every image of `data` (un-augmented, eval mode). Collective: each rank embeds a contiguous block and the
-// blocks are all-gathered, so every rank returns the whole set.
+// blocks are gathered to rank 0, which returns the whole set (on the CPU); the other ranks return undefined tensors.
 Embedded EmbedAll(Encoder& encoder, const Dataset& data);
 
 // Linear evaluation on frozen features: a softmax classifier trained with SGD on standardised train features;

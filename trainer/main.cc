@@ -50,6 +50,8 @@ TEMPERED_OVERRIDE(checkpoint_every_steps, "checkpoint_every_steps (0 = every epo
 TEMPERED_OVERRIDE(device, "device: cpu|cuda");
 TEMPERED_OVERRIDE(collective_timeout_seconds,
                   "collective_timeout_seconds (a rank waiting longer in one collective ends the job; 0 = 600)");
+TEMPERED_OVERRIDE(eval_timeout_seconds,
+                  "eval_timeout_seconds (the other ranks' wait for rank 0's evaluation; 0 = 86400)");
 TEMPERED_OVERRIDE(gradient_bucket_kib,
                   "gradient_bucket_kib (gradients are all-reduced in buckets of about this size during backward; "
                   "0 = 256)");
@@ -77,6 +79,7 @@ const std::pair<const char*, const char*> kOverrides[] = {
     {"warmup_epochs", "optim.warmup_epochs"},
     {"checkpoint_every_steps", "checkpoint_every_steps"}, {"device", "device"},
     {"collective_timeout_seconds", "collective_timeout_seconds"}, {"gradient_bucket_kib", "gradient_bucket_kib"},
+    {"eval_timeout_seconds", "eval_timeout_seconds"},
 };
 
 tempered::RunConfig ConfigFromFlags() {

@@ -1,0 +1,174 @@
+#include "trainer/step.h"
+
+#include <ATen/autocast_mode.h>
+#include <glog/logging.h>
+
+#include <cmath>
+
+#include "trainer/device.h"
+#include "trainer/streaming_loss.h"
+
+namespace tempered {
+namespace {
+
+torch::TensorOptions LongOn(torch::Device device) { return torch::TensorOptions(torch::kLong).device(device); }
+
+// SimCLR with global batch negatives. z (2b, d) = [view 0; view 1] of this rank's b images; the gathered
+// candidates are (2B, d) with rank r's rows at [2 offset_r, 2 offset_r + 2 b_r), so an anchor's positive is its
+// other view and every other row of the global batch is a negative.
+class BatchNegatives : public Negatives {
+ public:
+  BatchNegatives(int64_t global_batch, torch::Device device)
+      : global_batch_(global_batch), shard_(ShardOf(global_batch, comm::Rank(), comm::Size())), device_(device) {}
+
+  int views() const override { return 2; }
+  int64_t anchors() const override { return 2 * global_batch_; }
+  int64_t negatives() const override { return 2 * global_batch_ - 2; }
+
+  torch::Tensor Loss(const torch::Tensor& z, const StepInput&, const LossOptions& loss,
+                     SimilaritySample* sample) override {
+    const int64_t b = shard_.count;
+    const torch::Tensor candidates = comm::GatherWithGrad(z);  // (2B, d), comm's reused buffer
+    const torch::Tensor local = torch::arange(2 * b, LongOn(device_));
+    const torch::Tensor self = local + 2 * shard_.offset;
+    const torch::Tensor positive = (local + b).remainder(2 * b) + 2 * shard_.offset;
+    if (sample) *sample = {z.detach().clone(), candidates.detach().clone(), positive, self};
+    return StreamingOrNaiveLoss(z, candidates, positive, self, loss).sum();
+  }
+
+ private:
+  const int64_t global_batch_;
+  const Shard shard_;
+  const torch::Device device_;
+};
+
+// Memory-bank negatives: one view per image; the candidates are the bank, an anchor's positive its own entry.
+// bank[i] = normalize(m bank[i] + (1 - m) f(x_i)) after each step for every image of the global batch, applied
+// identically on every rank from the all-gathered (index, feature) pairs. Initialised uniform on the sphere from the
+// run's seed: identical on every rank.
+class MemoryBank : public Negatives {
+ public:
+  MemoryBank(const RunConfig& config, int64_t size, torch::Device device)
+      : global_batch_(config.batch_size()), momentum_(config.loss().bank_momentum()), device_(device) {
+    torch::manual_seed(config.seed() + 1);
+    bank_ = Normalized(torch::randn({size, config.model().embed_dim()})).to(device);
+  }
+
+  int views() const override { return 1; }
+  int64_t anchors() const override { return global_batch_; }
+  int64_t negatives() const override { return bank_.size(0) - 1; }
+
+  torch::Tensor Loss(const torch::Tensor& z, const StepInput& input, const LossOptions& loss,
+                     SimilaritySample* sample) override {
+    const torch::Tensor positive = torch::tensor(input.indices, torch::kLong).to(device_);
+    const torch::Tensor exclude = torch::full({positive.size(0)}, -1, LongOn(device_));
+    // The bank itself, not a copy (it may hold millions of entries): the histograms, drawn after the step, see it
+    // with this step's entries updated.
+    if (sample) *sample = {z.detach().clone(), bank_, positive, exclude};
+    return StreamingOrNaiveLoss(z, bank_, positive, exclude, loss).sum();
+  }
+
+  void Update(const StepInput& input, const torch::Tensor& z) override {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor index = comm::AllGather(torch::tensor(input.indices, torch::kLong).to(device_));
+    const torch::Tensor feature = comm::AllGather(z.detach().contiguous());
+    const torch::Tensor mixed = bank_.index_select(0, index) * momentum_ + feature * (1 - momentum_);
+    bank_.index_copy_(0, index, Normalized(mixed));
+  }
+
+  torch::Tensor State() const override { return bank_; }
+  void Restore(const torch::Tensor& state) override { bank_ = state.to(device_); }
+
+ private:
+  static torch::Tensor Normalized(const torch::Tensor& x) {
+    return torch::nn::functional::normalize(x, torch::nn::functional::NormalizeFuncOptions().dim(1));
+  }
+
+  const int64_t global_batch_;
+  const double momentum_;
+  const torch::Device device_;
+  torch::Tensor bank_;  // (N, d)
+};
+
+// The encoder's embedding of a batch, in fp32. With bf16 the encoder runs under autocast (the convs and matmuls in
+// bf16) while the loss, which needs the range of fp32 at small tau, stays in fp32.
+torch::Tensor Embed(Learner& learner, const torch::Tensor& images) {
+  if (!learner.bf16) return learner.encoder->forward(images).embedding;
+  SetAutocast(learner.device, true);
+  torch::Tensor z = learner.encoder->forward(images).embedding.to(torch::kFloat32);
+  SetAutocast(learner.device, false);
+  at::autocast::clear_cache();
+  return z;
+}
+
+}  // namespace
+
+std::unique_ptr<Negatives> MakeNegatives(const RunConfig& config, int64_t train_size, torch::Device device) {
+  if (config.loss().negatives() == LossConfig::MEMORY_BANK) {
+    return std::make_unique<MemoryBank>(config, train_size, device);
+  }
+  return std::make_unique<BatchNegatives>(config.batch_size(), device);
+}
+
+Learner MakeLearner(const RunConfig& config, const Dataset& train, const Negatives& negatives, torch::Device device) {
+  Learner learner;
+  learner.device = device;
+  learner.bf16 = config.bf16();
+  torch::manual_seed(config.seed());  // identical initial parameters on every rank
+  learner.encoder = Encoder(config.model(), train.images.size(1), train.images.size(2));  // the stem fits the size
+  learner.encoder->to(device);
+  for (auto& p : learner.encoder->parameters()) comm::Broadcast(p, 0);  // and made certain of it
+  const OptimConfig& o = config.optim();
+  learner.optimizer = std::make_unique<torch::optim::SGD>(
+      learner.encoder->parameters(),
+      torch::optim::SGDOptions(o.lr()).momentum(o.momentum()).weight_decay(o.weight_decay()));
+  // Buckets all-reduced during backward, as each fills (the small CNN's ~1 MB of gradients makes 3-4 of 256 KiB).
+  const int64_t bucket_kib = config.gradient_bucket_kib() > 0 ? config.gradient_bucket_kib() : 256;
+  learner.reducer = std::make_unique<comm::GradientReducer>(
+      learner.encoder->parameters(), comm::ReducerOptions{bucket_kib << 10, comm::ReduceTiming::kDuringBackward});
+  if (comm::Rank() == 0 && comm::Size() > 1) {
+    LOG(INFO) << "gradients all-reduced in " << learner.reducer->bucket_count() << " buckets of about "
+              << bucket_kib << " KiB during backward";
+  }
+  learner.loss.name = config.loss().name();
+  learner.loss.tau = config.loss().tau();
+  learner.loss.hard_k = HardK(config.loss(), negatives.negatives());
+  return learner;
+}
+
+double Step(Learner& learner, Negatives& negatives, const StepInput& input, double lr, SimilaritySample* sample) {
+  const torch::Tensor z = Embed(learner, input.views.to(learner.device));
+  const torch::Tensor loss_sum = negatives.Loss(z, input, learner.loss, sample);
+  // Each rank's share, scaled by the world size: the reducer averages gradients over ranks, so the result is the
+  // gradient of the global mean loss, also with uneven shards.
+  learner.optimizer->zero_grad();
+  (loss_sum * (static_cast<double>(comm::Size()) / negatives.anchors())).backward();
+  learner.reducer->Finalize();
+  for (auto& group : learner.optimizer->param_groups()) {
+    static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+  }
+  learner.optimizer->step();
+  negatives.Update(input, z);
+  return comm::AllReduceSum(loss_sum.item<double>()) / negatives.anchors();
+}
+
+double LearningRate(const OptimConfig& o, int64_t step, int64_t steps_per_epoch, int64_t total_steps) {
+  const double warmup = o.warmup_epochs() * static_cast<double>(steps_per_epoch);
+  if (step < warmup) return o.lr() * (static_cast<double>(step) + 1) / warmup;
+  switch (o.schedule()) {
+    case OptimConfig::COSINE: {
+      const double progress = (step - warmup) / std::max(1.0, total_steps - warmup);
+      return o.lr() * 0.5 * (1 + std::cos(M_PI * progress));
+    }
+    case OptimConfig::STEP: {
+      double lr = o.lr();
+      for (int32_t e : o.decay_epochs()) {
+        if (step >= static_cast<int64_t>(e) * steps_per_epoch) lr *= o.decay_factor();
+      }
+      return lr;
+    }
+    default: return o.lr();
+  }
+}
+
+}  // namespace tempered
