@@ -40,9 +40,13 @@ void SaveCheckpoint(const std::string& path, const RunConfig& config, Encoder& e
   archive.write("config", c10::IValue(config.SerializeAsString()));
   archive.write("result", c10::IValue(state.result.SerializeAsString()));
   if (state.bank.defined()) archive.write("bank", state.bank.to(torch::kCPU), /*is_buffer=*/true);
-  std::ostringstream bytes;
-  archive.save_to(bytes);
-  WriteFileAtomically(path, bytes.str());
+  // Streamed into the file: through a string the archive was held twice more (a 500k-entry bank: +488 MiB).
+  WriteFileAtomically(path, [&](const FileWriter& write) {
+    archive.save_to([&](const void* data, size_t size) {
+      write(data, size);
+      return size;
+    });
+  });
 }
 
 void LoadCheckpoint(const std::string& path, const RunConfig& config, torch::Device device, Encoder& encoder,

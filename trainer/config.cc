@@ -390,31 +390,38 @@ void SetFieldByPath(pb::Message* message, const std::string& path, const std::st
   }
 }
 
-std::string StageFile(const std::string& path, const std::string& contents, Sync sync) {
+std::string StageFile(const std::string& path, const FileProducer& produce, Sync sync) {
   // Unique per call: two threads of a process may stage the same path (trainer/train.cc: ResultFile).
   static std::atomic<uint64_t> serial{0};
   const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(serial++);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw UserError("cannot write " + path + ": " + std::strerror(errno));
-  size_t done = 0;
-  while (done < contents.size()) {
-    const ssize_t n = ::write(fd, contents.data() + done, contents.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const std::string why = std::strerror(errno);
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw UserError("cannot write " + path + ": " + why);
-    }
-    done += static_cast<size_t>(n);
+  // A failed write is remembered, not thrown: the producer may be a library's writer that writes again from its
+  // destructor (LibTorch's PyTorchStreamWriter), where a throw would terminate. Later writes are dropped.
+  std::string error;
+  try {
+    produce([fd, &error](const void* data, size_t size) {
+      for (size_t done = 0; done < size && error.empty();) {
+        const ssize_t n = ::write(fd, static_cast<const char*>(data) + done, size - done);
+        if (n < 0 && errno != EINTR) error = std::strerror(errno);
+        if (n > 0) done += static_cast<size_t>(n);
+      }
+    });
+  } catch (const std::exception& e) {
+    if (error.empty()) error = e.what();
   }
   // fsync before rename: after a crash the file is either the old one or the complete new one.
-  if ((sync == Sync::kDurable && ::fsync(fd) != 0) || ::close(fd) != 0) {
-    const std::string why = std::strerror(errno);
+  if (error.empty() && sync == Sync::kDurable && ::fsync(fd) != 0) error = std::strerror(errno);
+  if (::close(fd) != 0 && error.empty()) error = std::strerror(errno);
+  if (!error.empty()) {
     ::unlink(tmp.c_str());
-    throw UserError("cannot write " + path + ": " + why);
+    throw UserError("cannot write " + path + ": " + error);
   }
   return tmp;
+}
+
+std::string StageFile(const std::string& path, const std::string& contents, Sync sync) {
+  return StageFile(path, [&](const FileWriter& write) { write(contents.data(), contents.size()); }, sync);
 }
 
 void CommitStagedFile(const std::string& staged, const std::string& path) {
@@ -429,6 +436,10 @@ void DiscardStagedFile(const std::string& staged) { ::unlink(staged.c_str()); }
 
 void WriteFileAtomically(const std::string& path, const std::string& contents, Sync sync) {
   CommitStagedFile(StageFile(path, contents, sync), path);
+}
+
+void WriteFileAtomically(const std::string& path, const FileProducer& produce, Sync sync) {
+  CommitStagedFile(StageFile(path, produce, sync), path);
 }
 
 std::string ToJson(const pb::Message& message) {

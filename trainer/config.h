@@ -3,6 +3,7 @@
 
 #include <google/protobuf/message.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -68,6 +69,13 @@ enum class Sync {
 // Writes `contents` to `path` atomically: a temp file in the same directory, fsync (kDurable), rename. UserError on
 // failure.
 void WriteFileAtomically(const std::string& path, const std::string& contents, Sync sync = Sync::kDurable);
+// The same for contents too large to hold twice (a checkpoint with a memory bank of millions of entries):
+// produce(write) calls write(data, size) piece by piece, straight into the temp file. A failed write (a full disk)
+// or an exception of produce becomes the UserError, and the temp file is removed.
+using FileWriter = std::function<void(const void* data, size_t size)>;
+using FileProducer = std::function<void(const FileWriter& write)>;
+void WriteFileAtomically(const std::string& path, const FileProducer& produce, Sync sync = Sync::kDurable);
+std::string StageFile(const std::string& path, const FileProducer& produce, Sync sync = Sync::kDurable);
 // WriteFileAtomically in two steps, for a writer that decides at the last moment whether its file is still the
 // newest (trainer/train.cc: ResultFile): StageFile writes a temp file next to `path` and returns its name;
 // CommitStagedFile renames it over `path`, DiscardStagedFile removes it. Errors name `path`.
