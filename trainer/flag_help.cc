@@ -84,7 +84,7 @@ std::string Header(const FlagHelp& help) {
   std::string columns = "Each flag: --flag=DEFAULT, what it does";
   if (!help.config_name.empty()) {
     columns += ", and [the field of " + help.config_name + " it overrides] (proto/tempered.proto): a flag given " +
-               "replaces that field's value from the config file or the default";
+               "replaces the field's value from the file or the default";
   }
   AppendWrapped(columns + ".", 0, &text);
   return text;
