@@ -29,8 +29,8 @@ struct SweepProgress {
   double eta_seconds = -1;      // until the last run ends; -1 when unknown (no run has finished yet)
 };
 
-// `slots` as the coordinator schedules: each pending run is assumed to take the finished runs' mean duration, and a
-// running run the rest of it (by its steps done, at least its own ETA).
+// The counts of `rows`, and the ETA with `slots` runs at once: each pending run is assumed to take the finished runs'
+// mean duration, and a running run the rest of that mean by its steps done (at least its own ETA).
 SweepProgress SummarizeProgress(const std::vector<StatusRow>& rows, int slots);
 
 // The time until the last of the runs ends when the `pending` ones, `run_seconds` each, start in order on the
@@ -41,7 +41,7 @@ double ScheduledSeconds(const std::vector<double>& running_left, int pending, do
 // 0:01:10)"
 std::string FormatProgressLine(const SweepProgress& progress);
 
-// "[##########..........] 13/38 runs done" (finished or failed), `width` characters between the brackets.
+// "[######......] 3/6 runs done (50%)": finished or failed runs, `width` characters between the brackets.
 std::string ProgressBar(const SweepProgress& progress, int width);
 
 // The finished run with the highest final kNN top-1 of each loss, one line each under a heading naming the metric;
