@@ -14,6 +14,7 @@
 #include "launch/analyze.h"
 #include "launch/npy.h"
 #include "trainer/errors.h"
+#include "trainer/flag_help.h"
 
 DEFINE_string(views, "", "two .npy files A,B of shape (N, d): row i of A and row i of B are the two views of sample i "
                          "(also written as --views A.npy B.npy)");
@@ -29,14 +30,29 @@ DEFINE_string(labels, "", "metrics: .npy (n) integer class labels of --embedding
 namespace tempered {
 namespace {
 
-constexpr char kUsage[] =
-    "the loss and hardness analysis of Wang & Liu (CVPR 2021) on saved embeddings.\n"
-    "  tempered-analyze loss --views A.npy B.npy --loss L --tau T [--hard_k K] [--grad_out G.npy]\n"
-    "      SimCLR's symmetric loss over 2N anchors (rows L2-normalised by the tool); prints JSON.\n"
-    "  tempered-analyze penalty --tau T1,T2,... [--points M] [--out_dir D]\n"
-    "      relative-penalty curves r(s) and their entropy H(r) per tau (Fig 3); a table, and a PNG in D.\n"
-    "  tempered-analyze metrics --embeddings E.npy --labels Y.npy [--views A.npy B.npy]\n"
-    "      uniformity, tolerance; with views alignment and local separation; prints JSON.";
+FlagHelp AnalyzeHelp() {
+  FlagHelp help;
+  help.summary = "the loss and hardness analysis of Wang & Liu (CVPR 2021) on saved embeddings (.npy).";
+  help.usage =
+      "one of\n"
+      "  tempered-analyze loss --views A.npy B.npy --loss L --tau T [--hard_k K] [--grad_out G.npy]\n"
+      "      SimCLR's symmetric loss over 2N anchors (rows L2-normalised by the tool); prints JSON.\n"
+      "  tempered-analyze penalty --tau T1,T2,... [--points M] [--out_dir D]\n"
+      "      relative-penalty curves r(s) and their entropy H(r) per tau (Fig 3); a table, and a PNG in D.\n"
+      "  tempered-analyze metrics --embeddings E.npy --labels Y.npy [--views A.npy B.npy]\n"
+      "      uniformity, tolerance; with views alignment and local separation; prints JSON.";
+  help.defined_in = "launch/analyze_main.cc";
+  help.groups = {"inputs", "loss", "penalty"};
+  help.flags = {{"views", "inputs", ""},    {"embeddings", "inputs", ""}, {"labels", "inputs", ""},
+                {"loss", "loss", ""},       {"tau", "loss", ""},          {"hard_k", "loss", ""},
+                {"grad_out", "loss", ""},   {"points", "penalty", ""},    {"out_dir", "penalty", ""}};
+  help.examples = {
+      "tempered-analyze penalty --tau 0.05,0.2,1 --out_dir fig3",
+      "tempered-analyze loss --views a.npy b.npy --loss hard --tau 0.2 --grad_out grad.npy",
+      "tempered-analyze metrics --embeddings test.npy --labels test_labels.npy",
+  };
+  return help;
+}
 
 // gflags takes one value per flag: `--views A.npy B.npy` becomes `--views=A.npy,B.npy` first.
 std::vector<std::string> JoinViewPaths(int argc, char** argv) {
@@ -155,8 +171,7 @@ int main(int argc, char** argv) {
   for (std::string& arg : args) arg_pointers.push_back(arg.data());
   int count = static_cast<int>(arg_pointers.size());
   char** pointers = arg_pointers.data();
-  gflags::SetUsageMessage(tempered::kUsage);
-  gflags::ParseCommandLineFlags(&count, &pointers, /*remove_flags=*/true);
+  tempered::ParseFlagsWithHelp(tempered::AnalyzeHelp(), &count, &pointers);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(pointers[0]);
   try {

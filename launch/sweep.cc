@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "launch/report.h"
+#include "launch/scheduler_process.h"
 #include "launch/sweep_spec.h"
 #include "launch/sweep_state.h"
 #include "launch/sweep_status.h"
@@ -70,7 +71,7 @@ std::string ErrorLine(const std::string& path) {
 class Coordinator {
  public:
   explicit Coordinator(const SweepOptions& options)
-      : o_(options), display_(stdout, options.interactive) {
+      : o_(options), display_(stdout, options.interactive, SweepSlots(options.spec, options.machine_cores)) {
     o_.backend.ranks_per_run = o_.spec.ranks_per_run();
     o_.backend.threads_per_rank = o_.spec.threads_per_rank();
     o_.backend.mpirun_args.assign(o_.spec.mpirun_args().begin(), o_.spec.mpirun_args().end());
@@ -234,14 +235,7 @@ class Coordinator {
     Save();
   }
 
-  int Slots() const {
-    const int per_run = o_.spec.ranks_per_run() * o_.spec.threads_per_rank();
-    const int budget = o_.spec.core_budget() > 0 ? o_.spec.core_budget()
-                                                 : (o_.spec.backend() == SweepSpec::LOCAL ? o_.machine_cores : 0);
-    int slots = budget > 0 ? std::max(1, budget / per_run) : INT_MAX;
-    if (o_.spec.max_parallel_runs() > 0) slots = std::min(slots, o_.spec.max_parallel_runs());
-    return slots;
-  }
+  int Slots() const { return SweepSlots(o_.spec, o_.machine_cores); }
 
   std::vector<SweepState::Run> GridRuns() const {
     std::map<std::string, const SweepState::Run*> by_id;
@@ -305,6 +299,14 @@ class Coordinator {
 
 }  // namespace
 
+int SweepSlots(const SweepSpec& spec, int machine_cores) {
+  const int per_run = spec.ranks_per_run() * spec.threads_per_rank();
+  const int budget = spec.core_budget() > 0 ? spec.core_budget() : (spec.backend() == SweepSpec::LOCAL ? machine_cores : 0);
+  int slots = budget > 0 ? std::max(1, budget / per_run) : INT_MAX;
+  if (spec.max_parallel_runs() > 0) slots = std::min(slots, spec.max_parallel_runs());
+  return slots;
+}
+
 int RunSweep(const SweepOptions& options) { return Coordinator(options).Run(); }
 
 void PrintSweepStatus(const std::string& sweep_dir) {
@@ -321,7 +323,10 @@ void PrintSweepStatus(const std::string& sweep_dir) {
   }
   // None found: the ids were made by another tempered-train's defaults; show every run the state knows.
   if (runs.empty()) runs.assign(state.runs().begin(), state.runs().end());
-  std::fputs(FormatStatusTable(CollectStatus(sweep_dir, runs)).c_str(), stdout);
+  const std::vector<StatusRow> rows = CollectStatus(sweep_dir, runs);
+  // The slots of this machine: right for a local sweep, and for Slurm as long as the spec sets core_budget.
+  std::fputs(FormatStatusTable(rows, SweepSlots(state.spec(), MachineCores())).c_str(), stdout);
+  std::fputs(FormatBestRuns(rows).c_str(), stdout);
   if (::access((sweep_dir + "/report.md").c_str(), F_OK) == 0) std::printf("report: %s/report.md\n", sweep_dir.c_str());
 }
 

@@ -23,7 +23,12 @@ struct SweepOptions {
 // UserError before anything runs.
 int RunSweep(const SweepOptions& options);
 
-// Prints the status table of the sweep in `sweep_dir` (running or finished) from its state and run directories.
+// How many runs of `spec` may run at once: its core budget (machine_cores for a local sweep without one) over the
+// cores of one run, capped by max_parallel_runs; INT_MAX when nothing limits it (Slurm without a budget).
+int SweepSlots(const SweepSpec& spec, int machine_cores);
+
+// Prints the status table of the sweep in `sweep_dir` (running or finished) from its state and run directories,
+// closed by its progress line (slots counted for this machine), then the best finished run per loss.
 void PrintSweepStatus(const std::string& sweep_dir);
 
 }  // namespace tempered

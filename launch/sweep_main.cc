@@ -17,18 +17,46 @@
 #include "launch/sweep_spec.h"
 #include "launch/sweep_state.h"
 #include "trainer/errors.h"
+#include "trainer/flag_help.h"
 
 DEFINE_string(spec, "", "SweepSpec in protobuf text format (proto/tempered.proto); empty: the built-in quick sweep "
                         "on Fashion-MNIST (--print_default_spec shows it)");
 DEFINE_string(out_dir, "tempered-sweep", "sweep directory; re-running the same command on it resumes the sweep");
-DEFINE_string(backend, "", "local or slurm; overrides the spec's backend");
+DEFINE_string(backend, "", "local|slurm (unset: the spec's)");
 DEFINE_string(train_binary, "", "tempered-train to run (default: next to tempered-sweep, or ../trainer/)");
 DEFINE_string(mpirun, "mpirun", "mpirun to launch each run with");
 DEFINE_double(poll_seconds, 0, "how often to check runs (0: local 0.5 s, Slurm 2 s)");
-DEFINE_string(status, "", "print the status table of the sweep in this directory and exit");
+DEFINE_string(status, "", "print the progress of the sweep in this directory (runs finished, running, pending, "
+                          "failed; slots; ETA), its runs' table and the best run so far per loss, and exit");
 DEFINE_bool(print_default_spec, false, "print the built-in quick sweep's spec and exit");
 
 namespace {
+
+tempered::FlagHelp SweepHelp() {
+  tempered::FlagHelp help;
+  help.summary = "a grid of tempered-train runs (temperatures, losses, ...) run locally or on Slurm, resumable.";
+  help.usage =
+      "tempered-sweep [--spec sweep.pbtxt] [--out_dir DIR] [--backend local|slurm]   run (or resume) a sweep\n"
+      "       tempered-sweep --status DIR   its progress, a table of its runs and the best run so far per loss";
+  help.defined_in = "launch/sweep_main.cc";
+  help.groups = {"sweep", "launching runs", "inspecting"};
+  help.flags = {{"spec", "sweep", ""},
+                {"out_dir", "sweep", ""},
+                {"backend", "sweep", "backend"},
+                {"train_binary", "launching runs", ""},
+                {"mpirun", "launching runs", ""},
+                {"poll_seconds", "launching runs", ""},
+                {"status", "inspecting", ""},
+                {"print_default_spec", "inspecting", ""}};
+  help.config_name = "SweepSpec";
+  help.examples = {
+      "tempered-sweep --out_dir quick             # the built-in quick sweep: 38 short runs on Fashion-MNIST",
+      "tempered-sweep --spec specs/paper_fashion_mnist.pbtxt --out_dir paper   # the same command again resumes",
+      "tempered-sweep --status quick              # from another terminal, while it runs or after",
+      "tempered-sweep --print_default_spec > my_sweep.pbtxt",
+  };
+  return help;
+}
 
 tempered::SweepOptions OptionsFromFlags() {
   tempered::SweepSpec spec = FLAGS_spec.empty() ? tempered::DefaultSweepSpec() : tempered::ReadSweepSpec(FLAGS_spec);
@@ -56,8 +84,7 @@ tempered::SweepOptions OptionsFromFlags() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  gflags::SetUsageMessage("tempered-sweep [--spec sweep.pbtxt] [--out_dir DIR] [--backend local|slurm] | --status DIR");
-  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  tempered::ParseFlagsWithHelp(SweepHelp(), &argc, &argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
   try {

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdio>
+#include <functional>
 #include <map>
+#include <queue>
 #include <sstream>
 
 #include "launch/sweep_spec.h"
@@ -34,6 +37,8 @@ void FillFromProgress(const Progress& p, StatusRow* row) {
   row->loss_value = Fixed(p.loss, 4);
   row->images_per_second = Fixed(p.images_per_second, 0);
   row->eta = FormatDuration(p.eta_seconds);
+  row->eta_seconds = p.eta_seconds;
+  if (p.total_steps > 0) row->fraction_done = std::min(1.0, static_cast<double>(p.step) / p.total_steps);
 }
 
 void FillFromResult(const RunResult& r, StatusRow* row) {
@@ -42,7 +47,24 @@ void FillFromResult(const RunResult& r, StatusRow* row) {
   if (epochs > 0) row->loss_value = Fixed(r.epochs(epochs - 1).mean_loss(), 4);
   row->images_per_second = Fixed(r.images_per_second(), 0);
   row->eta = "-";
-  if (r.status() == RunResult::FINISHED) row->knn = Fixed(r.final().knn_top1(), 1);
+  if (r.status() == RunResult::FINISHED) {
+    row->knn = Fixed(r.final().knn_top1(), 1);
+    row->knn_top1 = r.final().knn_top1();
+    row->wall_seconds = r.wall_seconds();
+  }
+}
+
+// What is left of a running run: the mean run's duration less the share of steps done (evaluation comes after the
+// steps, so the mean covers it), but never less than the run's own ETA for its steps.
+double RemainingSeconds(const StatusRow& row, double mean_run_seconds) {
+  const double by_mean = row.fraction_done >= 0 ? mean_run_seconds * (1 - row.fraction_done) : mean_run_seconds;
+  return std::max(by_mean, row.eta_seconds);
+}
+
+// The progress line's counts, to tell when they changed.
+std::string CountsKey(const SweepProgress& p) {
+  return std::to_string(p.finished) + "," + std::to_string(p.running) + "," + std::to_string(p.pending) + "," +
+         std::to_string(p.failed);
 }
 
 }  // namespace
@@ -77,15 +99,98 @@ std::vector<StatusRow> CollectStatus(const std::string& sweep_dir, const std::ve
   return rows;
 }
 
-std::string FormatStatusTable(const std::vector<StatusRow>& rows) {
+double ScheduledSeconds(const std::vector<double>& running_left, int pending, double run_seconds, int slots) {
+  // The earliest-free slot first, as the coordinator launches: a min-heap of the times the slots free up.
+  std::priority_queue<double, std::vector<double>, std::greater<double>> free_at(running_left.begin(),
+                                                                                 running_left.end());
+  const long in_use = std::min<long>(slots, static_cast<long>(running_left.size()) + pending);
+  for (long idle = in_use - static_cast<long>(free_at.size()); idle > 0; --idle) free_at.push(0);
+  double end = running_left.empty() ? 0 : *std::max_element(running_left.begin(), running_left.end());
+  for (int i = 0; i < pending; ++i) {
+    const double start = free_at.top();
+    free_at.pop();
+    free_at.push(start + run_seconds);
+    end = std::max(end, start + run_seconds);
+  }
+  return end;
+}
+
+SweepProgress SummarizeProgress(const std::vector<StatusRow>& rows, int slots) {
+  SweepProgress p;
+  p.total = static_cast<int>(rows.size());
+  p.slots = slots;
+  double timed_sum = 0;
+  for (const StatusRow& r : rows) {
+    p.finished += r.state == "finished";
+    p.running += r.running;
+    p.pending += r.state == "pending";
+    p.failed += r.state == "failed";
+    if (r.state == "finished" && r.wall_seconds > 0) {
+      ++p.timed_runs;
+      timed_sum += r.wall_seconds;
+    }
+  }
+  if (p.timed_runs > 0) p.mean_run_seconds = timed_sum / p.timed_runs;
+  if (p.running + p.pending == 0) {
+    p.eta_seconds = 0;
+  } else if (p.timed_runs > 0) {
+    std::vector<double> running_left;
+    for (const StatusRow& r : rows) {
+      if (r.running) running_left.push_back(RemainingSeconds(r, p.mean_run_seconds));
+    }
+    p.eta_seconds = ScheduledSeconds(running_left, p.pending, p.mean_run_seconds, slots);
+  }
+  return p;
+}
+
+std::string FormatProgressLine(const SweepProgress& p) {
+  std::string line = std::to_string(p.total) + " runs: " + std::to_string(p.finished) + " finished, " +
+                     std::to_string(p.running) + " running, " + std::to_string(p.pending) + " pending, " +
+                     std::to_string(p.failed) + " failed; slots " + std::to_string(p.running) +
+                     (p.slots == INT_MAX ? " in use (no limit)" : "/" + std::to_string(p.slots) + " in use");
+  if (p.eta_seconds < 0) return line + "; ETA once a run has finished";
+  line += "; ETA " + FormatDuration(p.eta_seconds);
+  if (p.timed_runs > 0) {
+    line += " (mean of " + std::to_string(p.timed_runs) + " finished run" + (p.timed_runs > 1 ? "s" : "") + ": " +
+            FormatDuration(p.mean_run_seconds) + ")";
+  }
+  return line;
+}
+
+std::string ProgressBar(const SweepProgress& p, int width) {
+  const int done = p.finished + p.failed;
+  const int filled = p.total > 0 ? width * done / p.total : 0;
+  return "[" + std::string(filled, '#') + std::string(width - filled, '.') + "] " + std::to_string(done) + "/" +
+         std::to_string(p.total) + " runs done (" + std::to_string(p.total > 0 ? 100 * done / p.total : 0) + "%)";
+}
+
+std::string FormatBestRuns(const std::vector<StatusRow>& rows) {
+  std::vector<std::string> losses;  // in grid order
+  std::map<std::string, const StatusRow*> best;
+  for (const StatusRow& r : rows) {
+    if (r.state != "finished" || r.knn_top1 < 0) continue;
+    if (!best.count(r.loss)) losses.push_back(r.loss);
+    if (!best.count(r.loss) || r.knn_top1 > best[r.loss]->knn_top1) best[r.loss] = &r;
+  }
+  if (losses.empty()) return "";
+  size_t loss_width = 0;
+  for (const std::string& loss : losses) loss_width = std::max(loss_width, loss.size());
+  std::string text = "best run so far per loss, by final kNN top-1 (result.json final.knn_top1):\n";
+  for (const std::string& loss : losses) {
+    const StatusRow& r = *best[loss];
+    text += "  " + loss + std::string(loss_width - loss.size(), ' ') + "  " + Fixed(r.knn_top1, 2) + "%  tau " +
+            r.tau + "  " + r.run + "\n";
+  }
+  return text;
+}
+
+std::string FormatStatusTable(const std::vector<StatusRow>& rows, int slots) {
   const std::vector<std::string> header = {"run", "loss", "tau", "state", "try", "epoch", "loss", "img/s", "ETA",
                                            "kNN%"};
   std::vector<std::vector<std::string>> cells = {header};
-  std::map<std::string, int> counts;
   for (const auto& r : rows) {
     cells.push_back({r.run, r.loss, r.tau, r.state, r.attempt, r.epoch, r.loss_value, r.images_per_second, r.eta,
                      r.knn});
-    ++counts[r.state];
   }
   std::vector<size_t> width(header.size(), 0);
   for (const auto& line : cells) {
@@ -100,13 +205,7 @@ std::string FormatStatusTable(const std::vector<StatusRow>& rows) {
     while (!text.empty() && text.back() == ' ') text.pop_back();
     out << text << "\n";
   }
-  out << rows.size() << " runs:";
-  const char* sep = " ";
-  for (const char* state : {"finished", "running", "pending", "failed"}) {
-    out << sep << counts[state] << " " << state;
-    sep = ", ";
-  }
-  out << "\n";
+  out << FormatProgressLine(SummarizeProgress(rows, slots)) << "\n";
   return out.str();
 }
 
@@ -116,7 +215,8 @@ void StatusDisplay::Erase() {
 }
 
 void StatusDisplay::Draw(const std::vector<StatusRow>& rows) {
-  const std::string table = FormatStatusTable(rows);
+  std::string table = FormatStatusTable(rows, slots_);
+  if (interactive_) table += ProgressBar(SummarizeProgress(rows, slots_), 50) + "\n";
   std::fputs(table.c_str(), out_);
   lines_drawn_ = static_cast<int>(std::count(table.begin(), table.end(), '\n'));
   std::fflush(out_);
@@ -132,18 +232,33 @@ void StatusDisplay::Event(const std::string& line) {
 void StatusDisplay::Refresh(const std::vector<StatusRow>& rows) {
   last_rows_ = rows;
   const double now = NowSeconds();
-  if (now - last_refresh_ < (interactive_ ? 1.0 : 30.0)) return;
-  last_refresh_ = now;
   if (interactive_) {
+    if (now - last_refresh_ < 1.0) return;
+    last_refresh_ = now;
     Erase();
     Draw(rows);
     return;
   }
+  const bool due = now - last_refresh_ >= 30.0;
+  if (due) {
+    last_refresh_ = now;
+    LogRunningRuns(rows);
+  }
+  if (due || CountsKey(SummarizeProgress(rows, slots_)) != last_counts_) LogProgress(rows);
+}
+
+void StatusDisplay::LogRunningRuns(const std::vector<StatusRow>& rows) {
   for (const auto& r : rows) {
     if (!r.running || r.epoch.empty()) continue;
     std::fprintf(out_, "progress %s: epoch %s, loss %s, %s img/s, ETA %s\n", r.run.c_str(), r.epoch.c_str(),
                  r.loss_value.c_str(), r.images_per_second.c_str(), r.eta.c_str());
   }
+}
+
+void StatusDisplay::LogProgress(const std::vector<StatusRow>& rows) {
+  const SweepProgress progress = SummarizeProgress(rows, slots_);
+  last_counts_ = CountsKey(progress);
+  std::fprintf(out_, "sweep progress: %s\n", FormatProgressLine(progress).c_str());
   std::fflush(out_);
 }
 

@@ -58,6 +58,8 @@ class LocalSweepTest(unittest.TestCase):
         r = self.f.run()
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertTrue(r.stdout.rstrip().endswith("report: " + os.path.join(self.f.out_dir, "report.md")), r.stdout)
+        # Not a terminal: the sweep's progress as log lines, the last with every run finished.
+        self.assertIn("sweep progress: 4 runs: 4 finished, 0 running, 0 pending, 0 failed; slots 0/", r.stdout)
         self.check_every_point_finished_once(victim=running[0]["id"])
         self.assertEqual(self.f.trainers(), {})
 
@@ -67,7 +69,11 @@ class LocalSweepTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(len(self.f.starts()), starts)
         status = subprocess.run([self.f.command()[0], "--status", self.f.out_dir], capture_output=True, text=True)
-        self.assertIn("4 runs: 4 finished, 0 running, 0 pending, 0 failed", status.stdout)
+        self.assertIn("4 runs: 4 finished, 0 running, 0 pending, 0 failed; slots 0/", status.stdout)
+        self.assertIn("; ETA 0:00:00 (mean of 4 finished runs: ", status.stdout)
+        best = status.stdout.split("best run so far per loss, by final kNN top-1 (result.json final.knn_top1):\n")
+        self.assertEqual(len(best), 2, status.stdout)
+        self.assertEqual([line.split()[0] for line in best[1].splitlines()[:2]], ["infonce", "hard"], status.stdout)
 
     def check_every_point_finished_once(self, victim):
         runs = self.f.runs()

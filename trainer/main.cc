@@ -6,56 +6,56 @@
 #include <glog/logging.h>
 
 #include <cstdio>
+#include <iterator>
 #include <map>
 #include <string>
 #include <utility>
 
 #include "comm/comm.h"
 #include "trainer/config.h"
+#include "trainer/flag_help.h"
 #include "trainer/train.h"
 
-DEFINE_string(config, "", "RunConfig in protobuf text format (proto/tempered.proto); unset fields take defaults");
+DEFINE_string(config, "", "RunConfig in protobuf text format (proto/tempered.proto); unset fields take the defaults "
+                          "shown here");
 
-// Overrides of RunConfig fields: a flag given on the command line replaces the field at its path. They are strings
-// so that one parser (SetFieldByPath) validates every value and names the flag in its error.
-#define TEMPERED_OVERRIDE(flag, path) DEFINE_string(flag, "", "overrides RunConfig." path)
-TEMPERED_OVERRIDE(tau, "loss.tau (temperature, > 0)");
-TEMPERED_OVERRIDE(loss, "loss.name: infonce|simple|hard|hard_simple|nearest");
-TEMPERED_OVERRIDE(hard_k, "loss.hard_k (hardest negatives per anchor; 0 = hard_fraction)");
-TEMPERED_OVERRIDE(negatives, "loss.negatives: batch|memory_bank");
-TEMPERED_OVERRIDE(epochs, "epochs");
-TEMPERED_OVERRIDE(max_steps, "max_steps (global steps; 0 = no limit)");
-TEMPERED_OVERRIDE(batch_size, "batch_size (the GLOBAL batch over all ranks)");
-TEMPERED_OVERRIDE(lr, "optim.lr");
-TEMPERED_OVERRIDE(model, "model.arch: small_cnn|resnet18");
-TEMPERED_OVERRIDE(norm, "model.norm: none|batch|sync");
-TEMPERED_OVERRIDE(dataset, "data.dataset");
-TEMPERED_OVERRIDE(data_dir, "data.data_dir");
-TEMPERED_OVERRIDE(train_subset, "data.train_subset (first N training images; 0 = all)");
-TEMPERED_OVERRIDE(test_subset, "data.test_subset (first N test images; 0 = all)");
-TEMPERED_OVERRIDE(prefetch_steps,
-                  "data.prefetch_steps (steps of views made ahead on a background thread: 0-2; default 1 on cuda, "
-                  "0 on cpu)");
-TEMPERED_OVERRIDE(seed, "seed");
-TEMPERED_OVERRIDE(threads, "threads (intra-op threads per rank; 0 = cores / ranks on the node)");
-TEMPERED_OVERRIDE(out_dir, "out_dir");
-TEMPERED_OVERRIDE(log_every_steps, "log_every_steps");
-TEMPERED_OVERRIDE(eval_every_epochs, "eval.every_epochs");
-TEMPERED_OVERRIDE(linear_epochs, "eval.linear_epochs (0 = no linear evaluation)");
-TEMPERED_OVERRIDE(curve_train_samples,
-                  "eval.curve_train_samples (training images in the per-epoch convergence curve's kNN; 0 = no curve)");
-TEMPERED_OVERRIDE(weight_decay, "optim.weight_decay");
-TEMPERED_OVERRIDE(warmup_epochs, "optim.warmup_epochs (linear lr warm-up, fractional epochs allowed)");
-TEMPERED_OVERRIDE(checkpoint_every_steps, "checkpoint_every_steps (0 = every epoch)");
-TEMPERED_OVERRIDE(device, "device: cpu|cuda");
-TEMPERED_OVERRIDE(collective_timeout_seconds,
-                  "collective_timeout_seconds (a rank waiting longer in one collective ends the job; 0 = 600)");
-TEMPERED_OVERRIDE(eval_timeout_seconds,
-                  "eval_timeout_seconds (the other ranks' wait for rank 0's evaluation; 0 = 86400)");
-TEMPERED_OVERRIDE(gradient_bucket_kib,
-                  "gradient_bucket_kib (gradients are all-reduced in buckets of about this size during backward; "
-                  "0 = 256)");
-#undef TEMPERED_OVERRIDE
+// Overrides of RunConfig fields (kTrainFlags names each one's field): a flag given on the command line replaces the
+// field. They are strings so that one parser (SetFieldByPath) validates every value and names the flag in its error;
+// their defaults, shown by --help, are RunConfig's (DefaultRunConfig).
+DEFINE_string(tau, "", "temperature, > 0");
+DEFINE_string(loss, "", "infonce|simple|hard|hard_simple|nearest");
+DEFINE_string(hard_k, "", "hardest negatives per anchor for hard and hard_simple (0 = loss.hard_fraction of them)");
+DEFINE_string(negatives, "", "batch|memory_bank");
+DEFINE_string(epochs, "", "epochs");
+DEFINE_string(max_steps, "", "global steps (0 = no limit)");
+DEFINE_string(batch_size, "", "the GLOBAL batch over all ranks");
+DEFINE_string(lr, "", "base learning rate (SGD with momentum; optim.schedule, cosine by default)");
+DEFINE_string(model, "", "small_cnn|resnet18|resnet50");
+DEFINE_string(norm, "", "none|batch|sync (sync: batch statistics over the global batch)");
+DEFINE_string(dataset, "", "fashion_mnist|cifar10|cifar100|svhn|imagefolder");
+DEFINE_string(data_dir, "", "the data set's directory (unset: its Debian package's, where there is one)");
+DEFINE_string(train_subset, "", "first N training images (0 = all)");
+DEFINE_string(test_subset, "", "first N test images (0 = all)");
+DEFINE_string(prefetch_steps, "",
+              "steps of views made ahead on a background thread: 0-2 (unset: 1 on cuda, 0 on cpu)");
+DEFINE_string(seed, "", "seed of the initialisation, the shuffling and the augmentations");
+DEFINE_string(threads, "", "intra-op threads per rank (0 = cores / ranks on the node)");
+DEFINE_string(out_dir, "", "where result.json, progress.json, checkpoints and TensorBoard events go");
+DEFINE_string(log_every_steps, "", "a log line and progress.json every N steps");
+DEFINE_string(eval_every_epochs, "", "full evaluation every N epochs (0 = only at the end)");
+DEFINE_string(linear_epochs, "", "epochs of linear evaluation (0 = none)");
+DEFINE_string(curve_train_samples, "",
+              "training images in the per-epoch convergence curve's kNN (0 = no curve)");
+DEFINE_string(weight_decay, "", "weight decay");
+DEFINE_string(warmup_epochs, "", "linear lr warm-up, fractional epochs allowed");
+DEFINE_string(checkpoint_every_steps, "", "checkpoint every N steps (0 = every epoch)");
+DEFINE_string(device, "", "cpu|cuda");
+DEFINE_string(collective_timeout_seconds, "",
+              "a rank waiting longer in one collective ends the job (0 = 600)");
+DEFINE_string(eval_timeout_seconds, "",
+              "the other ranks' wait for rank 0's evaluation before they end the job (0 = 86400)");
+DEFINE_string(gradient_bucket_kib, "",
+              "gradients are all-reduced in buckets of about this size during backward (0 = 256)");
 DEFINE_bool(eval_at_init, false, "also evaluate the randomly initialised model (RunResult.initial)");
 DEFINE_bool(raw_pixel_knn, false, "also report kNN accuracy on raw pixels (RunResult.raw_pixel_knn_top1)");
 DEFINE_bool(bf16, false,
@@ -67,40 +67,78 @@ constexpr int kExitInterrupted = 143;
 
 namespace {
 
-const std::pair<const char*, const char*> kOverrides[] = {
-    {"tau", "loss.tau"}, {"loss", "loss.name"}, {"hard_k", "loss.hard_k"}, {"negatives", "loss.negatives"},
-    {"epochs", "epochs"}, {"max_steps", "max_steps"}, {"batch_size", "batch_size"}, {"lr", "optim.lr"},
-    {"model", "model.arch"}, {"norm", "model.norm"}, {"dataset", "data.dataset"}, {"data_dir", "data.data_dir"},
-    {"train_subset", "data.train_subset"}, {"test_subset", "data.test_subset"},
-    {"prefetch_steps", "data.prefetch_steps"}, {"seed", "seed"},
-    {"threads", "threads"}, {"out_dir", "out_dir"}, {"log_every_steps", "log_every_steps"},
-    {"eval_every_epochs", "eval.every_epochs"}, {"linear_epochs", "eval.linear_epochs"},
-    {"curve_train_samples", "eval.curve_train_samples"}, {"weight_decay", "optim.weight_decay"},
-    {"warmup_epochs", "optim.warmup_epochs"},
-    {"checkpoint_every_steps", "checkpoint_every_steps"}, {"device", "device"},
-    {"collective_timeout_seconds", "collective_timeout_seconds"}, {"gradient_bucket_kib", "gradient_bucket_kib"},
-    {"eval_timeout_seconds", "eval_timeout_seconds"},
+// Every flag of this file: its --help group and the RunConfig field it overrides ("" for none). ConfigFromFlags
+// applies the fields, --help shows them, and tests/help_test.py checks that every DEFINE above is listed here.
+const tempered::FlagDoc kTrainFlags[] = {
+    {"dataset", "data", "data.dataset"},
+    {"data_dir", "data", "data.data_dir"},
+    {"train_subset", "data", "data.train_subset"},
+    {"test_subset", "data", "data.test_subset"},
+    {"prefetch_steps", "data", "data.prefetch_steps"},
+    {"model", "model", "model.arch"},
+    {"norm", "model", "model.norm"},
+    {"bf16", "model", "bf16"},
+    {"loss", "loss", "loss.name"},
+    {"tau", "loss", "loss.tau"},
+    {"hard_k", "loss", "loss.hard_k"},
+    {"negatives", "loss", "loss.negatives"},
+    {"batch_size", "optimiser", "batch_size"},
+    {"epochs", "optimiser", "epochs"},
+    {"max_steps", "optimiser", "max_steps"},
+    {"lr", "optimiser", "optim.lr"},
+    {"weight_decay", "optimiser", "optim.weight_decay"},
+    {"warmup_epochs", "optimiser", "optim.warmup_epochs"},
+    {"eval_every_epochs", "evaluation", "eval.every_epochs"},
+    {"linear_epochs", "evaluation", "eval.linear_epochs"},
+    {"curve_train_samples", "evaluation", "eval.curve_train_samples"},
+    {"eval_at_init", "evaluation", "eval.at_init"},
+    {"raw_pixel_knn", "evaluation", "eval.raw_pixel_knn"},
+    {"config", "run", ""},
+    {"out_dir", "run", "out_dir"},
+    {"resume", "run", ""},
+    {"seed", "run", "seed"},
+    {"device", "run", "device"},
+    {"threads", "run", "threads"},
+    {"log_every_steps", "run", "log_every_steps"},
+    {"checkpoint_every_steps", "run", "checkpoint_every_steps"},
+    {"collective_timeout_seconds", "run", "collective_timeout_seconds"},
+    {"eval_timeout_seconds", "run", "eval_timeout_seconds"},
+    {"gradient_bucket_kib", "run", "gradient_bucket_kib"},
 };
+
+tempered::FlagHelp TrainHelp() {
+  static const tempered::RunConfig defaults = tempered::DefaultRunConfig();
+  tempered::FlagHelp help;
+  help.summary = "one contrastive training run, on one rank or many (mpirun).";
+  help.usage = "[mpirun -np N] tempered-train [--config run.pbtxt] [--flag=value ...] --out_dir DIR";
+  help.defined_in = "trainer/main.cc";
+  help.groups = {"data", "model", "loss", "optimiser", "evaluation", "run"};
+  help.flags.assign(std::begin(kTrainFlags), std::end(kTrainFlags));
+  help.config_name = "RunConfig";
+  help.defaults = &defaults;
+  help.examples = {
+      "tempered-train --epochs 1 --max_steps 40 --out_dir run1      # a quick look, one process",
+      "mpirun -np 2 tempered-train --threads 1 --epochs 2 --loss hard --tau 0.5 --out_dir run2",
+      "tempered-train --config run.pbtxt --out_dir run2 --resume   # continue run2 from its checkpoint",
+  };
+  return help;
+}
 
 tempered::RunConfig ConfigFromFlags() {
   tempered::RunConfig config;
   tempered::FieldLines lines;  // of the config file
   if (!FLAGS_config.empty()) config = tempered::ReadRunConfig(FLAGS_config, &lines);
   std::map<std::string, std::string> flag_of;  // field path -> the flag that set it
-  for (const auto& [flag, path] : kOverrides) {
-    std::string value;
-    gflags::GetCommandLineOption(flag, &value);
-    if (gflags::GetCommandLineFlagInfoOrDie(flag).is_default) continue;
+  for (const tempered::FlagDoc& doc : kTrainFlags) {
+    const gflags::CommandLineFlagInfo flag = gflags::GetCommandLineFlagInfoOrDie(doc.flag.c_str());
+    if (doc.field.empty() || flag.is_default) continue;
     try {
-      tempered::SetFieldByPath(&config, path, value);
+      tempered::SetFieldByPath(&config, doc.field, flag.current_value);
     } catch (const tempered::UserError& e) {
-      throw tempered::UserError("--" + std::string(flag) + ": " + e.what());
+      throw tempered::UserError("--" + doc.flag + ": " + e.what());
     }
-    flag_of[path] = flag;
+    flag_of[doc.field] = doc.flag;
   }
-  if (FLAGS_eval_at_init) config.mutable_eval()->set_at_init(true);
-  if (FLAGS_raw_pixel_knn) config.mutable_eval()->set_raw_pixel_knn(true);
-  if (FLAGS_bf16) config.set_bf16(true);
   config = tempered::ResolveConfig(config);
   try {
     tempered::ValidateConfig(config);
@@ -121,8 +159,7 @@ tempered::RunConfig ConfigFromFlags() {
 
 int main(int argc, char** argv) {
   tempered::TuneAllocator();
-  gflags::SetUsageMessage("mpirun -np N tempered-train --config run.pbtxt [--flag overrides] --out_dir DIR");
-  gflags::ParseCommandLineFlags(&argc, &argv, /*remove_flags=*/true);
+  tempered::ParseFlagsWithHelp(TrainHelp(), &argc, &argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
   tempered::comm::Init(&argc, &argv);
@@ -139,11 +176,10 @@ int main(int argc, char** argv) {
     // Every rank parses the same flags, but a config file can be on one node's disk and not another's: the ranks
     // agree before going on, or those that parsed it would wait in Train's first collective forever for one that
     // gave up (a hang found by bad_input_test.py). The lowest failing rank speaks for all.
-    constexpr double kNone = 1e9;
-    const int rank = tempered::comm::Rank();
-    const double first_failed = -tempered::comm::AllReduceMax(error.empty() ? -kNone : -static_cast<double>(rank));
-    if (first_failed < kNone) {
-      throw tempered::CollectiveError(error.empty() ? "another rank failed" : error, rank == first_failed);
+    const int first_failed = tempered::comm::FirstFailedRank(!error.empty());
+    if (first_failed >= 0) {
+      throw tempered::CollectiveError(error.empty() ? "another rank failed" : error,
+                                      tempered::comm::Rank() == first_failed);
     }
     tempered::TrainOptions options;
     options.resume = FLAGS_resume;
