@@ -56,14 +56,14 @@ double KnnTop1(const torch::Tensor& train, const torch::Tensor& train_labels, co
   int64_t correct = 0;
   // About 128 MB of similarities at a time, whatever the training set's size: 512 test images against 60,000, 67
   // against a bank of 500,000.
-  const int64_t kBlock = std::max<int64_t>(1, (int64_t{1} << 25) / train.size(0));
-  for (int64_t begin = 0; begin < test.size(0); begin += kBlock) {
-    const torch::Tensor block = test.slice(0, begin, begin + kBlock).to(torch::kFloat32);
+  const int64_t block_rows = std::max<int64_t>(1, (int64_t{1} << 25) / train.size(0));
+  for (int64_t begin = 0; begin < test.size(0); begin += block_rows) {
+    const torch::Tensor block = test.slice(0, begin, begin + block_rows).to(torch::kFloat32);
     auto [sims, index] = block.matmul(train_t).topk(k, 1);  // (b, k)
     const torch::Tensor weights = (sims / temperature).exp();
     const torch::Tensor votes = torch::zeros({block.size(0), num_classes}, torch::kFloat32)
                                     .scatter_add_(1, labels.index_select(0, index.flatten()).view_as(index), weights);
-    correct += votes.argmax(1).eq(test_labels.slice(0, begin, begin + kBlock).to(torch::kLong))
+    correct += votes.argmax(1).eq(test_labels.slice(0, begin, begin + block_rows).to(torch::kLong))
                    .sum().item<int64_t>();
   }
   return 100.0 * static_cast<double>(correct) / static_cast<double>(test.size(0));
