@@ -135,7 +135,8 @@ std::string FormatFlagHelp(const FlagHelp& help) {
     docs.push_back(doc);
   }
   std::vector<std::string> groups = help.groups;
-  for (const auto& [name, info] : own) {
+  for (const auto& entry : own) {
+    const std::string& name = entry.first;  // not a structured binding: C++17 lambdas cannot capture those
     const bool listed = std::any_of(docs.begin(), docs.end(), [&](const FlagDoc& d) { return d.flag == name; });
     if (!listed) docs.push_back({name, "other", ""});
   }
