@@ -362,7 +362,7 @@ std::vector<Cell> GroupCells(const std::vector<RunRecord>& records, const SweepS
              (s.cell.tau == key.tau || (std::isnan(s.cell.tau) && std::isnan(key.tau)));
     };
     auto it = std::find_if(cells.begin(), cells.end(), same);
-    if (it == cells.end()) it = cells.insert(cells.end(), CellSamples{key, {}, {}, {}, {}});
+    if (it == cells.end()) it = cells.insert(cells.end(), CellSamples{key, {}, {}, {}, {}, {}});
     AddRun(r, &*it);
   }
   std::vector<Cell> out;

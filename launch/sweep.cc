@@ -23,6 +23,8 @@
 #include "launch/sweep_status.h"
 #include "trainer/config.h"
 #include "trainer/errors.h"
+#include "trainer/files.h"
+#include "trainer/train.h"
 
 namespace tempered {
 
@@ -81,7 +83,8 @@ class Coordinator {
 
   int Run() {
     MakeDirectories(o_.sweep_dir + "/runs");
-    SweepLock lock(o_.sweep_dir);
+    FileLock lock(o_.sweep_dir + "/.lock", "another tempered-sweep on " + o_.sweep_dir,
+                  "wait for it or stop it first");
     InstallStopHandlers();
     Prepare();
     const bool completed = Loop();
@@ -150,14 +153,44 @@ class Coordinator {
   }
 
   void LaunchPending() {
-    for (SweepState::Run* run; static_cast<int>(Running().size()) < Slots() && (run = NextPending()) != nullptr;) {
-      Launch(run);
+    SettleForeignWriters();
+    for (SweepState::Run* run; Busy() < Slots() && (run = NextPending()) != nullptr;) Launch(run);
+  }
+
+  // Runs of ours and runs written by a tempered-train this coordinator did not start: both use a slot.
+  int Busy() const { return static_cast<int>(Running().size() + foreign_writers_.size()); }
+
+  // A run directory whose out_dir lock is held (kOutDirLockFile) has a writer this coordinator did not start: one
+  // launched by a coordinator killed before it saved its state, or by hand. Launching beside it would make two
+  // writers of one run, so the run waits, holding a slot, until that writer ends; true when it must wait.
+  bool HasForeignWriter(const SweepState::Run& run) {
+    if (!FileLockHeld(RunDir(run) + "/" + kOutDirLockFile)) return false;
+    if (foreign_writers_.insert(run.id()).second) {
+      Log(RunName(run) + " is being written by a tempered-train this coordinator did not start (it holds " +
+          run.run_dir() + "/" + kOutDirLockFile + "); waiting for it to end");
+    }
+    return true;
+  }
+
+  // Foreign writers that have ended: their run is finished (result.json) or pending again, to be resumed.
+  void SettleForeignWriters() {
+    for (auto it = foreign_writers_.begin(); it != foreign_writers_.end();) {
+      SweepState::Run* run = Find(*it);
+      if (FileLockHeld(RunDir(*run) + "/" + kOutDirLockFile)) {
+        ++it;
+        continue;
+      }
+      it = foreign_writers_.erase(it);
+      Log("the writer of " + RunName(*run) + " that this coordinator did not start has ended");
+      Reconcile(run);
+      Save();
     }
   }
 
   void Launch(SweepState::Run* run) {
     const std::string dir = RunDir(*run);
     MakeDirectories(dir);
+    if (HasForeignWriter(*run)) return;  // before anything of the run directory is touched
     RunResult result;
     if (ReadRunResult(dir, &result) && result.status() == RunResult::FINISHED) {  // never run a config twice
       run->set_state(SweepState::Run::FINISHED);
@@ -261,7 +294,7 @@ class Coordinator {
   SweepState::Run* NextPending() {
     for (const auto& id : grid_ids_) {
       SweepState::Run* run = Find(id);
-      if (run->state() == SweepState::Run::PENDING) return run;
+      if (run->state() == SweepState::Run::PENDING && !foreign_writers_.count(id)) return run;
     }
     return nullptr;
   }
@@ -295,6 +328,7 @@ class Coordinator {
   SweepState state_;
   std::vector<std::string> grid_ids_;        // the current spec's points, in grid order
   std::map<std::string, int> attempts_now_;  // attempts started by this invocation (max_attempts applies to them)
+  std::set<std::string> foreign_writers_;     // pending runs whose directory a writer we did not start holds
 };
 
 }  // namespace

@@ -1,8 +1,5 @@
 #include "launch/sweep_state.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -93,31 +90,6 @@ void AppendEvent(const std::string& sweep_dir, const std::string& line) {
   std::strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", std::localtime(&now));
   std::ofstream out(sweep_dir + "/sweep.log", std::ios::app);
   out << stamp << " " << line << "\n";
-}
-
-SweepLock::SweepLock(const std::string& sweep_dir) {
-  const std::string path = sweep_dir + "/.lock";
-  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw UserError("cannot open " + path + ": " + std::strerror(errno));
-  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-    ::close(fd_);
-    throw UserError("another tempered-sweep is running on " + sweep_dir + " (it holds " + path +
-                    "); wait for it or stop it first");
-  }
-}
-
-SweepLock::~SweepLock() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
-void MakeDirectories(const std::string& path) {
-  for (size_t pos = 0; pos != std::string::npos;) {
-    pos = path.find('/', pos + 1);
-    const std::string prefix = path.substr(0, pos);
-    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
-      throw UserError("cannot create directory " + prefix + ": " + std::strerror(errno));
-    }
-  }
 }
 
 std::string AbsolutePath(const std::string& path) {

@@ -2,7 +2,8 @@
 //   DIR/sweep_state.json   SweepState (JSON, proto field names), rewritten atomically after every change
 //   DIR/sweep.log          one line per event (launched, finished, failed, ...), appended
 //   DIR/.lock              flock'ed by the coordinator: one coordinator per sweep directory
-//   DIR/runs/<name>/       run.pbtxt, attempt-N.{out,err}, progress.json and result.json of one grid point
+//   DIR/runs/<name>/       run.pbtxt, attempt-N.{out,err}, progress.json and result.json of one grid point, and
+//                          .lock, flock'ed by its tempered-train while it runs (a held lock: the run is running)
 // The run directories are the ground truth for outcomes: a run whose result.json says FINISHED is finished,
 // whatever the state file says (the coordinator may have been killed before it wrote the state).
 #pragma once
@@ -12,6 +13,7 @@
 
 #include "launch/sweep_spec.h"
 #include "proto/tempered.pb.h"
+#include "trainer/files.h"  // MakeDirectories, which every user of the sweep directory needs
 
 namespace tempered {
 
@@ -39,21 +41,6 @@ bool ReadProgress(const std::string& run_dir, Progress* progress);
 // Appends "<local time> <line>" to DIR/sweep.log.
 void AppendEvent(const std::string& sweep_dir, const std::string& line);
 
-// Holds an exclusive flock on DIR/.lock for its lifetime. The lock dies with the process (even on SIGKILL), and its
-// descriptor is close-on-exec so that runs started by the coordinator do not inherit it.
-class SweepLock {
- public:
-  explicit SweepLock(const std::string& sweep_dir);  // UserError when another coordinator holds it
-  ~SweepLock();
-  SweepLock(const SweepLock&) = delete;
-  SweepLock& operator=(const SweepLock&) = delete;
-
- private:
-  int fd_ = -1;
-};
-
-// mkdir -p; UserError naming the path on failure.
-void MakeDirectories(const std::string& path);
 // `path` made absolute against the current directory (not resolving links).
 std::string AbsolutePath(const std::string& path);
 

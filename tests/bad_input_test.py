@@ -371,6 +371,25 @@ class OutputDirTest(FaultTest):
         warnings = [line for line in proc.stderr.splitlines() if "progress.json" in line]
         self.assertEqual(len(warnings), 1, proc.stderr[-3000:])  # --log_every_steps 1: four failed writes
 
+    def test_a_second_writer_of_one_out_dir_is_refused(self):
+        # Two trainers on one out_dir (a run started twice, or by a coordinator killed before it recorded the first)
+        # would mix their checkpoints and results: the second is refused before it writes anything.
+        out = self.path("out")
+        first = start_train(2, TINY + ["--epochs", "300", "--checkpoint_every_steps", "5", "--out_dir", out])
+        try:
+            wait_for_step(out, 3, first)
+            second = run_train(2, TINY + ["--max_steps", "2", "--out_dir", out, "--resume"], timeout=120)
+            self.assert_clean_failure(second, "another tempered-train writing to %s holds %s/.lock; " % (out, out))
+            self.assertIsNone(first.poll(), "the first writer ended")
+        finally:
+            first.send_signal(signal.SIGTERM)  # mpirun forwards it: the first run checkpoints and stops
+            _, stderr = first.communicate(timeout=120)
+        self.assertIn(first.returncode, (1, 128 + signal.SIGTERM), stderr[-3000:])  # mpirun may say 1 for 143
+        result = read_result(out)
+        self.assertEqual(result["status"], "INTERRUPTED")
+        steps = [int(s["step"]) for s in result["step_loss"]]
+        self.assertEqual(steps, list(range(1, len(steps) + 1)))  # one writer's steps, none twice
+
     def test_full_disk_keeps_the_last_checkpoint_and_result(self):
         disk = self.mount_tmpfs("disk", "size=256k")
         out = os.path.join(disk, "run")

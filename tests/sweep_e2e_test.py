@@ -4,6 +4,7 @@ the same command. Every point must finish exactly once, with its results, and no
 Run from tests/ with TEMPERED_BIN=<build dir>: /usr/bin/python3 -m unittest -v sweep_e2e_test
 """
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -35,6 +36,10 @@ class LocalSweepTest(unittest.TestCase):
         # Phase 1: SIGTERM stops the sweep and its runs cleanly (the trainers checkpoint and say INTERRUPTED).
         coordinator = self.f.start()
         wait_until(lambda: self.running_with_progress(2), 120, "two runs in progress")
+        second = self.f.run(timeout=30)  # one coordinator per sweep directory
+        self.assertEqual(second.returncode, 2, second.stdout + second.stderr)
+        self.assertIn("another tempered-sweep on %s holds %s/.lock; wait for it or stop it first"
+                      % (self.f.out_dir, self.f.out_dir), second.stderr)
         coordinator.send_signal(signal.SIGTERM)
         self.assertEqual(coordinator.wait(timeout=60), 128 + signal.SIGTERM)
         self.assertEqual(self.f.trainers(), {}, "the stopped sweep left trainers running")
@@ -74,6 +79,33 @@ class LocalSweepTest(unittest.TestCase):
         best = status.stdout.split("best run so far per loss, by final kNN top-1 (result.json final.knn_top1):\n")
         self.assertEqual(len(best), 2, status.stdout)
         self.assertEqual([line.split()[0] for line in best[1].splitlines()[:2]], ["infonce", "hard"], status.stdout)
+
+    def test_a_writer_the_state_does_not_record_is_never_doubled(self):
+        # A coordinator killed between launching a run and saving its state leaves a writer that the state calls
+        # PENDING. Made for real: kill the coordinator while runs are in progress, then put its state back to what
+        # it was before it recorded the launches.
+        coordinator = self.f.start()
+        running = wait_until(lambda: self.running_with_progress(1), 120, "a run in progress")
+        coordinator.kill()
+        coordinator.wait(timeout=30)
+        state = self.f.state()
+        for run in state["runs"]:
+            if run["state"] == "RUNNING":
+                run.update(state="PENDING", pid="0", pid_start_ticks="0", host="")
+        with open(os.path.join(self.f.out_dir, "sweep_state.json"), "w") as f:
+            json.dump(state, f)
+        self.assertNotEqual(self.f.trainers(), {}, "the orphaned writers should still run")
+
+        r = self.f.run()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("is being written by a tempered-train this coordinator did not start", r.stdout)
+        starts = self.f.starts()
+        self.assertEqual([s for s in starts if s["concurrent"] > 0], [], "a second writer was started")
+        for run in self.f.runs():
+            self.assertEqual(run["state"], "FINISHED", run)
+            self.assertEqual(self.f.result(run)["status"], "FINISHED", run)
+        orphan = os.path.basename(running[0]["run_dir"])
+        self.assertEqual(len([s for s in starts if s["run"] == orphan]), 1, "the orphan's run was started again")
 
     def check_every_point_finished_once(self, victim):
         runs = self.f.runs()

@@ -171,13 +171,6 @@ TEST(SweepState, MergeAddsOnlyNewPointsAndTheStateRoundTrips) {
   EXPECT_EQ(loaded.SerializeAsString(), state.SerializeAsString());
 }
 
-TEST(SweepState, LockIsExclusive) {
-  const std::string dir = TempDir();
-  SweepLock lock(dir);
-  // flock conflicts between open file descriptions, also within one process.
-  EXPECT_THROW(SweepLock second(dir), UserError);
-}
-
 TEST(Status, TableIsAlignedAndCounted) {
   StatusRow a{"infonce_tau0.1_0123", "infonce", "0.1", "running", "1", "1/2", "4.1234", "350", "0:01:05", "", true};
   StatusRow b{"simple_4567", "simple", "-", "finished", "1", "2/2", "3.0000", "360", "-", "71.2", false};

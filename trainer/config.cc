@@ -1,14 +1,10 @@
 #include "trainer/config.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -112,20 +108,6 @@ class ErrorCollector : public pb::io::ErrorCollector {
  private:
   std::string first_;
 };
-
-std::string ReadFileOrThrow(const std::string& path, const std::string& what) {
-  // A directory opens as a stream that reads nothing: it would parse as an empty config, i.e. every default.
-  std::error_code ignored;
-  if (std::filesystem::is_directory(path, ignored)) {
-    throw UserError("cannot read " + what + " " + path + ": it is a directory");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw UserError("cannot read " + what + " " + path + ": " + std::strerror(errno));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw UserError("cannot read " + what + " " + path + ": " + std::strerror(errno));
-  return ss.str();
-}
 
 template <typename T>
 void Require(bool ok, const std::string& field, const std::string& expectation, T value) {
@@ -251,7 +233,7 @@ void CheckFieldsSet(const std::string& file, const pb::Message& m, const pb::Tex
 }  // namespace
 
 void ReadTextProto(const std::string& path, pb::Message* message, FieldLines* lines) {
-  const std::string text = ReadFileOrThrow(path, "config file");
+  const std::string text = ReadWholeFile(path, "config file");
   ErrorCollector errors;
   pb::TextFormat::Parser parser;
   parser.RecordErrorsTo(&errors);
@@ -388,58 +370,6 @@ void SetFieldByPath(pb::Message* message, const std::string& path, const std::st
     throw UserError("invalid value '" + value + "' for " + path + ": it reads as unset, which takes the default " +
                     default_text);
   }
-}
-
-std::string StageFile(const std::string& path, const FileProducer& produce, Sync sync) {
-  // Unique per call: two threads of a process may stage the same path (trainer/train.cc: ResultFile).
-  static std::atomic<uint64_t> serial{0};
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(serial++);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw UserError("cannot write " + path + ": " + std::strerror(errno));
-  // A failed write is remembered, not thrown: the producer may be a library's writer that writes again from its
-  // destructor (LibTorch's PyTorchStreamWriter), where a throw would terminate. Later writes are dropped.
-  std::string error;
-  try {
-    produce([fd, &error](const void* data, size_t size) {
-      for (size_t done = 0; done < size && error.empty();) {
-        const ssize_t n = ::write(fd, static_cast<const char*>(data) + done, size - done);
-        if (n < 0 && errno != EINTR) error = std::strerror(errno);
-        if (n > 0) done += static_cast<size_t>(n);
-      }
-    });
-  } catch (const std::exception& e) {
-    if (error.empty()) error = e.what();
-  }
-  // fsync before rename: after a crash the file is either the old one or the complete new one.
-  if (error.empty() && sync == Sync::kDurable && ::fsync(fd) != 0) error = std::strerror(errno);
-  if (::close(fd) != 0 && error.empty()) error = std::strerror(errno);
-  if (!error.empty()) {
-    ::unlink(tmp.c_str());
-    throw UserError("cannot write " + path + ": " + error);
-  }
-  return tmp;
-}
-
-std::string StageFile(const std::string& path, const std::string& contents, Sync sync) {
-  return StageFile(path, [&](const FileWriter& write) { write(contents.data(), contents.size()); }, sync);
-}
-
-void CommitStagedFile(const std::string& staged, const std::string& path) {
-  if (::rename(staged.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    ::unlink(staged.c_str());
-    throw UserError("cannot write " + path + ": " + why);
-  }
-}
-
-void DiscardStagedFile(const std::string& staged) { ::unlink(staged.c_str()); }
-
-void WriteFileAtomically(const std::string& path, const std::string& contents, Sync sync) {
-  CommitStagedFile(StageFile(path, contents, sync), path);
-}
-
-void WriteFileAtomically(const std::string& path, const FileProducer& produce, Sync sync) {
-  CommitStagedFile(StageFile(path, produce, sync), path);
 }
 
 std::string ToJson(const pb::Message& message) {

@@ -10,6 +10,7 @@
 
 #include "proto/tempered.pb.h"
 #include "trainer/errors.h"
+#include "trainer/files.h"  // WriteFileAtomically and ReadWholeFile, which the config readers and writers use
 
 namespace tempered {
 
@@ -59,29 +60,6 @@ void SetFieldByPath(google::protobuf::Message* message, const std::string& path,
 // where the default is not zero: proto3 cannot tell that zero from unset, so `batch_size: 0` would silently train
 // with 256. That is refused, as SetFieldByPath refuses `--batch_size 0`; leaving the field out takes the default.
 void ReadTextProto(const std::string& path, google::protobuf::Message* message, FieldLines* lines = nullptr);
-
-enum class Sync {
-  kDurable,  // fsync before the rename: after a power loss the file is the old one or the complete new one
-  kFast,     // no fsync: whole to every reader and after the process dies, but not after a power loss; for a record
-             // that must be written within a deadline (mpirun's SIGKILL), where an fsync may take seconds
-};
-
-// Writes `contents` to `path` atomically: a temp file in the same directory, fsync (kDurable), rename. UserError on
-// failure.
-void WriteFileAtomically(const std::string& path, const std::string& contents, Sync sync = Sync::kDurable);
-// The same for contents too large to hold twice (a checkpoint with a memory bank of millions of entries):
-// produce(write) calls write(data, size) piece by piece, straight into the temp file. A failed write (a full disk)
-// or an exception of produce becomes the UserError, and the temp file is removed.
-using FileWriter = std::function<void(const void* data, size_t size)>;
-using FileProducer = std::function<void(const FileWriter& write)>;
-void WriteFileAtomically(const std::string& path, const FileProducer& produce, Sync sync = Sync::kDurable);
-std::string StageFile(const std::string& path, const FileProducer& produce, Sync sync = Sync::kDurable);
-// WriteFileAtomically in two steps, for a writer that decides at the last moment whether its file is still the
-// newest (trainer/train.cc: ResultFile): StageFile writes a temp file next to `path` and returns its name;
-// CommitStagedFile renames it over `path`, DiscardStagedFile removes it. Errors name `path`.
-std::string StageFile(const std::string& path, const std::string& contents, Sync sync = Sync::kDurable);
-void CommitStagedFile(const std::string& staged, const std::string& path);
-void DiscardStagedFile(const std::string& staged);
 
 // protobuf JSON mapping with proto field names preserved (snake_case) and zero values printed.
 std::string ToJson(const google::protobuf::Message& message);

@@ -27,6 +27,7 @@
 #include "trainer/device.h"
 #include "trainer/eval.h"
 #include "trainer/event_writer.h"
+#include "trainer/files.h"
 #include "trainer/model.h"
 #include "trainer/prefetch.h"
 #include "trainer/progress.h"
@@ -68,16 +69,10 @@ void Collectively(const std::function<void()>& fn) {
   }
 }
 
-void MakeDirectory(const std::string& dir) {
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);  // no error when it exists already
-  if (error) throw UserError("cannot create output directory " + dir + ": " + error.message());
-  if (!std::filesystem::is_directory(dir, error)) throw UserError("output directory " + dir + " is not a directory");
-}
-
 // Everything the loop needs that does not change between steps.
 struct Run {
   RunConfig config;
+  std::unique_ptr<FileLock> out_dir_lock;  // rank 0's, for the whole run: one writer per out_dir
   Dataset train, test;
   std::unique_ptr<Negatives> negatives;
   Learner learner;
@@ -96,12 +91,22 @@ void CheckBatchFits(const RunConfig& config, const Dataset& train, int64_t steps
   }
 }
 
+// Before anything is written there: a second writer (a run started twice, or by a coordinator that was killed
+// before it recorded the first) would mix its checkpoints and results with the first one's. tempered-sweep reads
+// the lock too (FileLockHeld): a locked run directory is a running run.
+std::unique_ptr<FileLock> LockOutDir(const std::string& out_dir) {
+  MakeDirectories(out_dir, "output directory");
+  return std::make_unique<FileLock>(out_dir + "/" + kOutDirLockFile, "another tempered-train writing to " + out_dir,
+                                    "two writers would mix their checkpoints and results, so wait for it to end, "
+                                    "stop it, or choose another out_dir");
+}
+
 // Builds data, negatives, model, optimiser and reducer. Collective: a failure on any rank fails every rank.
 Run Setup(const RunConfig& config) {
   Run t;
   t.config = config;
   Collectively([&] {
-    if (comm::Rank() == 0) MakeDirectory(config.out_dir());
+    if (comm::Rank() == 0) t.out_dir_lock = LockOutDir(config.out_dir());
     t.train = LoadDataset(config.data(), /*train=*/true);
     t.test = LoadDataset(config.data(), /*train=*/false);
     t.steps_per_epoch = StepsPerEpoch(t.train.size(), config.batch_size());

@@ -23,6 +23,10 @@ struct TrainOptions {
   bool resume = false;
 };
 
+// Rank 0 holds an exclusive flock on out_dir/.lock from setup to exit: a second tempered-train on the same out_dir
+// is refused before it writes anything, and tempered-sweep treats a run directory whose lock is held as running.
+inline constexpr char kOutDirLockFile[] = ".lock";
+
 // Trains, evaluates and writes config.out_dir()/result.json (rank 0). Returns the result on every rank (metrics
 // are filled on rank 0 only). Throws CollectiveError for setup failures and non-finite losses. A SIGTERM or SIGINT
 // on any rank stops every rank at the next step: a checkpoint is written and the status is INTERRUPTED.
