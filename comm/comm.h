@@ -48,6 +48,10 @@ std::vector<int64_t> AllGatherCounts(int64_t rows);
 constexpr int64_t kGatherPieceBytes = int64_t{1} << 30;
 torch::Tensor GatherToRoot(const torch::Tensor& in, int root, int64_t piece_bytes = kGatherPieceBytes);
 
+// Every rank's `mine`, in rank order, on every rank: for small host strings such as a rank's host and devices
+// (lengths may differ, "" included). Over MPI. Collective.
+std::vector<std::string> AllGatherStrings(const std::string& mine);
+
 // In-place elementwise sum over ranks.
 void AllReduceSum(torch::Tensor& t);
 // In-place elementwise max over ranks.
@@ -69,6 +73,11 @@ int FirstFailedRank(bool failed);
 // far instead of reusing the last one (which happens only once nothing outside holds it): a diagnostic for the tests
 // and benchmarks that check a training step leaves nothing holding the gathered rows.
 int64_t RowBufferAllocations();
+
+// The libraries comm runs on, for a run's record: MPI_Get_library_version's first line ("Open MPI v4.1.4, package:
+// ..."); NCCL's version ("2.28.5"), "" in a build without NCCL. Callable before Init.
+std::string MpiLibraryVersion();
+std::string NcclVersion();
 
 // Takes the whole job down: prints `message`, runs the failure hook and calls MPI_Abort. Never returns.
 [[noreturn]] void Abort(const std::string& message, int code = 1);

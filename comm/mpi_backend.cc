@@ -244,6 +244,29 @@ int Size() { return Ready().size; }
 int LocalRank() { return Ready().local_rank; }
 int LocalSize() { return Ready().local_size; }
 
+std::vector<std::string> AllGatherStrings(const std::string& mine) {
+  const State& s = Ready();
+  if (s.size == 1) return {mine};
+  const std::vector<int64_t> lengths = detail::AllGatherInt64({static_cast<int64_t>(mine.size())});
+  std::vector<int> counts, displs;
+  Layout(lengths, &counts, &displs);
+  std::string all(static_cast<size_t>(displs.back()) + counts.back(), '\0');
+  const detail::CollectiveWatch watch("all-gather of strings");
+  MPI_CHECK(MPI_Allgatherv(mine.data(), counts[s.rank], MPI_CHAR, all.data(), counts.data(), displs.data(),
+                           MPI_CHAR, MPI_COMM_WORLD));
+  std::vector<std::string> strings;
+  for (int r = 0; r < s.size; ++r) strings.push_back(all.substr(displs[r], counts[r]));
+  return strings;
+}
+
+std::string MpiLibraryVersion() {
+  char version[MPI_MAX_LIBRARY_VERSION_STRING] = "";
+  int length = 0;
+  MPI_CHECK(MPI_Get_library_version(version, &length));
+  const std::string text(version);  // NUL-terminated (`length` counts the NUL in Open MPI 4)
+  return text.substr(0, text.find_first_of("\r\n"));  // Open MPI appends a newline, MPICH several lines
+}
+
 double AllReduceSum(double v) {
   const detail::CollectiveWatch watch("all-reduce");
   if (Ready().size > 1) MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));

@@ -250,4 +250,23 @@ void DestroyNccl() {
   nccl_device = -1;
 }
 
+namespace {
+
+// ncclGetVersion's code is major * 10000 + minor * 100 + patch since NCCL 2.9, major * 1000 + ... before.
+std::string NcclVersionText() {
+  int code = 0;
+  NCCL_CHECK(ncclGetVersion(&code));
+  const int major_unit = code >= 10000 ? 10000 : 1000;
+  return c10::str(code / major_unit, ".", code % major_unit / 100, ".", code % 100);
+}
+
+}  // namespace
+
 }  // namespace tempered::comm::detail
+
+namespace tempered::comm {
+
+std::string NcclVersion() { return detail::NcclVersionText(); }
+
+}  // namespace tempered::comm
+

@@ -23,3 +23,9 @@ const Backend kNcclBackend = {"none", AllGather, AllReduce, ReduceScatter, Broad
 void DestroyNccl() {}
 
 }  // namespace tempered::comm::detail
+
+namespace tempered::comm {
+
+std::string NcclVersion() { return ""; }
+
+}  // namespace tempered::comm

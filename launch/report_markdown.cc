@@ -10,6 +10,7 @@
 #include "launch/report.h"
 #include "launch/sweep_spec.h"
 #include "launch/sweep_state.h"
+#include "launch/sweep_status.h"
 #include "trainer/config.h"
 
 namespace tempered {
@@ -278,6 +279,25 @@ std::string Unfinished(const std::vector<RunRecord>& records) {
   return "## Runs without a result\n\n| run | state | attempts | last error |\n|---|---|---:|---|\n" + s.str() + "\n";
 }
 
+// Each run's hosts and devices (RunResult.environment), and what the runs were built from: a result is traced to
+// the machines and code that made it.
+std::string Placement(const std::vector<RunRecord>& records) {
+  std::ostringstream rows;
+  std::set<std::string> builds;
+  for (const RunRecord& r : records) {
+    const RunEnvironment& e = r.result.environment();
+    if (!r.has_result || e.ranks().empty()) continue;
+    rows << "| " << r.name << " | " << FormatPlacement(e) << " |\n";
+    builds.insert("Tempered " + e.tempered_commit() + ", LibTorch " + e.libtorch_version() + ", " + e.mpi_version() +
+                  (e.nccl_version().empty() ? ", no NCCL" : ", NCCL " + e.nccl_version()));
+  }
+  if (rows.str().empty()) return "";
+  std::string built;
+  for (const std::string& b : builds) built += "- " + b + "\n";
+  return "## Where the runs ran\n\n| run | host, GPUs (CUDA_VISIBLE_DEVICES), devices |\n|---|---|\n" + rows.str() +
+         "\nBuilt from:\n" + built + "\n";
+}
+
 std::string DatasetOf(const std::vector<RunRecord>& records) {
   for (const RunRecord& r : records) {
     if (r.has_result) return r.config.data().dataset();
@@ -292,7 +312,7 @@ std::string ReportMarkdown(const std::vector<RunRecord>& records, const SweepSpe
   const std::vector<Cell> cells = GroupCells(records, spec);
   std::string md = "# Tempered sweep report\n\n" + Setup(records, spec);
   if (!cells.empty()) md += Table1(cells, DatasetOf(records)) + BestTau(cells) + Claims(cells) + Plots(plots);
-  md += Unfinished(records);
+  md += Unfinished(records) + Placement(records);
   md += "Per-run numbers (with each run's trends): results.csv, results.json; run directories under runs/.\n";
   return md;
 }

@@ -29,10 +29,13 @@ struct LaunchRequest {
   int attempt = 1;          // 1-based, over all invocations
   std::string stdout_path;  // RUN_DIR/attempt-N.out
   std::string stderr_path;  // RUN_DIR/attempt-N.err
+  std::string gpus;         // the run's GPUs as CUDA_VISIBLE_DEVICES ("0,1"); "" for a CPU run (left as inherited)
 };
 
 // mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS
-//        [mpirun_args] -np R TRAIN --config RUN_DIR/run.pbtxt --out_dir RUN_DIR --resume
+//        [-x CUDA_VISIBLE_DEVICES] [mpirun_args] -np R TRAIN --config RUN_DIR/run.pbtxt --out_dir RUN_DIR --resume
+// -x CUDA_VISIBLE_DEVICES when the request has GPUs: ranks on this node would inherit it anyway, but only -x carries
+// it to ranks that mpirun starts on other hosts (mpirun_args may name some).
 // --resume: an attempt after an interrupted or killed one continues from the run's last checkpoint (the run
 // directory belongs to one config, so any checkpoint in it is this config's); without one it starts afresh.
 // --bind-to none: with -np <= 2 Open MPI binds rank 0 to core 0 in every mpirun, so two concurrent runs would share

@@ -17,6 +17,7 @@ namespace tempered {
 std::vector<std::string> TrainCommand(const BackendOptions& o, const LaunchRequest& r) {
   std::vector<std::string> argv = {o.mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
                                    "-x", "OMP_NUM_THREADS", "-x", "OPENBLAS_NUM_THREADS"};
+  if (!r.gpus.empty()) argv.insert(argv.end(), {"-x", "CUDA_VISIBLE_DEVICES"});
   argv.insert(argv.end(), o.mpirun_args.begin(), o.mpirun_args.end());
   for (const std::string& a : {std::string("-np"), std::to_string(o.ranks_per_run), o.train_binary,
                                std::string("--config"), r.config_path, std::string("--out_dir"), r.run_dir,
@@ -45,6 +46,7 @@ class LocalBackend : public Backend {
     // otherwise each start a pool the size of the machine).
     const std::string threads = std::to_string(options_.threads_per_rank);
     spawn.env = {{"OMP_NUM_THREADS", threads}, {"OPENBLAS_NUM_THREADS", threads}};
+    if (!request.gpus.empty()) spawn.env.emplace_back("CUDA_VISIBLE_DEVICES", request.gpus);
     spawn.stdout_path = request.stdout_path;
     spawn.stderr_path = request.stderr_path;
     const pid_t pid = SpawnInNewSession(spawn);

@@ -73,7 +73,8 @@ std::string ErrorLine(const std::string& path) {
 class Coordinator {
  public:
   explicit Coordinator(const SweepOptions& options)
-      : o_(options), display_(stdout, options.interactive, SweepSlots(options.spec, options.machine_cores)) {
+      : o_(options), display_(stdout, options.interactive, SweepSlots(options.spec, options.machine_cores,
+                                                                      options.node_gpus.size())) {
     o_.backend.ranks_per_run = o_.spec.ranks_per_run();
     o_.backend.threads_per_rank = o_.spec.threads_per_rank();
     o_.backend.mpirun_args.assign(o_.spec.mpirun_args().begin(), o_.spec.mpirun_args().end());
@@ -116,7 +117,7 @@ class Coordinator {
         " new, " + std::to_string(Count(SweepState::Run::FINISHED)) + " finished), " +
         (o_.spec.backend() == SweepSpec::SLURM ? "slurm" : "local") + " backend, " +
         std::to_string(o_.spec.ranks_per_run()) + " ranks x " + std::to_string(o_.spec.threads_per_rank()) +
-        " threads per run, up to " + (Slots() == INT_MAX ? std::string("all") : std::to_string(Slots())) +
+        " threads per run, " + GpuSummary() + "up to " + (Slots() == INT_MAX ? std::string("all") : std::to_string(Slots())) +
         " at a time");
   }
 
@@ -136,7 +137,7 @@ class Coordinator {
     if (run->state() == SweepState::Run::RUNNING) {  // the first poll tells whether it still runs
       Log("watching " + RunName(*run) + ", started by an earlier coordinator (" +
           (run->slurm_job_id().empty() ? "pid " + std::to_string(run->pid()) : "Slurm job " + run->slurm_job_id()) +
-          ")");
+          (run->gpus().empty() ? "" : ", GPUs " + run->gpus()) + ")");
     }
   }
 
@@ -154,7 +155,11 @@ class Coordinator {
 
   void LaunchPending() {
     SettleForeignWriters();
-    for (SweepState::Run* run; Busy() < Slots() && (run = NextPending()) != nullptr;) Launch(run);
+    for (SweepState::Run* run; Busy() < Slots() && (run = NextPending()) != nullptr;) {
+      std::string gpus;
+      if (!ReserveGpus(&gpus)) return;  // runs of an earlier coordinator (another gpus_per_rank) hold too many
+      Launch(run, gpus);
+    }
   }
 
   // Runs of ours and runs written by a tempered-train this coordinator did not start: both use a slot.
@@ -187,7 +192,25 @@ class Coordinator {
     }
   }
 
-  void Launch(SweepState::Run* run) {
+  // The GPUs of the next run ("" for a CPU run): the first of the node's that no running run holds. The state is
+  // the record of who holds what, so runs started by an earlier coordinator keep theirs and an ended run's are
+  // free again once it leaves RUNNING. false when too few are free.
+  bool ReserveGpus(std::string* gpus) const {
+    const int per_run = o_.spec.ranks_per_run() * o_.spec.gpus_per_rank();
+    if (per_run == 0) return true;
+    GpuSlots slots(o_.node_gpus.gpus);
+    for (const auto& running : Running()) slots.Hold(running.gpus());
+    *gpus = slots.Reserve(per_run);
+    return !gpus->empty();
+  }
+
+  std::string GpuSummary() const {
+    if (o_.spec.gpus_per_rank() == 0) return "";
+    return std::to_string(o_.spec.gpus_per_rank()) + " GPU(s) per rank of " + JoinGpuList(o_.node_gpus.gpus) +
+           " (" + o_.node_gpus.source + "), ";
+  }
+
+  void Launch(SweepState::Run* run, const std::string& gpus) {
     const std::string dir = RunDir(*run);
     MakeDirectories(dir);
     if (HasForeignWriter(*run)) return;  // before anything of the run directory is touched
@@ -211,15 +234,17 @@ class Coordinator {
     run->set_attempts(attempt);
     ++attempts_now_[run->id()];
     try {
-      backend_->Launch({dir, dir + "/run.pbtxt", attempt, stem + ".out", stem + ".err"}, run);
+      backend_->Launch({dir, dir + "/run.pbtxt", attempt, stem + ".out", stem + ".err", gpus}, run);
     } catch (const UserError& e) {
       FailAttempt(run, e.what());
       return;
     }
     run->set_state(SweepState::Run::RUNNING);
+    run->set_gpus(gpus);
     Save();
     Log("launched " + RunName(*run) + " (attempt " + std::to_string(attempt) +
-        (run->slurm_job_id().empty() ? "" : ", Slurm job " + run->slurm_job_id()) + ")");
+        (run->slurm_job_id().empty() ? "" : ", Slurm job " + run->slurm_job_id()) +
+        (gpus.empty() ? "" : ", GPUs " + gpus) + ")");
   }
 
   void HandleEnded(SweepState::Run* run, const std::string& how) {
@@ -268,7 +293,7 @@ class Coordinator {
     Save();
   }
 
-  int Slots() const { return SweepSlots(o_.spec, o_.machine_cores); }
+  int Slots() const { return SweepSlots(o_.spec, o_.machine_cores, o_.node_gpus.size()); }
 
   std::vector<SweepState::Run> GridRuns() const {
     std::map<std::string, const SweepState::Run*> by_id;
@@ -313,6 +338,7 @@ class Coordinator {
     run->clear_pid();
     run->clear_pid_start_ticks();
     run->clear_host();
+    run->clear_gpus();
   }
 
   std::string RunDir(const SweepState::Run& run) const { return o_.sweep_dir + "/" + run.run_dir(); }
@@ -333,11 +359,12 @@ class Coordinator {
 
 }  // namespace
 
-int SweepSlots(const SweepSpec& spec, int machine_cores) {
+int SweepSlots(const SweepSpec& spec, int machine_cores, int node_gpus) {
   const int per_run = spec.ranks_per_run() * spec.threads_per_rank();
   const int budget = spec.core_budget() > 0 ? spec.core_budget() : (spec.backend() == SweepSpec::LOCAL ? machine_cores : 0);
   int slots = budget > 0 ? std::max(1, budget / per_run) : INT_MAX;
   if (spec.max_parallel_runs() > 0) slots = std::min(slots, spec.max_parallel_runs());
+  if (spec.gpus_per_rank() > 0) slots = std::min(slots, node_gpus / (spec.ranks_per_run() * spec.gpus_per_rank()));
   return slots;
 }
 
@@ -359,7 +386,9 @@ void PrintSweepStatus(const std::string& sweep_dir) {
   if (runs.empty()) runs.assign(state.runs().begin(), state.runs().end());
   const std::vector<StatusRow> rows = CollectStatus(sweep_dir, runs);
   // The slots of this machine: right for a local sweep, and for Slurm as long as the spec sets core_budget.
-  std::fputs(FormatStatusTable(rows, SweepSlots(state.spec(), MachineCores())).c_str(), stdout);
+  // GPUs as this machine sees them now (the coordinator's --gpus is not recorded): asked only of GPU sweeps.
+  const int gpus = state.spec().gpus_per_rank() > 0 ? DetectNodeGpus("").size() : 0;
+  std::fputs(FormatStatusTable(rows, SweepSlots(state.spec(), MachineCores(), gpus)).c_str(), stdout);
   std::fputs(FormatBestRuns(rows).c_str(), stdout);
   if (::access((sweep_dir + "/report.md").c_str(), F_OK) == 0) std::printf("report: %s/report.md\n", sweep_dir.c_str());
 }

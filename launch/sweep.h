@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "launch/gpu_slots.h"
 #include "launch/scheduler.h"
 #include "proto/tempered.pb.h"
 
@@ -14,6 +15,7 @@ struct SweepOptions {
   std::string sweep_dir;  // absolute
   BackendOptions backend; // train binary, mpirun; ranks, threads and Slurm settings are taken from `spec`
   int machine_cores = 1;  // the local core budget when spec.core_budget is 0
+  NodeGpus node_gpus;     // the GPUs runs with spec.gpus_per_rank > 0 share (each run its own)
   bool interactive = false;  // redraw the status table in place (stdout is a terminal)
 };
 
@@ -24,8 +26,9 @@ struct SweepOptions {
 int RunSweep(const SweepOptions& options);
 
 // How many runs of `spec` may run at once: its core budget (machine_cores for a local sweep without one) over the
-// cores of one run, capped by max_parallel_runs; INT_MAX when nothing limits it (Slurm without a budget).
-int SweepSlots(const SweepSpec& spec, int machine_cores);
+// cores of one run, capped by max_parallel_runs and, when spec.gpus_per_rank > 0, by the node's `node_gpus` over
+// the GPUs of one run; INT_MAX when nothing limits it (Slurm without a budget).
+int SweepSlots(const SweepSpec& spec, int machine_cores, int node_gpus = 0);
 
 // Prints the status table of the sweep in `sweep_dir` (running or finished) from its state and run directories,
 // closed by its progress line (slots counted for this machine), then the best finished run per loss.

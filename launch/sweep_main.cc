@@ -25,6 +25,8 @@ DEFINE_string(out_dir, "tempered-sweep", "sweep directory; re-running the same c
 DEFINE_string(backend, "", "local|slurm (unset: the spec's)");
 DEFINE_string(train_binary, "", "tempered-train to run (default: next to tempered-sweep, or ../trainer/)");
 DEFINE_string(mpirun, "mpirun", "mpirun to launch each run with");
+DEFINE_string(gpus, "", "this node's GPUs for runs with gpus_per_rank > 0, e.g. 0,1,2,3 (each run gets its own "
+                        "through CUDA_VISIBLE_DEVICES); empty: CUDA_VISIBLE_DEVICES if set, else nvidia-smi -L");
 DEFINE_double(poll_seconds, 0, "how often to check runs (0: local 0.5 s, Slurm 2 s)");
 DEFINE_string(status, "", "print the progress of the sweep in this directory (runs finished, running, pending, "
                           "failed; slots; ETA), its runs' table and the best run so far per loss, and exit");
@@ -45,6 +47,7 @@ tempered::FlagHelp SweepHelp() {
                 {"backend", "sweep", "backend"},
                 {"train_binary", "launching runs", ""},
                 {"mpirun", "launching runs", ""},
+                {"gpus", "launching runs", ""},
                 {"poll_seconds", "launching runs", ""},
                 {"status", "inspecting", ""},
                 {"print_default_spec", "inspecting", ""}};
@@ -73,6 +76,11 @@ tempered::SweepOptions OptionsFromFlags() {
   options.machine_cores = tempered::MachineCores();
   options.spec = tempered::ResolveSweepSpec(spec);
   tempered::ValidateSweepSpec(options.spec, options.machine_cores);
+  // nvidia-smi only for a sweep that uses GPUs (or a --gpus to check).
+  if (options.spec.gpus_per_rank() > 0 || !FLAGS_gpus.empty()) {
+    options.node_gpus = tempered::DetectNodeGpus(FLAGS_gpus);
+  }
+  tempered::ValidateNodeGpus(options.spec, options.node_gpus.size(), options.node_gpus.source);
   options.sweep_dir = tempered::AbsolutePath(FLAGS_out_dir);
   options.backend.train_binary = tempered::FindTrainBinary(FLAGS_train_binary);
   options.backend.mpirun = FLAGS_mpirun;

@@ -234,6 +234,11 @@ void ValidateScheduling(const SweepSpec& s, int machine_cores) {
                     " cores, more than the core budget of " + std::to_string(budget) +
                     (s.core_budget() > 0 ? " (core_budget)" : " (this machine's cores)"));
   }
+  if (s.gpus_per_rank() < 0) throw UserError("gpus_per_rank must be >= 0 (0 = CPU runs), got " +
+                                             std::to_string(s.gpus_per_rank()));
+  if (s.gpus_per_rank() > 0 && s.backend() != SweepSpec::LOCAL) {
+    throw UserError("gpus_per_rank is handled by the local backend only: the slurm backend does not request GPUs");
+  }
   if (s.base().threads() != 0) throw UserError("base.threads is set by the sweep from threads_per_rank: remove it");
   if (!s.base().out_dir().empty()) {
     throw UserError("base.out_dir is set by the sweep (one directory per run under --out_dir): remove it");
@@ -246,6 +251,15 @@ void ValidateSweepSpec(const SweepSpec& spec, int machine_cores) {
   ValidateAxes(spec);
   ValidateScheduling(spec, machine_cores);
   ExpandGrid(spec);  // validates every point's config (field paths, values, ValidateConfig)
+}
+
+void ValidateNodeGpus(const SweepSpec& spec, int node_gpus, const std::string& source) {
+  const int64_t per_run = int64_t{spec.ranks_per_run()} * spec.gpus_per_rank();
+  if (per_run == 0 || node_gpus >= per_run) return;
+  throw UserError("one run needs ranks_per_run x gpus_per_rank = " + std::to_string(spec.ranks_per_run()) + " x " +
+                  std::to_string(spec.gpus_per_rank()) + " = " + std::to_string(per_run) + " GPUs, but this node " +
+                  (node_gpus == 0 ? std::string("has none (no --gpus, CUDA_VISIBLE_DEVICES or nvidia-smi -L)")
+                                  : "has " + std::to_string(node_gpus) + " (" + source + ")"));
 }
 
 }  // namespace tempered

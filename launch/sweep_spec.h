@@ -24,6 +24,10 @@ SweepSpec ResolveSweepSpec(const SweepSpec& spec);
 // local core budget when spec.core_budget is 0.
 void ValidateSweepSpec(const SweepSpec& spec, int machine_cores);
 
+// Rejects a spec whose gpus_per_rank leaves no run enough of the node's `node_gpus` GPUs (listed by `source`,
+// NodeGpus in launch/gpu_slots.h): UserError with one sentence. A CPU spec (gpus_per_rank 0) always passes.
+void ValidateNodeGpus(const SweepSpec& spec, int node_gpus, const std::string& source);
+
 struct GridPoint {
   std::string id;    // RunId(config)
   std::string name;  // run directory name: <loss>_tau<tau>[_k<hard_k>][_seed<seed>]_<id>

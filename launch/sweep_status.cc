@@ -47,6 +47,7 @@ void FillFromResult(const RunResult& r, StatusRow* row) {
   if (epochs > 0) row->loss_value = Fixed(r.epochs(epochs - 1).mean_loss(), 4);
   row->images_per_second = Fixed(r.images_per_second(), 0);
   row->eta = "-";
+  row->where = FormatPlacement(r.environment());
   if (r.status() == RunResult::FINISHED) {
     row->knn = Fixed(r.final().knn_top1(), 1);
     row->knn_top1 = r.final().knn_top1();
@@ -76,6 +77,34 @@ std::string FormatDuration(double seconds) {
   return buf;
 }
 
+std::string FormatPlacement(const RunEnvironment& environment) {
+  struct Host {
+    std::string name;
+    std::vector<std::string> visible, devices;  // distinct values, in rank order
+  };
+  std::vector<Host> hosts;
+  const auto add_once = [](std::vector<std::string>* values, const std::string& value) {
+    if (!value.empty() && std::find(values->begin(), values->end(), value) == values->end()) values->push_back(value);
+  };
+  for (const RunEnvironment::Rank& rank : environment.ranks()) {
+    auto host = std::find_if(hosts.begin(), hosts.end(), [&](const Host& h) { return h.name == rank.host(); });
+    if (host == hosts.end()) host = hosts.insert(hosts.end(), Host{rank.host(), {}, {}});
+    add_once(&host->visible, rank.cuda_visible_devices());
+    add_once(&host->devices, rank.device());
+  }
+  const auto join = [](const std::vector<std::string>& values, const char* separator) {
+    std::string joined;
+    for (const std::string& v : values) joined += (joined.empty() ? "" : separator) + v;
+    return joined;
+  };
+  std::vector<std::string> parts;
+  for (const Host& h : hosts) {
+    parts.push_back(h.name + (h.visible.empty() ? "" : " GPUs " + join(h.visible, "/")) +
+                    (h.devices.empty() ? "" : " " + join(h.devices, ",")));
+  }
+  return join(parts, "; ");
+}
+
 std::vector<StatusRow> CollectStatus(const std::string& sweep_dir, const std::vector<SweepState::Run>& runs) {
   std::vector<StatusRow> rows;
   for (const auto& run : runs) {
@@ -89,6 +118,8 @@ std::vector<StatusRow> CollectStatus(const std::string& sweep_dir, const std::ve
     row.running = run.state() == SweepState::Run::RUNNING;
     Progress progress;
     RunResult result;
+    // What the coordinator gave it: the attempt's result.json may not be written yet.
+    if (row.running) row.where = run.host() + (run.gpus().empty() ? "" : " GPUs " + run.gpus());
     if (row.running && ReadProgress(dir, &progress)) {
       FillFromProgress(progress, &row);
     } else if (!row.running && run.state() != SweepState::Run::PENDING && ReadRunResult(dir, &result)) {
@@ -186,11 +217,11 @@ std::string FormatBestRuns(const std::vector<StatusRow>& rows) {
 
 std::string FormatStatusTable(const std::vector<StatusRow>& rows, int slots) {
   const std::vector<std::string> header = {"run", "loss", "tau", "state", "try", "epoch", "loss", "img/s", "ETA",
-                                           "kNN%"};
+                                           "kNN%", "where"};
   std::vector<std::vector<std::string>> cells = {header};
   for (const auto& r : rows) {
     cells.push_back({r.run, r.loss, r.tau, r.state, r.attempt, r.epoch, r.loss_value, r.images_per_second, r.eta,
-                     r.knn});
+                     r.knn, r.where});
   }
   std::vector<size_t> width(header.size(), 0);
   for (const auto& line : cells) {

@@ -18,6 +18,7 @@ struct StatusRow {
   double eta_seconds = -1;    // a running run's own ETA for its remaining steps (progress.json); -1 when unknown
   double wall_seconds = -1;   // a finished run's duration (result.json wall_seconds)
   double knn_top1 = -1;       // a finished run's final kNN top-1 (result.json final.knn_top1)
+  std::string where;          // FormatPlacement of its result; a running run's host and GPUs as the state has them
 };
 
 // The sweep as a whole, for the progress line.
@@ -56,6 +57,10 @@ std::string FormatStatusTable(const std::vector<StatusRow>& rows, int slots);
 
 // "0:01:05"
 std::string FormatDuration(double seconds);
+
+// Where a run ran, per host in rank order: its name, the CUDA_VISIBLE_DEVICES its ranks saw and the devices they
+// used, each distinct value once: "node1 GPUs 0,1 cuda:0,cuda:1", "node1 cpu; node2 cpu". "" without ranks.
+std::string FormatPlacement(const RunEnvironment& environment);
 
 class StatusDisplay {
  public:

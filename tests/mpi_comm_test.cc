@@ -73,6 +73,23 @@ TEST(Comm, AllGatherCountsAreEveryRanks) {
 }
 
 // Rank r contributes r rows (rank 0 none), so the world of n gathers n(n-1)/2 rows.
+// Rank r sends r copies of a letter and its rank, so rank 1 sends "" and every length differs; bytes beyond
+// ASCII and an embedded NUL travel as they are (a serialised message is what the trainer sends).
+TEST(Comm, AllGatherStringsOfEveryLengthIncludingEmpty) {
+  const auto string_of = [](int r) {
+    return r == 1 ? std::string() : std::string(r, static_cast<char>('a' + r)) + '\0' + "\xff" + std::to_string(r);
+  };
+  const std::vector<std::string> all = AllGatherStrings(string_of(Rank()));
+  ASSERT_EQ(static_cast<int>(all.size()), Size());
+  for (int r = 0; r < Size(); ++r) EXPECT_EQ(all[r], string_of(r)) << "rank " << r;
+}
+
+TEST(Comm, LibraryVersionsAreOneLine) {
+  const std::string mpi = MpiLibraryVersion();
+  EXPECT_FALSE(mpi.empty());
+  EXPECT_EQ(mpi.find_first_of(std::string("\r\n\0", 3)), std::string::npos) << mpi;
+}
+
 TEST(Comm, AllGatherUnevenRowsIncludingZero) {
   for (torch::ScalarType dtype : kDtypes) {
     torch::Tensor out = AllGather(RankRows(Rank(), Rank(), 3, dtype));

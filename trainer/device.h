@@ -7,9 +7,14 @@
 
 namespace tempered {
 
-// The rank's device: CPU, or GPU local_rank % count so that ranks on a node spread over its GPUs. Throws UserError
-// when cuda is asked for and there is none.
+// The rank's device: CPU, or the GPU GpuForLocalRank gives it among those visible. Throws UserError when cuda is
+// asked for and there is none, or fewer GPUs are visible than ranks run on this node.
 torch::Device DeviceFor(const RunConfig& config);
+
+// The visible GPU of the rank `local_rank` of the `local_ranks` on a node with `visible_count` visible GPUs: its own,
+// index local_rank. UserError (one sentence) when fewer GPUs are visible than ranks run on the node: two ranks on
+// one GPU would not fail but would share its memory and time, and run slower than one.
+int GpuForLocalRank(int local_rank, int local_ranks, int visible_count);
 
 // Intra-op threads of a rank: config.threads, or the node's cores shared among its ranks.
 int ThreadsPerRank(const RunConfig& config);

@@ -25,6 +25,7 @@
 #include "trainer/config.h"
 #include "trainer/data.h"
 #include "trainer/device.h"
+#include "trainer/environment.h"
 #include "trainer/eval.h"
 #include "trainer/event_writer.h"
 #include "trainer/files.h"
@@ -78,6 +79,7 @@ struct Run {
   Learner learner;
   int64_t steps_per_epoch = 0;
   int64_t total_steps = 0;
+  torch::Device device = torch::kCPU;
 };
 
 void CheckBatchFits(const RunConfig& config, const Dataset& train, int64_t steps_per_epoch) {
@@ -114,7 +116,9 @@ Run Setup(const RunConfig& config) {
   });
   t.total_steps = t.steps_per_epoch * config.epochs();
   if (config.max_steps() > 0) t.total_steps = std::min(t.total_steps, config.max_steps());
-  const torch::Device device = DeviceFor(config);
+  // Collectively: a node with fewer GPUs than ranks refuses on its ranks only, and the others must not wait for them.
+  Collectively([&] { t.device = DeviceFor(config); });
+  const torch::Device device = t.device;
   if (config.bf16() && device.is_cpu() && comm::Rank() == 0 && !CpuHasNativeBf16()) {
     LOG(WARNING) << "bf16 on a CPU without AVX512-BF16 or AMX (/proc/cpuinfo): slower than fp32 here";
   }
@@ -398,6 +402,7 @@ bool TrainSteps(Run& t, TrainingState& state, const std::vector<StepObserver*>& 
 void StartResult(Run& t, int64_t step, RunResult* result, ResultFile& file) {
   *result->mutable_config() = t.config;
   result->set_world_size(comm::Size());
+  *result->mutable_environment() = GatherEnvironment(t.device);  // this attempt's, also after a resume
   result->set_status(RunResult::RUNNING);
   file.Write(*result);
   if (step != 0) return;
