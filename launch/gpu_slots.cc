@@ -91,8 +91,4 @@ std::string GpuSlots::Reserve(int count) {
   return JoinGpuList(taken);
 }
 
-void GpuSlots::Release(const std::string& gpus) {
-  for (const std::string& gpu : ParseGpuList(gpus, "a run's GPU list")) held_.erase(gpu);
-}
-
 }  // namespace tempered

@@ -28,7 +28,8 @@ struct NodeGpus {
 NodeGpus DetectNodeGpus(const std::string& flag_value);
 
 // Which of the node's GPUs are free. Reserve takes the first free ones in the node's order, so a run's share is
-// predictable ("0,1" then "2,3").
+// predictable ("0,1" then "2,3"). Nothing is released: the coordinator builds one per launch from the GPUs its
+// running runs hold (its state), so an ended run's GPUs are free again once it leaves RUNNING.
 class GpuSlots {
  public:
   explicit GpuSlots(std::vector<std::string> node_gpus);
@@ -38,7 +39,6 @@ class GpuSlots {
   void Hold(const std::string& gpus);
   // `count` free GPUs, held from now on, as a comma list; "" when fewer than `count` are free (count >= 1).
   std::string Reserve(int count);
-  void Release(const std::string& gpus);
 
   int free_count() const { return static_cast<int>(node_gpus_.size() - held_.size()); }
   int size() const { return static_cast<int>(node_gpus_.size()); }
