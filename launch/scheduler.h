@@ -42,6 +42,13 @@ struct LaunchRequest {
 // one core. --allow-run-as-root: as root mpirun otherwise refuses and still exits 0 (ENV.md).
 std::vector<std::string> TrainCommand(const BackendOptions& options, const LaunchRequest& request);
 
+// What the scheduler says of the job of a run's current attempt (Slurm; the local backend has no jobs).
+struct JobState {
+  std::string state;   // Slurm's job state: PENDING, RUNNING, TIMEOUT, REQUEUE_HOLD, ...
+  std::string reason;  // why it is in that state (squeue %r, e.g. JobHeldUser); "" for None
+  int restarts = 0;    // how often Slurm requeued it
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -51,8 +58,11 @@ class Backend {
   // Of `running` (runs in state RUNNING, also ones started by an earlier, killed coordinator), those that have
   // ended: run id -> how, e.g. "exit code 1" or "Slurm state TIMEOUT".
   virtual std::map<std::string, std::string> Ended(const std::vector<SweepState::Run>& running) = 0;
-  // Stops `running` and returns when they are gone: SIGTERM to mpirun (which forwards it to its ranks), then
-  // SIGKILL to everything left in the run's session; or scancel.
+  // What the scheduler said at the last Ended call of each run it was asked about, ended ones included: run id ->
+  // state. Empty for a backend without a scheduler (local).
+  virtual std::map<std::string, JobState> JobStates() const { return {}; }
+  // Stops `running` and returns when they are gone: SIGUSR1 to mpirun (which forwards it to its ranks; they
+  // checkpoint and end INTERRUPTED), then SIGKILL to everything left in the run's session; or scancel.
   virtual void Stop(const std::vector<SweepState::Run>& running) = 0;
   virtual double PollSeconds() const = 0;
 };
@@ -62,5 +72,8 @@ std::unique_ptr<Backend> MakeSlurmBackend(const BackendOptions& options);
 
 // The sbatch script of one attempt (exposed for tests).
 std::string SlurmScript(const BackendOptions& options, const LaunchRequest& request, const std::string& job_name);
+
+// SweepSpec.Slurm.signal_grace_seconds, or its default (120) when 0.
+int SignalGraceSeconds(const SweepSpec::Slurm& slurm);
 
 }  // namespace tempered

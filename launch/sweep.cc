@@ -16,6 +16,7 @@
 #include <set>
 #include <thread>
 
+#include "launch/attempt_policy.h"
 #include "launch/report.h"
 #include "launch/scheduler_process.h"
 #include "launch/sweep_spec.h"
@@ -145,7 +146,9 @@ class Coordinator {
   bool Loop() {
     for (;;) {
       if (g_stop_signal) return false;
-      for (const auto& [id, how] : backend_->Ended(Running())) HandleEnded(Find(id), how);
+      const std::map<std::string, std::string> ended = backend_->Ended(Running());
+      NoteJobStates(backend_->JobStates());
+      for (const auto& [id, how] : ended) HandleEnded(Find(id), how);
       LaunchPending();
       display_.Refresh(CollectStatus(o_.sweep_dir, GridRuns()));
       if (Running().empty() && Count(SweepState::Run::PENDING) == 0) return true;
@@ -196,7 +199,7 @@ class Coordinator {
   // the record of who holds what, so runs started by an earlier coordinator keep theirs and an ended run's are
   // free again once it leaves RUNNING. false when too few are free.
   bool ReserveGpus(std::string* gpus) const {
-    const int per_run = o_.spec.ranks_per_run() * o_.spec.gpus_per_rank();
+    const int per_run = o_.spec.ranks_per_run() * LocalGpusPerRank(o_.spec);
     if (per_run == 0) return true;
     GpuSlots slots(o_.node_gpus.gpus);
     for (const auto& running : Running()) slots.Hold(running.gpus());
@@ -205,7 +208,7 @@ class Coordinator {
   }
 
   std::string GpuSummary() const {
-    if (o_.spec.gpus_per_rank() == 0) return "";
+    if (LocalGpusPerRank(o_.spec) == 0) return "";
     return std::to_string(o_.spec.gpus_per_rank()) + " GPU(s) per rank of " + JoinGpuList(o_.node_gpus.gpus) +
            " (" + o_.node_gpus.source + "), ";
   }
@@ -221,6 +224,7 @@ class Coordinator {
       return;
     }
     const int attempt = run->attempts() + 1;
+    run->set_start_step(CheckpointedStep(dir));
     // Keep a failed attempt's result for inspection; progress.json would show the old attempt's numbers.
     std::rename((dir + "/result.json").c_str(), (dir + "/attempt-" + std::to_string(attempt - 1) + ".result.json").c_str());
     std::remove((dir + "/progress.json").c_str());
@@ -250,6 +254,12 @@ class Coordinator {
   void HandleEnded(SweepState::Run* run, const std::string& how) {
     RunResult result;
     const bool has_result = ReadRunResult(RunDir(*run), &result);
+    EndedAttempt ended;
+    ended.slurm_state = run->slurm_state();
+    ended.requeued = run->slurm_requeued();
+    ended.interrupted = has_result && result.status() == RunResult::INTERRUPTED;
+    ended.start_step = run->start_step();
+    ended.end_step = has_result ? result.global_steps() : 0;
     ClearHandle(run);
     if (has_result && result.status() == RunResult::FINISHED) {
       run->set_state(SweepState::Run::FINISHED);
@@ -258,9 +268,52 @@ class Coordinator {
       Log("finished " + RunName(*run) + ": " + Summary(result));
       return;
     }
+    if (IsFreeAttempt(ended)) {
+      ResumeFree(run, how, ended);
+      return;
+    }
     const std::string log = "attempt-" + std::to_string(run->attempts()) + ".err";
     std::string error = has_result && !result.error().empty() ? result.error() : ErrorLine(RunDir(*run) + "/" + log);
     FailAttempt(run, how + ": " + (error.empty() ? "no result" : error) + " (see " + run->run_dir() + "/" + log + ")");
+  }
+
+  // An attempt stopped from outside after progress (IsFreeAttempt): it runs again from its checkpoint, and this
+  // invocation's count of its attempts gives the attempt back.
+  void ResumeFree(SweepState::Run* run, const std::string& how, const EndedAttempt& ended) {
+    int& attempts = attempts_now_[run->id()];
+    if (attempts > 0) --attempts;
+    const std::string steps = "global step " + std::to_string(ended.start_step) + " to " +
+                              std::to_string(ended.end_step);
+    run->set_last_error(how + (ended.interrupted ? " (the run checkpointed and stopped)" : "") + " after " + steps);
+    run->set_state(SweepState::Run::PENDING);
+    Save();
+    Log("attempt " + std::to_string(run->attempts()) + " of " + RunName(*run) + ": " + run->last_error() +
+        ": stopped from outside after progress, resuming from its checkpoint (not counted toward max_attempts)");
+  }
+
+  // Keeps what Slurm says of each running run's job (for --status), and logs a requeue and any state that waits on
+  // someone (a hold, a suspension) as it comes and goes: a sweep never waits on a held job in silence.
+  void NoteJobStates(const std::map<std::string, JobState>& jobs) {
+    bool changed = false;
+    for (const auto& [id, job] : jobs) {
+      SweepState::Run* run = Find(id);
+      const std::string name = "Slurm job " + run->slurm_job_id() + " of " + RunName(*run);
+      if (job.restarts > 0 && !run->slurm_requeued()) {
+        run->set_slurm_requeued(true);
+        changed = true;
+        Log(name + " was requeued by Slurm: it runs again and resumes from its checkpoint");
+      }
+      if (job.state == run->slurm_state() && job.reason == run->slurm_reason()) continue;
+      const std::string before = SlurmWaitNote(run->slurm_job_id(), run->slurm_state(), run->slurm_reason());
+      const std::string note = SlurmWaitNote(run->slurm_job_id(), job.state, job.reason);
+      run->set_slurm_state(job.state);
+      run->set_slurm_reason(job.reason);
+      changed = true;
+      const std::string state = job.state + (job.reason.empty() ? "" : " (" + job.reason + ")");
+      if (!note.empty()) Log(name + " is " + state + ": " + note);
+      if (note.empty() && !before.empty()) Log(name + " is " + state + " now");
+    }
+    if (changed) Save();
   }
 
   void FailAttempt(SweepState::Run* run, const std::string& error) {
@@ -339,6 +392,9 @@ class Coordinator {
     run->clear_pid_start_ticks();
     run->clear_host();
     run->clear_gpus();
+    run->clear_slurm_state();
+    run->clear_slurm_reason();
+    run->clear_slurm_requeued();
   }
 
   std::string RunDir(const SweepState::Run& run) const { return o_.sweep_dir + "/" + run.run_dir(); }
@@ -364,11 +420,23 @@ int SweepSlots(const SweepSpec& spec, int machine_cores, int node_gpus) {
   const int budget = spec.core_budget() > 0 ? spec.core_budget() : (spec.backend() == SweepSpec::LOCAL ? machine_cores : 0);
   int slots = budget > 0 ? std::max(1, budget / per_run) : INT_MAX;
   if (spec.max_parallel_runs() > 0) slots = std::min(slots, spec.max_parallel_runs());
-  if (spec.gpus_per_rank() > 0) slots = std::min(slots, node_gpus / (spec.ranks_per_run() * spec.gpus_per_rank()));
+  if (LocalGpusPerRank(spec) > 0) slots = std::min(slots, node_gpus / (spec.ranks_per_run() * LocalGpusPerRank(spec)));
   return slots;
 }
 
 int RunSweep(const SweepOptions& options) { return Coordinator(options).Run(); }
+
+std::string FormatSlurmWaits(const std::vector<SweepState::Run>& runs) {
+  std::string text;
+  for (const auto& run : runs) {
+    if (run.state() != SweepState::Run::RUNNING) continue;
+    const std::string note = SlurmWaitNote(run.slurm_job_id(), run.slurm_state(), run.slurm_reason());
+    if (note.empty()) continue;
+    text += "Slurm job " + run.slurm_job_id() + " of " + RunName(run) + " is " + run.slurm_state() +
+            (run.slurm_reason().empty() ? "" : " (" + run.slurm_reason() + ")") + ": " + note + "\n";
+  }
+  return text.empty() ? "" : "waiting on someone (as the coordinator last saw it):\n" + text;
+}
 
 void PrintSweepStatus(const std::string& sweep_dir) {
   SweepState state;
@@ -387,8 +455,9 @@ void PrintSweepStatus(const std::string& sweep_dir) {
   const std::vector<StatusRow> rows = CollectStatus(sweep_dir, runs);
   // The slots of this machine: right for a local sweep, and for Slurm as long as the spec sets core_budget.
   // GPUs as this machine sees them now (the coordinator's --gpus is not recorded): asked only of GPU sweeps.
-  const int gpus = state.spec().gpus_per_rank() > 0 ? DetectNodeGpus("").size() : 0;
+  const int gpus = LocalGpusPerRank(state.spec()) > 0 ? DetectNodeGpus("").size() : 0;
   std::fputs(FormatStatusTable(rows, SweepSlots(state.spec(), MachineCores(), gpus)).c_str(), stdout);
+  std::fputs(FormatSlurmWaits(runs).c_str(), stdout);
   std::fputs(FormatBestRuns(rows).c_str(), stdout);
   if (::access((sweep_dir + "/report.md").c_str(), F_OK) == 0) std::printf("report: %s/report.md\n", sweep_dir.c_str());
 }

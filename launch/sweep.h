@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "launch/gpu_slots.h"
 #include "launch/scheduler.h"
@@ -30,8 +31,13 @@ int RunSweep(const SweepOptions& options);
 // the GPUs of one run; INT_MAX when nothing limits it (Slurm without a budget).
 int SweepSlots(const SweepSpec& spec, int machine_cores, int node_gpus = 0);
 
+// One line per running run whose Slurm job waits on someone (held, suspended; SlurmWaitNote), under a heading; ""
+// when none does. From the state file: what the coordinator saw at its last poll.
+std::string FormatSlurmWaits(const std::vector<SweepState::Run>& runs);
+
 // Prints the status table of the sweep in `sweep_dir` (running or finished) from its state and run directories,
-// closed by its progress line (slots counted for this machine), then the best finished run per loss.
+// closed by its progress line (slots counted for this machine), then the Slurm jobs that wait on someone
+// (FormatSlurmWaits) and the best finished run per loss.
 void PrintSweepStatus(const std::string& sweep_dir);
 
 }  // namespace tempered

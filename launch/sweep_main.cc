@@ -77,7 +77,7 @@ tempered::SweepOptions OptionsFromFlags() {
   options.spec = tempered::ResolveSweepSpec(spec);
   tempered::ValidateSweepSpec(options.spec, options.machine_cores);
   // nvidia-smi only for a sweep that uses GPUs (or a --gpus to check).
-  if (options.spec.gpus_per_rank() > 0 || !FLAGS_gpus.empty()) {
+  if (tempered::LocalGpusPerRank(options.spec) > 0 || !FLAGS_gpus.empty()) {
     options.node_gpus = tempered::DetectNodeGpus(FLAGS_gpus);
   }
   tempered::ValidateNodeGpus(options.spec, options.node_gpus.size(), options.node_gpus.source);

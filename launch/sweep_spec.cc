@@ -62,6 +62,10 @@ SweepSpec ResolveSweepSpec(const SweepSpec& spec) {
   if (s.threads_per_rank() == 0) s.set_threads_per_rank(1);
   if (s.backend() == SweepSpec::BACKEND_UNSPECIFIED) s.set_backend(SweepSpec::LOCAL);
   if (s.max_attempts() == 0) s.set_max_attempts(2);
+  // On Slurm a rank is a task: gpus_per_rank is its GPU request, and Slurm (not the coordinator) picks the devices.
+  if (s.backend() == SweepSpec::SLURM && s.slurm().gpus_per_task() == 0) {
+    s.mutable_slurm()->set_gpus_per_task(s.gpus_per_rank());
+  }
   return s;
 }
 
@@ -236,12 +240,38 @@ void ValidateScheduling(const SweepSpec& s, int machine_cores) {
   }
   if (s.gpus_per_rank() < 0) throw UserError("gpus_per_rank must be >= 0 (0 = CPU runs), got " +
                                              std::to_string(s.gpus_per_rank()));
-  if (s.gpus_per_rank() > 0 && s.backend() != SweepSpec::LOCAL) {
-    throw UserError("gpus_per_rank is handled by the local backend only: the slurm backend does not request GPUs");
+  if (s.gpus_per_rank() > 0 && s.slurm().gpus_per_task() > 0 && s.gpus_per_rank() != s.slurm().gpus_per_task()) {
+    throw UserError("gpus_per_rank (" + std::to_string(s.gpus_per_rank()) + ") and slurm.gpus_per_task (" +
+                    std::to_string(s.slurm().gpus_per_task()) + ") disagree: both are the GPUs of one rank, set one");
   }
   if (s.base().threads() != 0) throw UserError("base.threads is set by the sweep from threads_per_rank: remove it");
   if (!s.base().out_dir().empty()) {
     throw UserError("base.out_dir is set by the sweep (one directory per run under --out_dir): remove it");
+  }
+}
+
+// The Slurm settings go into #SBATCH lines of the job script: a newline in one would end its line there.
+void ValidateSlurm(const SweepSpec& s) {
+  const SweepSpec::Slurm& slurm = s.slurm();
+  const std::pair<const char*, int> counts[] = {{"gpus_per_task", slurm.gpus_per_task()},
+                                                {"nodes", slurm.nodes()},
+                                                {"ntasks_per_node", slurm.ntasks_per_node()},
+                                                {"signal_grace_seconds", slurm.signal_grace_seconds()}};
+  for (const auto& [field, value] : counts) {
+    if (value < 0) throw UserError(std::string("slurm.") + field + " must be >= 0, got " + std::to_string(value));
+  }
+  if (slurm.nodes() > 0 && slurm.ntasks_per_node() > 0 && slurm.nodes() * slurm.ntasks_per_node() != s.ranks_per_run()) {
+    throw UserError("slurm.nodes x slurm.ntasks_per_node = " + std::to_string(slurm.nodes()) + " x " +
+                    std::to_string(slurm.ntasks_per_node()) + " must equal ranks_per_run (" +
+                    std::to_string(s.ranks_per_run()) + "): each rank is one Slurm task");
+  }
+  const std::pair<const char*, std::string> texts[] = {{"partition", slurm.partition()}, {"time_limit", slurm.time_limit()},
+                                                       {"account", slurm.account()},     {"qos", slurm.qos()},
+                                                       {"constraint", slurm.constraint()}};
+  for (const auto& [field, value] : texts) {
+    if (value.find_first_of("\n\r") != std::string::npos) {
+      throw UserError(std::string("slurm.") + field + " must be one line, got '" + value + "'");
+    }
   }
 }
 
@@ -250,11 +280,12 @@ void ValidateScheduling(const SweepSpec& s, int machine_cores) {
 void ValidateSweepSpec(const SweepSpec& spec, int machine_cores) {
   ValidateAxes(spec);
   ValidateScheduling(spec, machine_cores);
+  ValidateSlurm(spec);
   ExpandGrid(spec);  // validates every point's config (field paths, values, ValidateConfig)
 }
 
 void ValidateNodeGpus(const SweepSpec& spec, int node_gpus, const std::string& source) {
-  const int64_t per_run = int64_t{spec.ranks_per_run()} * spec.gpus_per_rank();
+  const int64_t per_run = int64_t{spec.ranks_per_run()} * LocalGpusPerRank(spec);
   if (per_run == 0 || node_gpus >= per_run) return;
   throw UserError("one run needs ranks_per_run x gpus_per_rank = " + std::to_string(spec.ranks_per_run()) + " x " +
                   std::to_string(spec.gpus_per_rank()) + " = " + std::to_string(per_run) + " GPUs, but this node " +

@@ -16,8 +16,14 @@ SweepSpec DefaultSweepSpec();
 // Reads a text-format SweepSpec; UserError naming the file and line of a parse error or unknown field.
 SweepSpec ReadSweepSpec(const std::string& path);
 
-// Fills unset scheduling fields: one rank per run, one thread per rank, the local backend, two attempts.
+// Fills unset scheduling fields: one rank per run, one thread per rank, the local backend, two attempts; on
+// Slurm, slurm.gpus_per_task from gpus_per_rank.
 SweepSpec ResolveSweepSpec(const SweepSpec& spec);
+
+// The GPUs per rank the coordinator itself hands out (local backend); 0 on Slurm, which picks a job's GPUs.
+inline int LocalGpusPerRank(const SweepSpec& spec) {
+  return spec.backend() == SweepSpec::SLURM ? 0 : spec.gpus_per_rank();
+}
 
 // Rejects a bad spec before anything runs: UserError with one sentence naming the problem (empty axis, tau <= 0,
 // unknown loss or field, ranks x threads over the core budget, an invalid grid point). `machine_cores` is the
@@ -25,7 +31,7 @@ SweepSpec ResolveSweepSpec(const SweepSpec& spec);
 void ValidateSweepSpec(const SweepSpec& spec, int machine_cores);
 
 // Rejects a spec whose gpus_per_rank leaves no run enough of the node's `node_gpus` GPUs (listed by `source`,
-// NodeGpus in launch/gpu_slots.h): UserError with one sentence. A CPU spec (gpus_per_rank 0) always passes.
+// NodeGpus in launch/gpu_slots.h): UserError with one sentence. A CPU or Slurm spec always passes.
 void ValidateNodeGpus(const SweepSpec& spec, int node_gpus, const std::string& source);
 
 struct GridPoint {

@@ -4,9 +4,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -58,15 +60,34 @@ int MergeGrid(const std::vector<GridPoint>& points, SweepState* state) {
   return added;
 }
 
-bool ReadRunResult(const std::string& run_dir, RunResult* result) {
+bool ReadRunResultFile(const std::string& path, RunResult* result) {
   std::string json;
-  if (!ReadFile(run_dir + "/result.json", &json)) return false;
+  if (!ReadFile(path, &json)) return false;
   try {
-    FromJson(json, result, run_dir + "/result.json");
+    FromJson(json, result, path);
   } catch (const UserError&) {
     return false;  // result.json is written atomically, so this is a foreign or damaged file: no result
   }
   return true;
+}
+
+bool ReadRunResult(const std::string& run_dir, RunResult* result) {
+  return ReadRunResultFile(run_dir + "/result.json", result);
+}
+
+int64_t CheckpointedStep(const std::string& run_dir) {
+  int64_t step = 0;
+  std::error_code ignored;
+  for (const auto& entry : std::filesystem::directory_iterator(run_dir, ignored)) {
+    const std::string name = entry.path().filename().string();
+    const bool earlier = name.rfind("attempt-", 0) == 0 && name.size() > 12 &&
+                         name.compare(name.size() - 12, 12, ".result.json") == 0;
+    RunResult result;
+    if ((name == "result.json" || earlier) && ReadRunResultFile(entry.path().string(), &result)) {
+      step = std::max<int64_t>(step, result.global_steps());
+    }
+  }
+  return step;
 }
 
 bool ReadProgress(const std::string& run_dir, Progress* p) {

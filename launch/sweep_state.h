@@ -8,6 +8,7 @@
 // whatever the state file says (the coordinator may have been killed before it wrote the state).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,11 @@ int MergeGrid(const std::vector<GridPoint>& points, SweepState* state);
 
 // Reads RUN_DIR/result.json; false when it is missing or unreadable (e.g. the run was killed before writing it).
 bool ReadRunResult(const std::string& run_dir, RunResult* result);
+
+// The run's checkpointed global step: result.json is written with every checkpoint, so its global_steps is the
+// last checkpoint's. Earlier attempts' results (attempt-N.result.json) count too, since the latest attempt may have
+// died before writing one; checkpoints only move forward, so the largest is the newest. 0 without any.
+int64_t CheckpointedStep(const std::string& run_dir);
 
 // The last DIR/progress.json of a running run (written by rank 0 every log_every_steps steps).
 struct Progress {

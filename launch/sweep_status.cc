@@ -114,6 +114,11 @@ std::vector<StatusRow> CollectStatus(const std::string& sweep_dir, const std::ve
     row.loss = LossName(run.config().loss().name());
     row.tau = LossUsesTau(run.config().loss().name()) ? FormatFloat(run.config().loss().tau()) : "-";
     row.state = StateName(run.state());
+    // A run whose Slurm job is not running (queued, held, suspended) says so, as the coordinator last saw it.
+    const std::string& slurm = run.slurm_state();
+    if (run.state() == SweepState::Run::RUNNING && !slurm.empty() && slurm != "RUNNING") {
+      row.state = "slurm " + slurm + (run.slurm_reason().empty() ? "" : " (" + run.slurm_reason() + ")");
+    }
     row.attempt = std::to_string(run.attempts());
     row.running = run.state() == SweepState::Run::RUNNING;
     Progress progress;

@@ -124,12 +124,20 @@ TEST(GpuSweep, TooFewGpusForOneRunIsRejectedInOneSentence) {
   EXPECT_EQ(ErrorOf([] { ValidateNodeGpus(Spec("ranks_per_run: 4"), 0, "none"); }), "");  // CPU runs
 }
 
-TEST(GpuSweep, SpecValidationRefusesNegativeAndSlurmGpus) {
+TEST(GpuSweep, SpecValidationRefusesNegativeAndDisagreeingGpus) {
   EXPECT_EQ(ErrorOf([] { ValidateSweepSpec(Spec("gpus_per_rank: -1"), 2); }),
             "gpus_per_rank must be >= 0 (0 = CPU runs), got -1");
-  EXPECT_NE(ErrorOf([] { ValidateSweepSpec(Spec("backend: SLURM gpus_per_rank: 1"), 2); })
-                .find("gpus_per_rank is handled by the local backend only"),
-            std::string::npos);
+  EXPECT_EQ(ErrorOf([] { ValidateSweepSpec(Spec("backend: SLURM gpus_per_rank: 1 slurm { gpus_per_task: 2 }"), 2); }),
+            "gpus_per_rank (1) and slurm.gpus_per_task (2) disagree: both are the GPUs of one rank, set one");
+}
+
+TEST(GpuSweep, OnSlurmGpusPerRankIsTheJobsRequestAndTheCoordinatorHoldsNone) {
+  const SweepSpec slurm = ResolveSweepSpec(Spec("backend: SLURM ranks_per_run: 2 gpus_per_rank: 1"));
+  EXPECT_EQ(slurm.slurm().gpus_per_task(), 1);
+  EXPECT_EQ(LocalGpusPerRank(slurm), 0);
+  EXPECT_EQ(ErrorOf([&] { ValidateNodeGpus(slurm, 0, "none"); }), "");  // the coordinator's node may have none
+  EXPECT_EQ(SweepSlots(slurm, 2, 0), INT_MAX);                         // Slurm queues; no core budget given
+  EXPECT_EQ(ResolveSweepSpec(Spec("gpus_per_rank: 1")).slurm().gpus_per_task(), 0);  // local: no Slurm request
 }
 
 TEST(GpuSweep, MpirunExportsTheRunsGpusOnlyWhenItHasSome) {

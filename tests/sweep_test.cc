@@ -15,8 +15,10 @@
 #include <set>
 #include <thread>
 
+#include "launch/attempt_policy.h"
 #include "launch/scheduler.h"
 #include "launch/scheduler_process.h"
+#include "launch/sweep.h"
 #include "launch/sweep_spec.h"
 #include "launch/sweep_state.h"
 #include "launch/sweep_status.h"
@@ -199,9 +201,156 @@ TEST(Scheduler, CommandsCarryTheRootAndBindingFlags) {
   const std::string script = SlurmScript(o, r, "tempered-a");
   for (const char* line : {"#SBATCH --ntasks=2\n", "#SBATCH --cpus-per-task=3\n", "#SBATCH --partition=debug\n",
                            "#SBATCH --output=/s/runs/a/attempt-2.out\n", "export OMP_NUM_THREADS=3",
-                           "exec 'mpirun' '--allow-run-as-root'"}) {
+                           "'mpirun' '--allow-run-as-root'"}) {
     EXPECT_NE(script.find(line), std::string::npos) << line << "\n" << script;
   }
+}
+
+TEST(Scheduler, SlurmScriptAsksForGpusNodesAndTheSignalBeforeTheTimeLimit) {
+  BackendOptions o;
+  o.train_binary = "/bin/tempered-train";
+  o.ranks_per_run = 4;
+  const LaunchRequest r{"/s/runs/a", "/s/runs/a/run.pbtxt", 1, "/s/runs/a/attempt-1.out", "/s/runs/a/attempt-1.err"};
+  // Nothing set: Slurm's defaults, but the signal (default grace 120 s) is always asked for.
+  const std::string plain = SlurmScript(o, r, "tempered-a");
+  for (const char* option : {"--gpus-per-task", "--nodes", "--ntasks-per-node", "--account", "--qos", "--constraint",
+                             "--time", "--partition"}) {
+    EXPECT_EQ(plain.find(option), std::string::npos) << option << "\n" << plain;
+  }
+  EXPECT_NE(plain.find("#SBATCH --signal=B:TERM@120\n"), std::string::npos) << plain;
+
+  o.slurm.set_gpus_per_task(1);
+  o.slurm.set_nodes(2);
+  o.slurm.set_ntasks_per_node(2);
+  o.slurm.set_account("vision");
+  o.slurm.set_qos("high");
+  o.slurm.set_constraint("a100|h100");
+  o.slurm.set_time_limit("04:00:00");
+  o.slurm.set_signal_grace_seconds(300);
+  const std::string script = SlurmScript(o, r, "tempered-a");
+  for (const char* line : {"#SBATCH --ntasks=4\n", "#SBATCH --gpus-per-task=1\n", "#SBATCH --nodes=2\n",
+                           "#SBATCH --ntasks-per-node=2\n", "#SBATCH --account=vision\n", "#SBATCH --qos=high\n",
+                           "#SBATCH --constraint=a100|h100\n", "#SBATCH --time=04:00:00\n",
+                           "#SBATCH --signal=B:TERM@300\n"}) {
+    EXPECT_NE(script.find(line), std::string::npos) << line << "\n" << script;
+  }
+  // sbatch stops reading #SBATCH lines at the first command.
+  EXPECT_LT(script.rfind("#SBATCH"), script.find("\nexport")) << script;
+  // B: signals the batch shell, which hands mpirun a SIGUSR1 (mpirun forwards that to the ranks; a SIGTERM it answers
+  // by killing them) and waits for it.
+  EXPECT_NE(script.find("\n'mpirun' '--allow-run-as-root'"), std::string::npos) << script;
+  EXPECT_NE(script.find("--resume' &\nmpirun_pid=$!\ntrap 'kill -USR1 $mpirun_pid' TERM\n"), std::string::npos)
+      << script;
+}
+
+TEST(SweepSpec, BadSlurmSettingsAreRejectedWithOneSentence) {
+  EXPECT_NE(ValidationError("backend: SLURM slurm { gpus_per_task: -1 }").find("slurm.gpus_per_task must be >= 0"),
+            std::string::npos);
+  EXPECT_NE(ValidationError("backend: SLURM slurm { signal_grace_seconds: -5 }").find("signal_grace_seconds"),
+            std::string::npos);
+  EXPECT_NE(ValidationError("backend: SLURM ranks_per_run: 4 slurm { nodes: 2 ntasks_per_node: 1 }")
+                .find("slurm.nodes x slurm.ntasks_per_node = 2 x 1 must equal ranks_per_run (4)"),
+            std::string::npos);
+  EXPECT_NE(ValidationError("backend: SLURM slurm { account: \"a\\nrm -rf /\" }").find("slurm.account must be one line"),
+            std::string::npos);
+  EXPECT_EQ(ValidationError("backend: SLURM ranks_per_run: 4 slurm { nodes: 2 ntasks_per_node: 2 gpus_per_task: 1 "
+                            "account: \"vision\" qos: \"high\" constraint: \"a100\" signal_grace_seconds: 60 }"),
+            "");
+}
+
+EndedAttempt Attempt(const std::string& slurm_state, int64_t start_step, int64_t end_step, bool interrupted = false,
+                     bool requeued = false) {
+  EndedAttempt a;
+  a.slurm_state = slurm_state;
+  a.start_step = start_step;
+  a.end_step = end_step;
+  a.interrupted = interrupted;
+  a.requeued = requeued;
+  return a;
+}
+
+TEST(AttemptPolicy, OnlyAStopFromOutsideAfterProgressIsFree) {
+  // Stopped by Slurm after the checkpoint moved on: free.
+  EXPECT_TRUE(IsFreeAttempt(Attempt("TIMEOUT", 0, 40)));
+  EXPECT_TRUE(IsFreeAttempt(Attempt("PREEMPTED", 40, 41)));
+  EXPECT_TRUE(IsFreeAttempt(Attempt("NODE_FAIL", 10, 20)));
+  EXPECT_TRUE(IsFreeAttempt(Attempt("COMPLETED", 10, 20, /*interrupted=*/false, /*requeued=*/true)));
+  // SIGTERM before the time limit (--signal): mpirun exits non-zero, so Slurm says FAILED; the run says INTERRUPTED.
+  EXPECT_TRUE(IsFreeAttempt(Attempt("FAILED", 0, 16, /*interrupted=*/true)));
+  // The same stops without progress count: the next attempt would get no further.
+  EXPECT_FALSE(IsFreeAttempt(Attempt("TIMEOUT", 40, 40)));
+  EXPECT_FALSE(IsFreeAttempt(Attempt("PREEMPTED", 40, 0)));  // no result.json: nothing written
+  EXPECT_FALSE(IsFreeAttempt(Attempt("FAILED", 16, 16, /*interrupted=*/true)));
+  // The run's own failures count, however far it got; so does a job someone cancelled.
+  EXPECT_FALSE(IsFreeAttempt(Attempt("FAILED", 0, 40)));
+  EXPECT_FALSE(IsFreeAttempt(Attempt("OUT_OF_MEMORY", 0, 40)));
+  EXPECT_FALSE(IsFreeAttempt(Attempt("CANCELLED", 0, 40, /*interrupted=*/true)));
+  // The local backend: no scheduler stops a run from outside.
+  EXPECT_FALSE(IsFreeAttempt(Attempt("", 0, 40, /*interrupted=*/true)));
+}
+
+TEST(AttemptPolicy, HeldAndSuspendedJobsAreNamedWithWhatReleasesThem) {
+  EXPECT_EQ(SlurmWaitNote("42", "PENDING", "JobHeldUser"), "held: it starts once released (scontrol release 42)");
+  EXPECT_EQ(SlurmWaitNote("42", "PENDING", "launch failed requeued held"),
+            "held: it starts once released (scontrol release 42)");
+  EXPECT_NE(SlurmWaitNote("42", "REQUEUE_HOLD", "").find("scontrol release 42"), std::string::npos);
+  EXPECT_NE(SlurmWaitNote("42", "SPECIAL_EXIT", "").find("scontrol release 42"), std::string::npos);
+  EXPECT_NE(SlurmWaitNote("42", "RESV_DEL_HOLD", "").find("reservation"), std::string::npos);
+  EXPECT_NE(SlurmWaitNote("42", "SUSPENDED", "").find("scontrol resume 42"), std::string::npos);
+  EXPECT_NE(SlurmWaitNote("42", "PENDING", "DependencyNeverSatisfied").find("DependencyNeverSatisfied"),
+            std::string::npos);
+  // Waiting its turn, or running: nothing to say.
+  for (const char* reason : {"", "Priority", "Resources", "BeginTime", "QOSMaxJobsPerUserLimit"}) {
+    EXPECT_EQ(SlurmWaitNote("42", "PENDING", reason), "") << reason;
+  }
+  EXPECT_EQ(SlurmWaitNote("42", "RUNNING", ""), "");
+  EXPECT_EQ(SlurmWaitNote("42", "TIMEOUT", ""), "");
+}
+
+TEST(Status, AHeldSlurmJobShowsInTheTableAndUnderIt) {
+  SweepState state;
+  MergeGrid(ExpandGrid(Spec("tau: [0.1, 0.2]")), &state);
+  for (int i = 0; i < 2; ++i) {
+    state.mutable_runs(i)->set_state(SweepState::Run::RUNNING);
+    state.mutable_runs(i)->set_slurm_job_id(std::to_string(7 + i));
+  }
+  state.mutable_runs(0)->set_slurm_state("PENDING");
+  state.mutable_runs(0)->set_slurm_reason("JobHeldUser");
+  state.mutable_runs(1)->set_slurm_state("RUNNING");
+  const std::vector<SweepState::Run> runs(state.runs().begin(), state.runs().end());
+  const std::vector<StatusRow> rows = CollectStatus(TempDir(), runs);
+  EXPECT_EQ(rows[0].state, "slurm PENDING (JobHeldUser)");
+  EXPECT_TRUE(rows[0].running);
+  EXPECT_EQ(rows[1].state, "running");
+  const std::string waits = FormatSlurmWaits(runs);
+  EXPECT_NE(waits.find("Slurm job 7 of " + rows[0].run + " is PENDING (JobHeldUser): held: it starts once released "
+                       "(scontrol release 7)"),
+            std::string::npos)
+      << waits;
+  EXPECT_EQ(waits.find("job 8"), std::string::npos) << waits;
+  state.mutable_runs(0)->set_slurm_state("RUNNING");
+  state.mutable_runs(0)->clear_slurm_reason();
+  EXPECT_EQ(FormatSlurmWaits({state.runs().begin(), state.runs().end()}), "");
+}
+
+void WriteResult(const std::string& path, RunResult::Status status, int64_t global_steps) {
+  RunResult result;
+  result.set_status(status);
+  result.set_global_steps(global_steps);
+  std::ofstream(path) << ToJson(result);
+}
+
+TEST(SweepState, CheckpointedStepIsTheLargestOfEveryAttemptsResult) {
+  const std::string dir = TempDir();
+  EXPECT_EQ(CheckpointedStep(dir), 0);
+  EXPECT_EQ(CheckpointedStep(dir + "/missing"), 0);
+  WriteResult(dir + "/attempt-1.result.json", RunResult::INTERRUPTED, 24);
+  WriteResult(dir + "/attempt-2.result.json", RunResult::FAILED, 16);  // failed before its first checkpoint
+  std::ofstream(dir + "/attempt-3.result.json") << "{not json";
+  std::ofstream(dir + "/progress.json") << R"({"step": 90})";  // steps after the checkpoint are not kept
+  EXPECT_EQ(CheckpointedStep(dir), 24);
+  WriteResult(dir + "/result.json", RunResult::RUNNING, 32);
+  EXPECT_EQ(CheckpointedStep(dir), 32);
 }
 
 TEST(Process, RunCommandCapturesOutputAndExitCode) {

@@ -166,7 +166,9 @@ void WaitForRankZero(const RunConfig& config) {
   comm::Barrier();
 }
 
-// Set by SIGTERM / SIGINT; every rank checks the maximum over ranks after each step, so all stop together.
+// Set by SIGTERM / SIGINT / SIGUSR1; every rank checks the maximum over ranks after each step, so all stop together.
+// SIGUSR1: mpirun forwards it to every rank of the job, on every node, while it answers a SIGTERM by killing them
+// (SIGCONT, then SIGTERM and SIGKILL a second apart); the Slurm job script turns Slurm's SIGTERM into one.
 std::atomic<bool> g_stop_requested{false};
 
 void RequestStop(int) {
@@ -446,6 +448,7 @@ RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options,
   StartResult(t, state.step, &result, file);
   std::signal(SIGTERM, RequestStop);
   std::signal(SIGINT, RequestStop);
+  std::signal(SIGUSR1, RequestStop);
 
   t.learner.encoder->train();
   ProgressLog progress(t, events.get());
@@ -459,6 +462,9 @@ RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options,
   }
   result.set_wall_seconds(wall_before + SecondsSince(run_start));
   file.Write(result);
+  // A stopped run exits 143 on every rank, and mpirun kills the other ranks a second or two after the first non-zero
+  // exit: no rank leaves before rank 0 has written its checkpoint and result.
+  if (result.status() == RunResult::INTERRUPTED) WaitForRankZero(t.config);
   return result;
 }
 

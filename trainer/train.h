@@ -28,8 +28,8 @@ struct TrainOptions {
 inline constexpr char kOutDirLockFile[] = ".lock";
 
 // Trains, evaluates and writes config.out_dir()/result.json (rank 0). Returns the result on every rank (metrics
-// are filled on rank 0 only). Throws CollectiveError for setup failures and non-finite losses. A SIGTERM or SIGINT
-// on any rank stops every rank at the next step: a checkpoint is written and the status is INTERRUPTED.
+// are filled on rank 0 only). Throws CollectiveError for setup failures and non-finite losses. A SIGTERM, SIGINT or
+// SIGUSR1 on any rank stops every rank at the next step: a checkpoint is written and the status is INTERRUPTED.
 RunResult Train(const RunConfig& config, const TrainOptions& options = {});
 
 // LibTorch allocates CPU tensors with malloc; glibc returns every large block to the OS and faults it back in on
