@@ -187,8 +187,11 @@ std::vector<RunRecord> CollectRecords(const std::string& sweep_dir, const std::v
     r.attempts = run.attempts();
     r.last_error = run.last_error();
     r.config = run.config();
-    r.has_result = ReadRunResult(sweep_dir + "/" + run.run_dir(), &r.result) &&
-                   r.result.status() == RunResult::FINISHED;
+    r.rung_scores.assign(run.rung_scores().begin(), run.rung_scores().end());
+    r.has_result = ReadRunResult(sweep_dir + "/" + run.run_dir(), &r.result);
+    r.steps_done = r.result.global_steps();
+    r.total_steps = r.result.total_steps();
+    r.has_result = r.has_result && r.result.status() == RunResult::FINISHED;
     records.push_back(std::move(r));
   }
   return records;

@@ -26,6 +26,10 @@ struct RunRecord {
   RunConfig config;
   bool has_result = false;  // result.json exists and says FINISHED
   RunResult result;
+  // Successive halving: the metric at each rung reached (SweepState.Run.rung_scores), and the global steps done of
+  // the run's total by any result.json (a paused or pruned run's too; 0 of 0 without one).
+  std::vector<double> rung_scores;
+  int64_t steps_done = 0, total_steps = 0;
 };
 std::vector<RunRecord> CollectRecords(const std::string& sweep_dir, const std::vector<SweepState::Run>& runs);
 

@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "launch/pruning.h"
 #include "launch/report.h"
 #include "launch/sweep_spec.h"
 #include "launch/sweep_state.h"
@@ -269,10 +270,46 @@ std::string Plots(const std::vector<std::string>& plots) {
   return s.str();
 }
 
+// Successive halving: what each run scored at its rungs and where it stopped, and the steps the pruning saved.
+std::string Halving(const std::vector<RunRecord>& records, const SweepSpec& spec) {
+  if (!PruningOn(spec)) return "";
+  std::ostringstream rows;
+  int64_t done = 0, full = 0;
+  int pruned = 0, unknown = 0;
+  for (const RunRecord& r : records) {
+    done += r.steps_done;
+    full += r.total_steps;
+    unknown += r.total_steps == 0;
+    pruned += r.state == "pruned";
+    if (r.rung_scores.empty()) continue;
+    std::string scores;
+    for (double v : r.rung_scores) scores += (scores.empty() ? "" : ", ") + Cellf(v, "%.2f");
+    rows << "| " << r.name << " | " << scores << " | "
+         << (r.state == "pruned" ? "pruned at rung " + std::to_string(r.rung_scores.size()) : r.state) << " | "
+         << r.steps_done << " / " << r.total_steps << " |\n";
+  }
+  std::string rungs;
+  for (float f : spec.pruning().rungs()) rungs += (rungs.empty() ? "" : ", ") + FormatFloat(f);
+  std::ostringstream s;
+  s << "## Successive halving\n\nRungs at " << rungs << " of each run's steps; at each, within each loss (and value of "
+    << "every other axis), the τ are ranked by " << RungMetricName(spec) << " of the full evaluation there (seeds "
+    << "averaged) and the best " << FormatFloat(spec.pruning().keep() > 0 ? spec.pruning().keep() : 0.5)
+    << " of them (rounded down, at least one) go on. " << pruned << " of " << records.size()
+    << " runs were pruned; the tables above show the τ that ran to the end. Training steps: " << done << " of the "
+    << full << " the runs would take at full length (" << Cellf(full > 0 ? 100.0 * done / full : 0, "%.1f") << "%)"
+    << (unknown > 0 ? ", " + std::to_string(unknown) + " runs without a result.json not counted" : "")
+    << ". A sweep rerun without `pruning` resumes the pruned runs from their checkpoints to full length.\n\n";
+  if (!rows.str().empty()) {
+    s << "| run | " << RungMetricName(spec) << " at each rung | state | global steps |\n|---|---|---|---:|\n"
+      << rows.str() << "\n";
+  }
+  return s.str();
+}
+
 std::string Unfinished(const std::vector<RunRecord>& records) {
   std::ostringstream s;
   for (const RunRecord& r : records) {
-    if (r.has_result) continue;
+    if (r.has_result || r.state == "pruned") continue;
     s << "| " << r.name << " | " << r.state << " | " << r.attempts << " | " << r.last_error << " |\n";
   }
   if (s.str().empty()) return "";
@@ -312,7 +349,7 @@ std::string ReportMarkdown(const std::vector<RunRecord>& records, const SweepSpe
   const std::vector<Cell> cells = GroupCells(records, spec);
   std::string md = "# Tempered sweep report\n\n" + Setup(records, spec);
   if (!cells.empty()) md += Table1(cells, DatasetOf(records)) + BestTau(cells) + Claims(cells) + Plots(plots);
-  md += Unfinished(records) + Placement(records);
+  md += Halving(records, spec) + Unfinished(records) + Placement(records);
   md += "Per-run numbers (with each run's trends): results.csv, results.json; run directories under runs/.\n";
   return md;
 }

@@ -30,10 +30,12 @@ struct LaunchRequest {
   std::string stdout_path;  // RUN_DIR/attempt-N.out
   std::string stderr_path;  // RUN_DIR/attempt-N.err
   std::string gpus;         // the run's GPUs as CUDA_VISIBLE_DEVICES ("0,1"); "" for a CPU run (left as inherited)
+  double pause_at_fraction = 0;  // tempered-train --pause_at_fraction: successive halving's next rung (0: none)
 };
 
 // mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS
 //        [-x CUDA_VISIBLE_DEVICES] [mpirun_args] -np R TRAIN --config RUN_DIR/run.pbtxt --out_dir RUN_DIR --resume
+//        [--pause_at_fraction F]
 // -x CUDA_VISIBLE_DEVICES when the request has GPUs: ranks on this node would inherit it anyway, but only -x carries
 // it to ranks that mpirun starts on other hosts (mpirun_args may name some).
 // --resume: an attempt after an interrupted or killed one continues from the run's last checkpoint (the run

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <set>
 #include <thread>
@@ -23,6 +24,11 @@ std::vector<std::string> TrainCommand(const BackendOptions& o, const LaunchReque
                                std::string("--config"), r.config_path, std::string("--out_dir"), r.run_dir,
                                std::string("--resume")}) {
     argv.push_back(a);
+  }
+  if (r.pause_at_fraction > 0) {
+    char fraction[32];
+    std::snprintf(fraction, sizeof(fraction), "%.9g", r.pause_at_fraction);
+    argv.insert(argv.end(), {"--pause_at_fraction", fraction});
   }
   return argv;
 }

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "launch/attempt_policy.h"
+#include "launch/pruning.h"
 #include "launch/report.h"
 #include "launch/scheduler_process.h"
 #include "launch/sweep_spec.h"
@@ -113,6 +114,7 @@ class Coordinator {
     for (auto& run : *state_.mutable_runs()) {
       if (std::count(grid_ids_.begin(), grid_ids_.end(), run.id())) Reconcile(&run);
     }
+    ApplyRungDecisions();
     Save();
     Log("sweep " + o_.sweep_dir + ": " + std::to_string(grid.size()) + " runs (" + std::to_string(added) +
         " new, " + std::to_string(Count(SweepState::Run::FINISHED)) + " finished), " +
@@ -134,6 +136,12 @@ class Coordinator {
     } else if (run->state() == SweepState::Run::FAILED) {
       Log("retrying failed " + RunName(*run) + " (last error: " + run->last_error() + ")");
       run->set_state(SweepState::Run::PENDING);
+    } else if (!PruningOn(o_.spec) && (run->state() == SweepState::Run::PRUNED ||
+                                       run->state() == SweepState::Run::AT_RUNG)) {
+      Log("resuming " + RunName(*run) + " (" + (run->state() == SweepState::Run::PRUNED ? "pruned" : "paused") +
+          " at global step " +
+          std::to_string(CheckpointedStep(RunDir(*run))) + ") to full length: this sweep does not prune");
+      run->set_state(SweepState::Run::PENDING);
     }
     if (run->state() == SweepState::Run::RUNNING) {  // the first poll tells whether it still runs
       Log("watching " + RunName(*run) + ", started by an earlier coordinator (" +
@@ -149,6 +157,7 @@ class Coordinator {
       const std::map<std::string, std::string> ended = backend_->Ended(Running());
       NoteJobStates(backend_->JobStates());
       for (const auto& [id, how] : ended) HandleEnded(Find(id), how);
+      if (!ended.empty()) ApplyRungDecisions();
       LaunchPending();
       display_.Refresh(CollectStatus(o_.sweep_dir, GridRuns()));
       if (Running().empty() && Count(SweepState::Run::PENDING) == 0) return true;
@@ -224,6 +233,7 @@ class Coordinator {
       return;
     }
     const int attempt = run->attempts() + 1;
+    const double pause = NextPause(o_.spec, *run, GridRuns());
     run->set_start_step(CheckpointedStep(dir));
     // Keep a failed attempt's result for inspection; progress.json would show the old attempt's numbers.
     std::rename((dir + "/result.json").c_str(), (dir + "/attempt-" + std::to_string(attempt - 1) + ".result.json").c_str());
@@ -238,7 +248,7 @@ class Coordinator {
     run->set_attempts(attempt);
     ++attempts_now_[run->id()];
     try {
-      backend_->Launch({dir, dir + "/run.pbtxt", attempt, stem + ".out", stem + ".err", gpus}, run);
+      backend_->Launch({dir, dir + "/run.pbtxt", attempt, stem + ".out", stem + ".err", gpus, pause}, run);
     } catch (const UserError& e) {
       FailAttempt(run, e.what());
       return;
@@ -248,7 +258,9 @@ class Coordinator {
     Save();
     Log("launched " + RunName(*run) + " (attempt " + std::to_string(attempt) +
         (run->slurm_job_id().empty() ? "" : ", Slurm job " + run->slurm_job_id()) +
-        (gpus.empty() ? "" : ", GPUs " + gpus) + ")");
+        (gpus.empty() ? "" : ", GPUs " + gpus) +
+        (pause > 0 ? ", to rung " + std::to_string(run->rung_scores_size() + 1) + " at " + FormatFloat(pause) +
+                         " of its steps" : "") + ")");
   }
 
   void HandleEnded(SweepState::Run* run, const std::string& how) {
@@ -268,6 +280,10 @@ class Coordinator {
       Log("finished " + RunName(*run) + ": " + Summary(result));
       return;
     }
+    if (has_result && result.status() == RunResult::PAUSED) {
+      Paused(run, result);
+      return;
+    }
     if (IsFreeAttempt(ended)) {
       ResumeFree(run, how, ended);
       return;
@@ -275,6 +291,34 @@ class Coordinator {
     const std::string log = "attempt-" + std::to_string(run->attempts()) + ".err";
     std::string error = has_result && !result.error().empty() ? result.error() : ErrorLine(RunDir(*run) + "/" + log);
     FailAttempt(run, how + ": " + (error.empty() ? "no result" : error) + " (see " + run->run_dir() + "/" + log + ")");
+  }
+
+  // A run paused at its rung: it waits there for the rest of its group (ApplyRungDecisions). A pause is a success:
+  // max_attempts counts the failures after it. A sweep that no longer prunes lets it go on.
+  void Paused(SweepState::Run* run, const RunResult& result) {
+    attempts_now_[run->id()] = 0;
+    run->clear_last_error();
+    if (!PruningOn(o_.spec)) {
+      run->set_state(SweepState::Run::PENDING);
+      Save();
+      return;
+    }
+    run->add_rung_scores(RungScore(o_.spec, result));
+    run->set_state(SweepState::Run::AT_RUNG);
+    Save();
+    char score[64];
+    std::snprintf(score, sizeof(score), "%s %.2f%%", RungMetricName(o_.spec).c_str(), RungScore(o_.spec, result));
+    Log("paused " + RunName(*run) + " at rung " + std::to_string(run->rung_scores_size()) + " (global step " +
+        std::to_string(result.global_steps()) + " of " + std::to_string(result.total_steps()) + "): " + score);
+  }
+
+  // Successive halving: the rungs every run of their group has reached are decided (launch/pruning.h).
+  void ApplyRungDecisions() {
+    const RungDecisions decisions = DecideRungs(o_.spec, GridRuns());
+    for (const std::string& id : decisions.promote) Find(id)->set_state(SweepState::Run::PENDING);
+    for (const std::string& id : decisions.prune) Find(id)->set_state(SweepState::Run::PRUNED);
+    for (const std::string& line : decisions.log) Log(line);
+    if (!decisions.log.empty()) Save();
   }
 
   // An attempt stopped from outside after progress (IsFreeAttempt): it runs again from its checkpoint, and this

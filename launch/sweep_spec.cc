@@ -275,12 +275,32 @@ void ValidateSlurm(const SweepSpec& s) {
   }
 }
 
+// Successive halving compares each run's evaluation at its rungs: they must be fractions of a run, in order.
+void ValidatePruning(const SweepSpec& s) {
+  const SweepSpec::Pruning& p = s.pruning();
+  float before = 0;
+  for (float rung : p.rungs()) {
+    if (!(rung > before && rung < 1)) {
+      throw UserError("pruning.rungs must increase within (0, 1) (fractions of each run's steps), got " +
+                      FormatFloat(rung) + (before > 0 ? " after " + FormatFloat(before) : std::string()));
+    }
+    before = rung;
+  }
+  if (!(p.keep() >= 0 && p.keep() <= 1)) {
+    throw UserError("pruning.keep must be in (0, 1] (0 = 0.5), got " + FormatFloat(p.keep()));
+  }
+  if (p.metric() == SweepSpec::Pruning::LINEAR && ResolveConfig(s.base()).eval().linear_epochs() == 0) {
+    throw UserError("pruning.metric LINEAR needs a linear evaluation, but base.eval.linear_epochs is 0");
+  }
+}
+
 }  // namespace
 
 void ValidateSweepSpec(const SweepSpec& spec, int machine_cores) {
   ValidateAxes(spec);
   ValidateScheduling(spec, machine_cores);
   ValidateSlurm(spec);
+  ValidatePruning(spec);
   ExpandGrid(spec);  // validates every point's config (field paths, values, ValidateConfig)
 }
 

@@ -159,8 +159,9 @@ SweepProgress SummarizeProgress(const std::vector<StatusRow>& rows, int slots) {
   for (const StatusRow& r : rows) {
     p.finished += r.state == "finished";
     p.running += r.running;
-    p.pending += r.state == "pending";
+    p.pending += r.state == "pending" || r.state == "at_rung";  // a paused run goes on or is pruned
     p.failed += r.state == "failed";
+    p.pruned += r.state == "pruned";
     if (r.state == "finished" && r.wall_seconds > 0) {
       ++p.timed_runs;
       timed_sum += r.wall_seconds;
@@ -182,7 +183,9 @@ SweepProgress SummarizeProgress(const std::vector<StatusRow>& rows, int slots) {
 std::string FormatProgressLine(const SweepProgress& p) {
   std::string line = std::to_string(p.total) + " runs: " + std::to_string(p.finished) + " finished, " +
                      std::to_string(p.running) + " running, " + std::to_string(p.pending) + " pending, " +
-                     std::to_string(p.failed) + " failed; slots " + std::to_string(p.running) +
+                     std::to_string(p.failed) + " failed" +
+                     (p.pruned > 0 ? ", " + std::to_string(p.pruned) + " pruned" : std::string()) +
+                     "; slots " + std::to_string(p.running) +
                      (p.slots == INT_MAX ? " in use (no limit)" : "/" + std::to_string(p.slots) + " in use");
   if (p.eta_seconds < 0) return line + "; ETA once a run has finished";
   line += "; ETA " + FormatDuration(p.eta_seconds);
@@ -194,7 +197,7 @@ std::string FormatProgressLine(const SweepProgress& p) {
 }
 
 std::string ProgressBar(const SweepProgress& p, int width) {
-  const int done = p.finished + p.failed;
+  const int done = p.finished + p.failed + p.pruned;
   const int filled = p.total > 0 ? width * done / p.total : 0;
   return "[" + std::string(filled, '#') + std::string(width - filled, '.') + "] " + std::to_string(done) + "/" +
          std::to_string(p.total) + " runs done (" + std::to_string(p.total > 0 ? 100 * done / p.total : 0) + "%)";

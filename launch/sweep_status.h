@@ -24,6 +24,7 @@ struct StatusRow {
 // The sweep as a whole, for the progress line.
 struct SweepProgress {
   int total = 0, finished = 0, running = 0, pending = 0, failed = 0;
+  int pruned = 0;               // stopped by successive halving (SweepSpec.pruning); a run paused at a rung is pending
   int slots = 0;                // runs allowed at once (INT_MAX: no limit)
   int timed_runs = 0;           // finished runs with a duration, which the ETA is estimated from
   double mean_run_seconds = 0;  // their mean duration

@@ -1,10 +1,11 @@
-"""Shared pieces of the tempered-sweep end-to-end tests (sweep_e2e_test.py, sweep_slurm_test.py).
+"""Shared pieces of the tempered-sweep end-to-end tests (sweep_e2e_test.py, sweep_slurm_test.py, ...).
 
 The sweep runs a wrapper instead of tempered-train (through --train_binary, the flag a user would use to wrap the
 trainer). The wrapper records every start of every run with what it found: the run's result.json status, how many
-trainers of the same run were alive and the GPUs it was given (CUDA_VISIBLE_DEVICES, which Slurm sets). It can also
-make the first attempt of one run fail for real, by handing the trainer a data directory that does not exist. Then it
-execs the real tempered-train, so signals reach it.
+trainers of the same run were alive, the GPUs it was given (CUDA_VISIBLE_DEVICES, which Slurm sets) and the rung it
+was to pause at (--pause_at_fraction, successive halving). It can also make the first attempt of one run fail for
+real, by handing the trainer a data directory that does not exist. Then it execs the real tempered-train, so signals
+reach it.
 """
 import json
 import os
@@ -58,7 +59,8 @@ def concurrent():
     return n
 
 event = {{"run": os.path.basename(out), "status_before": status(), "concurrent": concurrent(), "pid": os.getpid(),
-         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}}
+         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+         "pause_at_fraction": args[args.index("--pause_at_fraction") + 1] if "--pause_at_fraction" in args else None}}
 marker = os.path.join(out, "forced_failure")
 if FAIL_ONCE and FAIL_ONCE in out and not os.path.exists(marker):
     open(marker, "w").close()

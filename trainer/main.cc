@@ -61,6 +61,8 @@ DEFINE_bool(raw_pixel_knn, false, "also report kNN accuracy on raw pixels (RunRe
 DEFINE_bool(bf16, false,
             "run the encoder under bf16 autocast (cuda; cpu with AVX512-BF16 or AMX); the loss stays fp32");
 DEFINE_bool(resume, false, "continue from out_dir/checkpoint.pt if it exists (a fresh run otherwise)");
+DEFINE_double(pause_at_fraction, 0,
+              "pause at this fraction of the steps (0 = never): checkpoint, evaluate, status PAUSED; --resume goes on");
 
 // Exit status of a run stopped by SIGTERM/SIGINT after writing its checkpoint (128 + SIGTERM, as a shell reports).
 constexpr int kExitInterrupted = 143;
@@ -96,6 +98,7 @@ const tempered::FlagDoc kTrainFlags[] = {
     {"config", "run", ""},
     {"out_dir", "run", "out_dir"},
     {"resume", "run", ""},
+    {"pause_at_fraction", "run", ""},
     {"seed", "run", "seed"},
     {"device", "run", "device"},
     {"threads", "run", "threads"},
@@ -170,6 +173,9 @@ int main(int argc, char** argv) {
     std::string error;
     try {
       config = ConfigFromFlags();
+      if (!(FLAGS_pause_at_fraction >= 0 && FLAGS_pause_at_fraction <= 1)) {
+        throw tempered::UserError("--pause_at_fraction must be in [0, 1], got " + gflags::GetCommandLineFlagInfoOrDie("pause_at_fraction").current_value);
+      }
     } catch (const tempered::UserError& e) {
       error = e.what();
     }
@@ -183,6 +189,7 @@ int main(int argc, char** argv) {
     }
     tempered::TrainOptions options;
     options.resume = FLAGS_resume;
+    options.pause_at_fraction = FLAGS_pause_at_fraction;
     if (tempered::Train(config, options).status() == tempered::RunResult::INTERRUPTED) status = kExitInterrupted;
   } catch (const tempered::CollectiveError& e) {
     if (e.report()) std::fprintf(stderr, "tempered-train: error: %s\n", e.what());

@@ -369,9 +369,22 @@ InputOptions InputOptionsFor(const Run& t) {
   return options;
 }
 
+enum class StepsEnd { kFinished, kStopped, kPaused };
+
+// The step at which a run asked to pause at `fraction` of its steps stops (0: no pause, also when the fraction
+// rounds to the last step). At least step 1.
+int64_t PauseStep(double fraction, int64_t total_steps) {
+  if (fraction <= 0) return 0;
+  const int64_t step = std::max<int64_t>(1, std::llround(fraction * total_steps));
+  return step < total_steps ? step : 0;
+}
+
 // The steps from state.step to the end, each followed by the observers, with a checkpoint (and result.json) every
-// checkpoint_every_steps, at the end and on a stop request. Returns false when a stop request ended them early.
-bool TrainSteps(Run& t, TrainingState& state, const std::vector<StepObserver*>& observers, ResultFile& file) {
+// checkpoint_every_steps, at the end, on a stop request and at `pause_step` (0: none). A run resumed at or beyond
+// its pause step pauses before any step.
+StepsEnd TrainSteps(Run& t, TrainingState& state, int64_t pause_step, const std::vector<StepObserver*>& observers,
+                    ResultFile& file) {
+  if (pause_step > 0 && state.step >= pause_step) return StepsEnd::kPaused;
   RunResult& result = state.result;
   Prefetcher inputs(MakeStepInputs(t.train, InputOptionsFor(t)), state.step, t.total_steps,
                     t.config.data().prefetch_steps());
@@ -390,13 +403,16 @@ bool TrainSteps(Run& t, TrainingState& state, const std::vector<StepObserver*>& 
     entry->set_loss(loss);
     for (StepObserver* observer : observers) observer->AfterStep({step, epoch, loss, lr, log ? &sample : nullptr});
     const bool stop = StopRequested();
-    if (stop || step % checkpoint_every == 0 || step == t.total_steps) {
+    const bool pause = step == pause_step;
+    if (stop || pause || step % checkpoint_every == 0 || step == t.total_steps) {
       Checkpoint(t, state);
       file.Write(result);
     }
-    if (stop && step < t.total_steps) return false;
+    if (step == t.total_steps) break;
+    if (stop) return StepsEnd::kStopped;
+    if (pause) return StepsEnd::kPaused;
   }
-  return true;
+  return StepsEnd::kFinished;
 }
 
 // Before the first step: the result so far (RUNNING), and the evaluations of the untrained model that were asked
@@ -404,6 +420,7 @@ bool TrainSteps(Run& t, TrainingState& state, const std::vector<StepObserver*>& 
 void StartResult(Run& t, int64_t step, RunResult* result, ResultFile& file) {
   *result->mutable_config() = t.config;
   result->set_world_size(comm::Size());
+  result->set_total_steps(t.total_steps);
   *result->mutable_environment() = GatherEnvironment(t.device);  // this attempt's, also after a resume
   result->set_status(RunResult::RUNNING);
   file.Write(*result);
@@ -435,6 +452,17 @@ void FinishResult(Run& t, double train_seconds, EventWriter* events, RunResult* 
   result->set_images_per_second(result->global_steps() * t.config.batch_size() / std::max(train_seconds, 1e-9));
 }
 
+// A run paused at a step (TrainOptions.pause_at_fraction, after its checkpoint): the full evaluation there, as
+// `final`, by which a sweep decides whether it goes on. --resume continues from the checkpoint, which the
+// evaluation has not touched.
+void PauseResult(Run& t, int64_t step, RunResult* result) {
+  result->set_global_steps(step);
+  *result->mutable_final() = EvaluateAndReport(t, "at the pause, step " + std::to_string(step) + " of " +
+                                                     std::to_string(t.total_steps));
+  WaitForRankZero(t.config);
+  result->set_status(RunResult::PAUSED);
+}
+
 RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options, ResultFile& file) {
   const Clock::time_point run_start = Clock::now();
   at::set_num_threads(ThreadsPerRank(config));
@@ -453,12 +481,18 @@ RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options,
   t.learner.encoder->train();
   ProgressLog progress(t, events.get());
   EpochLog epochs(t, result, events.get());
-  if (TrainSteps(t, state, {&progress, &epochs}, file)) {
-    FinishResult(t, epochs.train_seconds(), events.get(), &result);
-    result.set_status(RunResult::FINISHED);
-  } else {
-    if (comm::Rank() == 0) LOG(WARNING) << "stopped by a signal at global step " << state.step << "; checkpoint written";
-    result.set_status(RunResult::INTERRUPTED);
+  switch (TrainSteps(t, state, PauseStep(options.pause_at_fraction, t.total_steps), {&progress, &epochs}, file)) {
+    case StepsEnd::kFinished:
+      FinishResult(t, epochs.train_seconds(), events.get(), &result);
+      result.set_status(RunResult::FINISHED);
+      break;
+    case StepsEnd::kStopped:
+      if (comm::Rank() == 0) LOG(WARNING) << "stopped by a signal at global step " << state.step << "; checkpoint written";
+      result.set_status(RunResult::INTERRUPTED);
+      break;
+    case StepsEnd::kPaused:
+      PauseResult(t, state.step, &result);
+      break;
   }
   result.set_wall_seconds(wall_before + SecondsSince(run_start));
   file.Write(result);

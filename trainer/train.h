@@ -21,6 +21,10 @@ class CollectiveError : public UserError {
 struct TrainOptions {
   // Continue from out_dir/checkpoint.pt when it exists (a fresh run otherwise), so a scheduler can always pass it.
   bool resume = false;
+  // Pause at this fraction of the run's global steps (0 = never): checkpoint, evaluate (RunResult.final at that
+  // step), status PAUSED, exit 0. Not part of the config: a paused run resumed without it is the same run, to the
+  // bit (tempered-sweep's successive halving pauses runs at its rungs).
+  double pause_at_fraction = 0;
 };
 
 // Rank 0 holds an exclusive flock on out_dir/.lock from setup to exit: a second tempered-train on the same out_dir
