@@ -144,7 +144,9 @@ TEST(GpuSweep, MpirunExportsTheRunsGpusOnlyWhenItHasSome) {
   BackendOptions o;
   o.train_binary = "/bin/tempered-train";
   o.ranks_per_run = 2;
-  LaunchRequest r{"/s/runs/a", "/s/runs/a/run.pbtxt", 1, "/s/runs/a/attempt-1.out", "/s/runs/a/attempt-1.err", ""};
+  LaunchRequest r;
+  r.run_dir = "/s/runs/a";
+  r.config_path = "/s/runs/a/run.pbtxt";
   const auto joined = [&] {
     std::string text;
     for (const auto& a : TrainCommand(o, r)) text += a + " ";

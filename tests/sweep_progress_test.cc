@@ -88,6 +88,16 @@ TEST(SweepProgress, EtaIsUnknownUntilARunFinishesAndZeroWhenDone) {
   EXPECT_NE(FormatProgressLine(unlimited).find("slots 1 in use (no limit)"), std::string::npos);
 }
 
+TEST(SweepProgress, PrunedRunsAreDoneAndRunsAtARungArePending) {
+  const SweepProgress p = SummarizeProgress({Finished("a", "infonce", 100, 70), Row("b", "infonce", "pruned"),
+                                             Row("c", "infonce", "at_rung"), Row("d", "infonce", "pruned")},
+                                            2);
+  EXPECT_EQ(FormatProgressLine(p),
+            "4 runs: 1 finished, 0 running, 1 pending, 0 failed, 2 pruned; slots 0/2 in use; ETA 0:01:40 (mean of 1 "
+            "finished run: 0:01:40)");
+  EXPECT_EQ(ProgressBar(p, 4), "[###.] 3/4 runs done (75%)");
+}
+
 TEST(SweepProgress, StatusTableEndsWithTheProgressLine) {
   const std::string table = FormatStatusTable({Finished("a", "infonce", 100, 70), Row("b", "hard", "pending")}, 1);
   const std::string last = "2 runs: 1 finished, 0 running, 1 pending, 0 failed; slots 0/1 in use; ETA 0:01:40";

@@ -11,9 +11,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <set>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "launch/attempt_policy.h"
 #include "launch/scheduler.h"
@@ -46,6 +49,26 @@ std::string ValidationError(const std::string& text, int cores = 2) {
 std::string TempDir() {
   char tmpl[] = "/tmp/sweep_test.XXXXXX";
   return ::mkdtemp(tmpl);
+}
+
+// Attempt N of run /s/runs/a.
+LaunchRequest RequestOfAttempt(int attempt) {
+  LaunchRequest r;
+  r.run_dir = "/s/runs/a";
+  r.config_path = "/s/runs/a/run.pbtxt";
+  r.attempt = attempt;
+  r.stdout_path = "/s/runs/a/attempt-" + std::to_string(attempt) + ".out";
+  r.stderr_path = "/s/runs/a/attempt-" + std::to_string(attempt) + ".err";
+  return r;
+}
+
+StatusRow Row(const std::vector<std::string>& columns, bool running) {
+  StatusRow row;
+  std::string* fields[] = {&row.run,   &row.loss,       &row.tau,   &row.state, &row.attempt,
+                           &row.epoch, &row.loss_value, &row.images_per_second, &row.eta, &row.knn};
+  for (size_t i = 0; i < std::size(fields) && i < columns.size(); ++i) *fields[i] = columns[i];
+  row.running = running;
+  return row;
 }
 
 TEST(SweepSpec, DefaultSweepCoversTheClaims) {
@@ -174,8 +197,9 @@ TEST(SweepState, MergeAddsOnlyNewPointsAndTheStateRoundTrips) {
 }
 
 TEST(Status, TableIsAlignedAndCounted) {
-  StatusRow a{"infonce_tau0.1_0123", "infonce", "0.1", "running", "1", "1/2", "4.1234", "350", "0:01:05", "", true};
-  StatusRow b{"simple_4567", "simple", "-", "finished", "1", "2/2", "3.0000", "360", "-", "71.2", false};
+  const StatusRow a = Row({"infonce_tau0.1_0123", "infonce", "0.1", "running", "1", "1/2", "4.1234", "350", "0:01:05", ""},
+                          true);
+  const StatusRow b = Row({"simple_4567", "simple", "-", "finished", "1", "2/2", "3.0000", "360", "-", "71.2"}, false);
   const std::string table = FormatStatusTable({a, b}, 2);
   EXPECT_NE(table.find("run                  loss     tau  state     try  epoch  loss    img/s  ETA      kNN%"),
             std::string::npos)
@@ -190,7 +214,7 @@ TEST(Scheduler, CommandsCarryTheRootAndBindingFlags) {
   o.ranks_per_run = 2;
   o.threads_per_rank = 3;
   o.slurm.set_partition("debug");
-  const LaunchRequest r{"/s/runs/a", "/s/runs/a/run.pbtxt", 2, "/s/runs/a/attempt-2.out", "/s/runs/a/attempt-2.err"};
+  const LaunchRequest r = RequestOfAttempt(2);
   const auto argv = TrainCommand(o, r);
   std::string joined;
   for (const auto& a : argv) joined += a + " ";
@@ -198,6 +222,12 @@ TEST(Scheduler, CommandsCarryTheRootAndBindingFlags) {
   EXPECT_NE(joined.find("-np 2 /bin/tempered-train --config /s/runs/a/run.pbtxt --out_dir /s/runs/a --resume"),
             std::string::npos)
       << joined;
+  LaunchRequest paused = r;
+  paused.pause_at_fraction = 0.15;  // successive halving's rung: the trainer pauses there
+  std::string joined_paused;
+  for (const auto& a : TrainCommand(o, paused)) joined_paused += a + " ";
+  EXPECT_NE(joined_paused.find("--resume --pause_at_fraction 0.15 "), std::string::npos) << joined_paused;
+  EXPECT_EQ(joined.find("pause"), std::string::npos) << joined;
   const std::string script = SlurmScript(o, r, "tempered-a");
   for (const char* line : {"#SBATCH --ntasks=2\n", "#SBATCH --cpus-per-task=3\n", "#SBATCH --partition=debug\n",
                            "#SBATCH --output=/s/runs/a/attempt-2.out\n", "export OMP_NUM_THREADS=3",
@@ -210,7 +240,7 @@ TEST(Scheduler, SlurmScriptAsksForGpusNodesAndTheSignalBeforeTheTimeLimit) {
   BackendOptions o;
   o.train_binary = "/bin/tempered-train";
   o.ranks_per_run = 4;
-  const LaunchRequest r{"/s/runs/a", "/s/runs/a/run.pbtxt", 1, "/s/runs/a/attempt-1.out", "/s/runs/a/attempt-1.err"};
+  const LaunchRequest r = RequestOfAttempt(1);
   // Nothing set: Slurm's defaults, but the signal (default grace 120 s) is always asked for.
   const std::string plain = SlurmScript(o, r, "tempered-a");
   for (const char* option : {"--gpus-per-task", "--nodes", "--ntasks-per-node", "--account", "--qos", "--constraint",
