@@ -79,8 +79,9 @@ void DecideRung(const SweepSpec& spec, int k, const std::vector<const SweepState
   const std::vector<Cell> ranked = RankedCellsAt(k, group);
   if (ranked.empty()) return;
   const int kept = CellsKept(spec, static_cast<int>(ranked.size()));
-  std::string line = "rung " + std::to_string(k + 1) + " (" + FormatFloat(spec.pruning().rungs(k)) + " of the steps) of " +
-                     GroupName(spec, ranked.front().runs.front()->config()) + ", by " + RungMetricName(spec) + ":";
+  std::string line = "rung " + std::to_string(k + 1) + " (" + FormatFloat(spec.pruning().rungs(k)) +
+                     " of the steps) of " + GroupName(spec, ranked.front().runs.front()->config()) + ", by " +
+                     RungMetricName(spec) + ":";
   for (size_t i = 0; i < ranked.size(); ++i) {
     const bool keep = static_cast<int>(i) < kept;
     line += std::string(i == 0 ? " " : ", ") + "tau " + ranked[i].tau + " " + Percent(ranked[i].score) +

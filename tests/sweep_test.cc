@@ -197,8 +197,8 @@ TEST(SweepState, MergeAddsOnlyNewPointsAndTheStateRoundTrips) {
 }
 
 TEST(Status, TableIsAlignedAndCounted) {
-  const StatusRow a = Row({"infonce_tau0.1_0123", "infonce", "0.1", "running", "1", "1/2", "4.1234", "350", "0:01:05", ""},
-                          true);
+  const StatusRow a =
+      Row({"infonce_tau0.1_0123", "infonce", "0.1", "running", "1", "1/2", "4.1234", "350", "0:01:05", ""}, true);
   const StatusRow b = Row({"simple_4567", "simple", "-", "finished", "1", "2/2", "3.0000", "360", "-", "71.2"}, false);
   const std::string table = FormatStatusTable({a, b}, 2);
   EXPECT_NE(table.find("run                  loss     tau  state     try  epoch  loss    img/s  ETA      kNN%"),

@@ -174,7 +174,8 @@ int main(int argc, char** argv) {
     try {
       config = ConfigFromFlags();
       if (!(FLAGS_pause_at_fraction >= 0 && FLAGS_pause_at_fraction <= 1)) {
-        throw tempered::UserError("--pause_at_fraction must be in [0, 1], got " + gflags::GetCommandLineFlagInfoOrDie("pause_at_fraction").current_value);
+        throw tempered::UserError("--pause_at_fraction must be in [0, 1], got " +
+                                  gflags::GetCommandLineFlagInfoOrDie("pause_at_fraction").current_value);
       }
     } catch (const tempered::UserError& e) {
       error = e.what();

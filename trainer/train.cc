@@ -487,7 +487,7 @@ RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options,
       result.set_status(RunResult::FINISHED);
       break;
     case StepsEnd::kStopped:
-      if (comm::Rank() == 0) LOG(WARNING) << "stopped by a signal at global step " << state.step << "; checkpoint written";
+      if (comm::Rank() == 0) LOG(WARNING) << "stopped by a signal at global step " << state.step << "; checkpointed";
       result.set_status(RunResult::INTERRUPTED);
       break;
     case StepsEnd::kPaused:
