@@ -21,6 +21,7 @@
 #include <google/protobuf/text_format.h>
 
 #include "comm/comm.h"
+#include "trainer/backbone_export.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/data.h"
@@ -30,6 +31,7 @@
 #include "trainer/event_writer.h"
 #include "trainer/files.h"
 #include "trainer/model.h"
+#include "trainer/npy.h"
 #include "trainer/prefetch.h"
 #include "trainer/progress.h"
 #include "trainer/result_file.h"
@@ -433,7 +435,25 @@ void StartResult(Run& t, int64_t step, RunResult* result, ResultFile& file) {
   if (eval.at_init() || eval.raw_pixel_knn()) WaitForRankZero(t.config);
 }
 
-// After the last step: the final evaluation, its TensorBoard scalars and the evaluated model (out_dir/model.pt).
+// The evaluated model (EvaluateAndReport gave every rank rank 0's running statistics), by rank 0: out_dir/model.pt
+// for LibTorch and torch.jit.load, out_dir/backbone.pth for torch.load and torchvision (backbone_export.h); with
+// eval.save_embeddings also the test images' features. Collective. Only a finished run gets here: a paused or
+// stopped one leaves these files as they were (none in a fresh out_dir).
+void SaveEvaluatedModel(Run& t) {
+  const std::string& dir = t.config.out_dir();
+  Embedded test;  // the whole set on rank 0; embedded first, so that no rank waits in a collective for rank 0's I/O
+  if (t.config.eval().save_embeddings()) test = EmbedAll(t.learner.encoder, t.test);
+  if (comm::Rank() != 0) return;
+  torch::save(t.learner.encoder, dir + "/model.pt");
+  SaveBackbone(dir + "/backbone.pth", t.learner.encoder, t.config.model(),
+               UsesImageNetStem(t.config.model(), t.train.images.size(2)));
+  if (test.features.defined()) {
+    MakeDirectories(dir + "/embeddings", "embeddings directory");
+    WriteNpy(dir + "/embeddings/test_features.npy", test.features);  // (N_test, feature_dim) float32
+  }
+}
+
+// After the last step: the final evaluation, its TensorBoard scalars and the evaluated model (SaveEvaluatedModel).
 void FinishResult(Run& t, double train_seconds, EventWriter* events, RunResult* result) {
   result->set_train_peak_rss_mib(PeakRssMib());
   *result->mutable_final() = EvaluateAndReport(t, "at the end");
@@ -444,8 +464,7 @@ void FinishResult(Run& t, double train_seconds, EventWriter* events, RunResult* 
     AddMetrics(*events, result->global_steps(), result->final(), t.config.eval());
     events->Flush();
   }
-  // The evaluated model: EvaluateAndReport gave every rank rank 0's running statistics.
-  if (comm::Rank() == 0) torch::save(t.learner.encoder, t.config.out_dir() + "/model.pt");
+  SaveEvaluatedModel(t);
   WaitForRankZero(t.config);  // the others' wait for the final evaluation is bounded too
   result->set_peak_rss_mib(PeakRssMib());
   result->set_train_seconds(train_seconds);
