@@ -74,9 +74,10 @@ class BackboneExportTest : public testing::Test {
     for (const auto& item : encoder->named_buffers()) ours[item.key()] = item.value();
     std::vector<std::string> names;
     for (const auto& entry : state) names.push_back(entry.key().toStringRef());
+    const std::string prefix = "backbone.";
     for (const auto& [name, tensor] : ours) {
-      if (name.rfind("backbone.", 0) != 0) continue;
-      const std::string torchvision = TorchvisionName(model, imagenet_stem, name.substr(9));
+      if (name.rfind(prefix, 0) != 0) continue;
+      const std::string torchvision = TorchvisionName(model, imagenet_stem, name.substr(prefix.size()));
       if (!state.contains(torchvision)) {
         ADD_FAILURE() << name << " -> " << torchvision << ", which the file lacks";
         continue;

@@ -21,10 +21,13 @@ std::pair<int64_t, std::string> SplitIndex(const std::string& name) {
 }
 
 // Conv blocks are conv, norm, ReLU (model.cc AddConvBlock), and without a norm conv, ReLU; a block's branch repeats
-// that, its last conv without the ReLU. Module `index` of such a run is the n-th conv ("conv<n>", torchvision's
-// 1-based names) or its norm ("bn<n>").
+// that, its last conv without the ReLU.
+int64_t ModulesPerConv(const ModelConfig& model) { return model.norm() == ModelConfig::NONE ? 2 : 3; }
+
+// Module `index` of a run of conv blocks: the n-th conv ("conv<n>", torchvision's 1-based names) or its norm
+// ("bn<n>").
 std::string ConvOrNorm(const ModelConfig& model, int64_t index) {
-  const int64_t modules_per_conv = model.norm() == ModelConfig::NONE ? 2 : 3;
+  const int64_t modules_per_conv = ModulesPerConv(model);
   const int64_t n = index / modules_per_conv + 1, position = index % modules_per_conv;
   CHECK(position == 0 || (position == 1 && modules_per_conv == 3)) << "module " << index << " has no parameters";
   return (position == 0 ? "conv" : "bn") + std::to_string(n);
@@ -34,7 +37,7 @@ std::string ConvOrNorm(const ModelConfig& model, int64_t index) {
 // in order, each a "branch" Sequential and, where the shape changes, a "shortcut" (torchvision's "downsample").
 std::string ResNetName(const ModelConfig& model, bool imagenet_stem, const std::string& backbone_name) {
   const auto [index, rest] = SplitIndex(backbone_name);
-  const int64_t stem_modules = (model.norm() == ModelConfig::NONE ? 2 : 3) + (imagenet_stem ? 1 : 0);
+  const int64_t stem_modules = ModulesPerConv(model) + (imagenet_stem ? 1 : 0);
   if (index < stem_modules) return ConvOrNorm(model, index) + "." + rest;
   static const std::vector<int64_t> kResNet18Blocks = {2, 2, 2, 2}, kResNet50Blocks = {3, 4, 6, 3};
   const std::vector<int64_t>& blocks = model.arch() == ModelConfig::RESNET50 ? kResNet50Blocks : kResNet18Blocks;
