@@ -18,8 +18,9 @@ packages=(
   # the native data set formats: SVHN's .mat files (matio), image folders (OpenCV's decoders and resize only: the
   # libopencv-dev metapackage would pull in ~1 GB more)
   libmatio-dev libopencv-imgcodecs-dev libopencv-imgproc-dev
-  # the PyTorch reference scripts of the tests and benchmarks (use /usr/bin/python3)
-  python3-torch python3-numpy python3-protobuf
+  # the PyTorch reference scripts of the tests and benchmarks (use /usr/bin/python3); torchvision: the backbone
+  # interop test loads backbone.pth into its ResNets
+  python3-torch python3-torchvision python3-numpy python3-protobuf
   # the data set end-to-end test writes its JPEGs with PIL
   python3-pil
   # tests/sanitize.sh and tests/fuzz.sh: clang with its ASan, UBSan and libFuzzer runtimes

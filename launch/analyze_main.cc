@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "launch/analyze.h"
-#include "launch/npy.h"
+#include "trainer/npy.h"
 #include "trainer/errors.h"
 #include "trainer/flag_help.h"
 

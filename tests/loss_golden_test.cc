@@ -11,7 +11,7 @@
 #include <map>
 #include <sstream>
 
-#include "launch/npy.h"
+#include "trainer/npy.h"
 #include "trainer/loss.h"
 
 namespace tempered {

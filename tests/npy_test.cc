@@ -1,7 +1,7 @@
 // launch/npy: round trips of every supported dtype and rank (including empty arrays and scalars), a version 2.0
 // header as numpy writes for large headers, and UserError (never a crash) for malformed files. Compatibility with
 // numpy itself is covered by analyze_test.py, which writes with numpy.save and reads with numpy.load.
-#include "launch/npy.h"
+#include "trainer/npy.h"
 
 #include <gtest/gtest.h>
 

@@ -260,11 +260,11 @@ const std::vector<std::string>& ResultIndependentFields() {
   // checkpoints and the stalled-rank timeouts do not touch the computation.
   // Out, on purpose: `device` (CPU and GPU kernels round differently, so a result names the device it came from,
   // and a resume across devices would splice two roundings into one run), `bf16`, and every `eval` and
-  // data.test_subset setting: they change the reported metrics, and a checkpoint carries the per-epoch curve
-  // evaluated under them.
+  // data.test_subset setting but eval.save_embeddings (another file written at the end): they change the reported
+  // metrics, and a checkpoint carries the per-epoch curve evaluated under them.
   static const std::vector<std::string> fields = {
       "out_dir", "threads", "log_every_steps", "checkpoint_every_steps", "collective_timeout_seconds",
-      "eval_timeout_seconds", "gradient_bucket_kib", "data.workers", "data.prefetch_steps"};
+      "eval_timeout_seconds", "gradient_bucket_kib", "data.workers", "data.prefetch_steps", "eval.save_embeddings"};
   return fields;
 }
 

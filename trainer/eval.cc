@@ -137,14 +137,16 @@ Metrics KnnAndRepresentation(Encoder& encoder, const Dataset& train, const Datas
 
 }  // namespace
 
-Metrics Evaluate(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config) {
-  Embedded train_set, test_set;
-  Metrics metrics = KnnAndRepresentation(encoder, train, test, config, &train_set, &test_set);
+Metrics Evaluate(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config,
+                 Embedded* test_set) {
+  Embedded train_set, test_embedded;
+  Metrics metrics = KnnAndRepresentation(encoder, train, test, config, &train_set, &test_embedded);
   const EvalConfig& e = config.eval();
   if (comm::Rank() == 0 && e.linear_epochs() > 0) {
-    metrics.set_linear_top1(LinearTop1(train_set.features, train.labels, test_set.features, test.labels,
+    metrics.set_linear_top1(LinearTop1(train_set.features, train.labels, test_embedded.features, test.labels,
                                        train.num_classes, e.linear_epochs(), e.linear_lr(), config.seed()));
   }
+  if (test_set) *test_set = test_embedded;
   return metrics;
 }
 

@@ -24,7 +24,9 @@ double LinearTop1(const torch::Tensor& train_features, const torch::Tensor& trai
                   int epochs, double lr, uint64_t seed);
 
 // Full evaluation. Collective (every rank must call it); the returned metrics are complete on rank 0 only.
-Metrics Evaluate(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config);
+// test_set, when given: the test set's features and embeddings it computed (EmbedAll's: on rank 0 only).
+Metrics Evaluate(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config,
+                 Embedded* test_set = nullptr);
 
 // The convergence curve's bounded evaluation (EvalConfig.curve_train_samples): kNN of the first metric_samples
 // test images against the first curve_train_samples training images and the representation metrics; no linear

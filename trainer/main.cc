@@ -58,6 +58,8 @@ DEFINE_string(gradient_bucket_kib, "",
               "gradients are all-reduced in buckets of about this size during backward (0 = 256)");
 DEFINE_bool(eval_at_init, false, "also evaluate the randomly initialised model (RunResult.initial)");
 DEFINE_bool(raw_pixel_knn, false, "also report kNN accuracy on raw pixels (RunResult.raw_pixel_knn_top1)");
+DEFINE_bool(save_embeddings, false,
+            "at the end also write DIR/embeddings/test_features.npy, the test images' backbone features");
 DEFINE_bool(bf16, false,
             "run the encoder under bf16 autocast (cuda; cpu with AVX512-BF16 or AMX); the loss stays fp32");
 DEFINE_bool(resume, false, "continue from out_dir/checkpoint.pt if it exists (a fresh run otherwise)");
@@ -95,6 +97,7 @@ const tempered::FlagDoc kTrainFlags[] = {
     {"curve_train_samples", "evaluation", "eval.curve_train_samples"},
     {"eval_at_init", "evaluation", "eval.at_init"},
     {"raw_pixel_knn", "evaluation", "eval.raw_pixel_knn"},
+    {"save_embeddings", "evaluation", "eval.save_embeddings"},
     {"config", "run", ""},
     {"out_dir", "run", "out_dir"},
     {"resume", "run", ""},

@@ -162,7 +162,7 @@ constexpr int64_t kImageNetStemMinSize = 64;
 // 1x1 maps after the last stage.
 nn::Sequential ResNet50(ModelConfig::Norm norm, int64_t in_channels, int64_t width, int64_t image_size) {
   nn::Sequential seq;
-  if (image_size >= kImageNetStemMinSize) {
+  if (image_size >= kImageNetStemMinSize) {  // the test of UsesImageNetStem
     seq->push_back(Conv(norm, in_channels, width, 7, 2));
     AddNorm(seq, norm, width);
     seq->push_back(nn::ReLU(nn::ReLUOptions(true)));
@@ -188,6 +188,10 @@ int64_t Width(const ModelConfig& config) {
 }
 
 }  // namespace
+
+bool UsesImageNetStem(const ModelConfig& config, int64_t image_size) {
+  return config.arch() == ModelConfig::RESNET50 && image_size >= kImageNetStemMinSize;
+}
 
 EncoderImpl::EncoderImpl(const ModelConfig& config, int64_t in_channels, int64_t image_size)
     : embed_dim_(config.embed_dim()) {

@@ -30,6 +30,10 @@ class EncoderImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Encoder);
 
+// Whether the encoder of `config` for inputs of image_size px has ImageNet's stem (7x7 stride-2 conv, max-pool):
+// ResNet-50 from 64 px on; every other encoder has the CIFAR stem (3x3 stride-1 conv, no max-pool).
+bool UsesImageNetStem(const ModelConfig& config, int64_t image_size);
+
 // Makes every buffer (batch norm's running statistics) rank 0's on every rank, as DDP's broadcast_buffers does.
 // Collective; call it before every evaluation and checkpoint. With norm BATCH each rank's statistics follow its own
 // shard's batches: without it the ranks would evaluate W different models (each embedding its share of the kNN

@@ -1,7 +1,7 @@
-// .npy reader (launch/npy.h) and the checks tempered-analyze applies on top: UserError or a tensor, nothing else.
+// .npy reader (trainer/npy.h) and the checks tempered-analyze applies on top: UserError or a tensor, nothing else.
 #include <cstdint>
 
-#include "launch/npy.h"
+#include "trainer/npy.h"
 #include "tests/fuzz/fuzz_common.h"
 #include "tests/fuzz/fuzz_input.h"
 

@@ -1,5 +1,6 @@
-// NumPy .npy files (format versions 1.0 to 3.0, little-endian, C order): the exchange format of tempered-analyze and
-// of the golden tests. A file that is not what it should be throws UserError with one sentence naming the file.
+// NumPy .npy files (format versions 1.0 to 3.0, little-endian, C order): the exchange format of tempered-analyze, of
+// the golden tests and of tempered-train's --save_embeddings. A file that is not what it should be throws UserError
+// with one sentence naming the file.
 #pragma once
 
 #include <torch/torch.h>

@@ -1,4 +1,4 @@
-#include "launch/npy.h"
+#include "trainer/npy.h"
 
 #include <algorithm>
 #include <cerrno>
