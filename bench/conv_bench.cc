@@ -80,7 +80,11 @@ int main(int argc, char** argv) {
   torch::manual_seed(0);
   const std::vector<ConvLayer> convs = SmallCnnConvs(FLAGS_width);
   const int64_t views = 2 * static_cast<int64_t>(FLAGS_batch_size);
-  std::vector<Way> ways = {{"nchw", at::MemoryFormat::Contiguous}, {"nhwc", at::MemoryFormat::ChannelsLast}};
+  std::vector<Way> ways(2);
+  ways[0].name = "nchw";
+  ways[0].format = at::MemoryFormat::Contiguous;
+  ways[1].name = "nhwc";
+  ways[1].format = at::MemoryFormat::ChannelsLast;
   for (Way& way : ways) {
     for (const ConvLayer& c : convs) {
       // clone, not contiguous: a 1-channel tensor counts as contiguous in both layouts and would keep NCHW strides.
