@@ -13,12 +13,56 @@
 
 #include "trainer/errors.h"
 #include "trainer/metrics.h"
+#include "trainer/streaming_loss.h"
 
 namespace tempered {
 namespace {
 
 torch::Tensor Normalize(const torch::Tensor& x) {  // (n, d) rows onto the unit sphere
   return torch::nn::functional::normalize(x, torch::nn::functional::NormalizeFuncOptions().dim(1));
+}
+
+bool UsesHardK(LossConfig::Name name) { return name == LossConfig::HARD || name == LossConfig::HARD_SIMPLE; }
+
+// Mean H(r_i) over the anchors z (n, d) against the candidates (C, d), a chunk of anchors at a time so that about
+// tile_scores similarities exist at once, as in the streaming loss (all n x C at once when tile_scores = 0).
+double MeanPenaltyEntropy(const torch::Tensor& z, const torch::Tensor& candidates, const torch::Tensor& positive,
+                          const torch::Tensor& exclude, const LossOptions& options) {
+  torch::NoGradGuard no_grad;
+  const int64_t n = z.size(0), columns = candidates.size(0);
+  const int64_t rows = options.tile_scores > 0 ? std::clamp<int64_t>(options.tile_scores / columns, 1, n) : n;
+  double sum = 0;
+  for (int64_t first = 0; first < n; first += rows) {
+    const int64_t last = std::min(n, first + rows);
+    const torch::Tensor sims = z.slice(0, first, last).matmul(candidates.t());  // (rows, C)
+    sum += PenaltyEntropy(sims, positive.slice(0, first, last), exclude.slice(0, first, last), options.tau)
+               .sum()
+               .item<double>();
+  }
+  return sum / static_cast<double>(n);
+}
+
+// The mean loss of the anchors z = Normalize(x) (n, d) against the candidates (C, d), each anchor with `negatives`
+// negatives, and its gradient with respect to the raw rows x (which must require grad).
+LossAnalysis AnalyzeLoss(const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& candidates,
+                         const torch::Tensor& positive, const torch::Tensor& exclude, int64_t negatives,
+                         const LossOptions& options) {
+  LossOptions resolved = options;
+  if (UsesHardK(options.name)) {
+    LossConfig config;
+    config.set_hard_k(static_cast<int32_t>(options.hard_k));
+    config.set_hard_fraction(0.08f);  // PAPER.md §2: 4095 of 50,000 negatives
+    resolved.hard_k = HardK(config, negatives);
+  }
+  const torch::Tensor loss = StreamingOrNaiveLoss(z, candidates, positive, exclude, resolved).mean();
+  loss.backward();
+
+  LossAnalysis result;
+  result.loss = loss.item<double>();
+  result.hard_k = UsesHardK(options.name) ? resolved.hard_k : 0;
+  result.penalty_entropy = MeanPenaltyEntropy(z.detach(), candidates.detach(), positive, exclude, options);
+  result.grad = x.grad();
+  return result;
 }
 
 }  // namespace
@@ -33,7 +77,7 @@ LossConfig::Name ParseLossName(const std::string& name) {
   return value;
 }
 
-ViewsLoss SymmetricViewsLoss(const torch::Tensor& a, const torch::Tensor& b, const LossOptions& options) {
+LossAnalysis SymmetricViewsLoss(const torch::Tensor& a, const torch::Tensor& b, const LossOptions& options) {
   CHECK(a.dim() == 2 && a.sizes() == b.sizes() && a.size(0) >= 2) << "views must be two (N >= 2, d) matrices";
   const int64_t n = a.size(0), views = 2 * n;
   const torch::Tensor x = torch::cat({a, b}).to(torch::kDouble).requires_grad_(true);  // (2N, d) raw
@@ -41,24 +85,19 @@ ViewsLoss SymmetricViewsLoss(const torch::Tensor& a, const torch::Tensor& b, con
   const torch::Tensor view = torch::arange(views, torch::kLong);
   const torch::Tensor positive = (view + n) % views;  // the other view of the same sample
   const torch::Tensor exclude = view;                 // an anchor is not its own negative
-  LossOptions resolved = options;
-  const bool uses_k = options.name == LossConfig::HARD || options.name == LossConfig::HARD_SIMPLE;
-  if (uses_k) {
-    LossConfig config;
-    config.set_hard_k(static_cast<int32_t>(options.hard_k));
-    config.set_hard_fraction(0.08f);  // PAPER.md §2: 4095 of 50,000 negatives
-    resolved.hard_k = HardK(config, views - 2);
-  }
-  const torch::Tensor loss = ContrastiveLoss(z, z, positive, exclude, resolved).mean();
-  loss.backward();
+  return AnalyzeLoss(x, z, z, positive, exclude, views - 2, options);
+}
 
-  ViewsLoss result;
-  result.loss = loss.item<double>();
-  result.hard_k = uses_k ? resolved.hard_k : 0;
-  const torch::Tensor sims = z.detach().matmul(z.detach().t());  // (2N, 2N)
-  result.penalty_entropy = PenaltyEntropy(sims, positive, exclude, options.tau).mean().item<double>();
-  result.grad = x.grad();
-  return result;
+LossAnalysis AnchorsVsBankLoss(const torch::Tensor& anchors, const torch::Tensor& bank, const torch::Tensor& positives,
+                               const LossOptions& options) {
+  CHECK(anchors.dim() == 2 && bank.dim() == 2 && anchors.size(1) == bank.size(1) && bank.size(0) >= 2)
+      << "anchors (n, d) and bank (N >= 2, d) must share d";
+  CHECK(positives.scalar_type() == torch::kLong && positives.dim() == 1 && positives.size(0) == anchors.size(0))
+      << "positives must be (n) int64";
+  const torch::Tensor x = anchors.to(torch::kDouble).requires_grad_(true);  // (n, d) raw
+  const torch::Tensor bank_rows = Normalize(bank.to(torch::kDouble));       // (N, d), no gradient
+  const torch::Tensor exclude = torch::full({anchors.size(0)}, -1, torch::kLong);  // every other row is a negative
+  return AnalyzeLoss(x, Normalize(x), bank_rows, positives, exclude, bank.size(0) - 1, options);
 }
 
 PenaltyCurves UniformPenaltyCurves(const std::vector<double>& taus, int64_t points) {

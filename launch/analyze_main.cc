@@ -20,8 +20,16 @@ DEFINE_string(views, "", "two .npy files A,B of shape (N, d): row i of A and row
                          "(also written as --views A.npy B.npy)");
 DEFINE_string(loss, "infonce", "loss: infonce, simple, hard, hard_simple or nearest");
 DEFINE_string(tau, "", "temperature; for `penalty` a comma-separated list, e.g. 0.05,0.1,0.2,0.5,1");
-DEFINE_int32(hard_k, 0, "hardest negatives per anchor for hard and hard_simple (0: 8% of the 2N-2 negatives)");
-DEFINE_string(grad_out, "", "loss: write d loss / d [A; B] (2N, d) float32, through the L2 normalisation, here");
+DEFINE_string(anchors, "", "loss, bank form: .npy (n, d) anchors, each scored against every row of --bank");
+DEFINE_string(bank, "", "loss, bank form: .npy (N, d) memory bank; the positive of anchor i is row --positives[i]");
+DEFINE_string(positives, "", "loss, bank form: .npy (n) int64 index in [0, N) of each anchor's positive bank row");
+DEFINE_int32(hard_k, 0, "hardest negatives per anchor for hard and hard_simple (0: 8% of the negatives, 2N-2 with "
+                        "--views, N-1 with --bank)");
+DEFINE_string(grad_out, "", "loss: write d loss / d [A; B] (2N, d), or d loss / d anchors (n, d) with --bank, "
+                            "float32, through the L2 normalisation, here");
+DEFINE_int64(tile_scores, tempered::LossOptions().tile_scores,
+             "loss: similarities per tile of the streaming loss, as the trainer computes it; 0: the naive loss "
+             "(the whole n x C matrix at once)");
 DEFINE_int32(points, 201, "penalty: number of negatives, similarities evenly spaced on [-1, 1]");
 DEFINE_string(out_dir, "", "penalty: write penalty.tsv and penalty.png (gnuplot) to this directory");
 DEFINE_string(embeddings, "", "metrics: .npy (n, d) embeddings for uniformity and tolerance");
@@ -37,18 +45,23 @@ FlagHelp AnalyzeHelp() {
       "one of\n"
       "  tempered-analyze loss --views A.npy B.npy --loss L --tau T [--hard_k K] [--grad_out G.npy]\n"
       "      SimCLR's symmetric loss over 2N anchors (rows L2-normalised by the tool); prints JSON.\n"
+      "  tempered-analyze loss --anchors A.npy --bank M.npy --positives I.npy --loss L --tau T [--hard_k K]\n"
+      "      [--grad_out G.npy]: the memory-bank form, n anchors against all N bank rows; prints JSON.\n"
       "  tempered-analyze penalty --tau T1,T2,... [--points M] [--out_dir D]\n"
       "      relative-penalty curves r(s) and their entropy H(r) per tau (Fig 3); a table, and a PNG in D.\n"
       "  tempered-analyze metrics --embeddings E.npy --labels Y.npy [--views A.npy B.npy]\n"
       "      uniformity, tolerance; with views alignment and local separation; prints JSON.";
   help.defined_in = "launch/analyze_main.cc";
   help.groups = {"inputs", "loss", "penalty"};
-  help.flags = {{"views", "inputs", ""},    {"embeddings", "inputs", ""}, {"labels", "inputs", ""},
-                {"loss", "loss", ""},       {"tau", "loss", ""},          {"hard_k", "loss", ""},
-                {"grad_out", "loss", ""},   {"points", "penalty", ""},    {"out_dir", "penalty", ""}};
+  help.flags = {{"views", "inputs", ""},     {"anchors", "inputs", ""},    {"bank", "inputs", ""},
+                {"positives", "inputs", ""}, {"embeddings", "inputs", ""}, {"labels", "inputs", ""},
+                {"loss", "loss", ""},        {"tau", "loss", ""},          {"hard_k", "loss", ""},
+                {"grad_out", "loss", ""},    {"tile_scores", "loss", ""},  {"points", "penalty", ""},
+                {"out_dir", "penalty", ""}};
   help.examples = {
       "tempered-analyze penalty --tau 0.05,0.2,1 --out_dir fig3",
       "tempered-analyze loss --views a.npy b.npy --loss hard --tau 0.2 --grad_out grad.npy",
+      "tempered-analyze loss --anchors z.npy --bank bank.npy --positives index.npy --loss infonce --tau 0.07",
       "tempered-analyze metrics --embeddings test.npy --labels test_labels.npy",
   };
   return help;
@@ -114,28 +127,92 @@ std::pair<torch::Tensor, torch::Tensor> ReadViews() {
   return {a, b};
 }
 
-void RunLoss() {
+struct BankInputs {
+  torch::Tensor anchors, bank, positives;  // (n, d), (N, d) float64; (n) int64 in [0, N)
+};
+
+BankInputs ReadBankInputs() {
+  if (FLAGS_anchors.empty() || FLAGS_bank.empty() || FLAGS_positives.empty()) {
+    throw UserError("the bank form of `loss` needs all three of --anchors A.npy, --bank M.npy and --positives I.npy.");
+  }
+  BankInputs in{ReadEmbeddings(FLAGS_anchors, 1), ReadEmbeddings(FLAGS_bank, 2), ReadNpy(FLAGS_positives)};
+  const int64_t n = in.anchors.size(0), rows = in.bank.size(0);
+  if (in.bank.size(1) != in.anchors.size(1)) {
+    throw UserError("--bank: " + FLAGS_bank + " has rows of d = " + std::to_string(in.bank.size(1)) +
+                    " but --anchors " + FLAGS_anchors + " has d = " + std::to_string(in.anchors.size(1)) +
+                    "; both must share d.");
+  }
+  if (in.positives.scalar_type() != torch::kLong) {
+    const bool int32 = in.positives.scalar_type() == torch::kInt;  // ReadNpy reads int32, int64, float32, float64
+    throw UserError("--positives: " + FLAGS_positives + " holds " + (int32 ? "int32" : "floats") +
+                    "; expected int64 bank row indices (numpy.int64).");
+  }
+  if (in.positives.dim() != 1 || in.positives.size(0) != n) {
+    throw UserError("--positives: " + FLAGS_positives + " has shape " + NpyShape(in.positives.sizes()) +
+                    "; expected (" + std::to_string(n) + ",), one bank row per anchor of " + FLAGS_anchors + ".");
+  }
+  const torch::Tensor outside = (in.positives.lt(0) | in.positives.ge(rows)).nonzero();
+  if (outside.numel() > 0) {
+    const int64_t i = outside[0].item<int64_t>();
+    throw UserError("--positives: entry " + std::to_string(i) + " of " + FLAGS_positives + " is " +
+                    std::to_string(in.positives[i].item<int64_t>()) + ", outside the rows [0, " +
+                    std::to_string(rows) + ") of --bank " + FLAGS_bank + ".");
+  }
+  return in;
+}
+
+LossOptions ParseLossOptions() {
   const std::vector<double> taus = ParseTaus(FLAGS_tau);
   if (taus.size() != 1) throw UserError("--tau: `loss` takes one temperature, got '" + FLAGS_tau + "'.");
   if (FLAGS_hard_k < 0) throw UserError("--hard_k must be >= 0 (0: 8% of the negatives).");
+  if (FLAGS_tile_scores < 0) throw UserError("--tile_scores must be >= 0 (0: the naive loss).");
   LossOptions options;
   options.name = ParseLossName(FLAGS_loss);
   options.tau = taus[0];
   options.hard_k = FLAGS_hard_k;
-  const auto [a, b] = ReadViews();
-  const ViewsLoss result = SymmetricViewsLoss(a, b, options);
-  nlohmann::json out = {{"loss", result.loss},
-                        {"name", FLAGS_loss},
-                        {"tau", options.tau},
-                        {"anchors", 2 * a.size(0)},
-                        {"negatives_per_anchor", 2 * a.size(0) - 2},
-                        {"penalty_entropy", result.penalty_entropy}};
+  options.tile_scores = FLAGS_tile_scores;
+  return options;
+}
+
+// Prints `out` with the fields both forms share, and writes the gradient to --grad_out.
+void PrintLoss(nlohmann::json out, const LossOptions& options, const LossAnalysis& result) {
+  out["loss"] = result.loss;
+  out["name"] = FLAGS_loss;
+  out["tau"] = options.tau;
+  out["penalty_entropy"] = result.penalty_entropy;
   if (result.hard_k > 0) out["hard_k"] = result.hard_k;
   if (!FLAGS_grad_out.empty()) {
     WriteNpy(FLAGS_grad_out, result.grad.to(torch::kFloat));
     out["grad_out"] = FLAGS_grad_out;
   }
   std::cout << out.dump() << std::endl;
+}
+
+void RunBankLoss(const LossOptions& options) {
+  const BankInputs in = ReadBankInputs();
+  const int64_t negatives = in.bank.size(0) - 1;
+  if ((options.name == LossConfig::HARD || options.name == LossConfig::HARD_SIMPLE) && options.hard_k > negatives) {
+    throw UserError("--hard_k " + std::to_string(options.hard_k) + " is more than the " + std::to_string(negatives) +
+                    " negatives of each anchor (the rows of --bank " + FLAGS_bank + " but its positive).");
+  }
+  const LossAnalysis result = AnchorsVsBankLoss(in.anchors, in.bank, in.positives, options);
+  PrintLoss({{"anchors", in.anchors.size(0)}, {"bank", in.bank.size(0)}, {"negatives_per_anchor", negatives}},
+            options, result);
+}
+
+void RunLoss() {
+  const bool bank_form = !FLAGS_anchors.empty() || !FLAGS_bank.empty() || !FLAGS_positives.empty();
+  if (bank_form && !FLAGS_views.empty()) {
+    throw UserError("--views and --anchors/--bank/--positives are two forms of `loss`; give one of them.");
+  }
+  const LossOptions options = ParseLossOptions();
+  if (bank_form) {
+    RunBankLoss(options);
+  } else {
+    const auto [a, b] = ReadViews();
+    PrintLoss({{"anchors", 2 * a.size(0)}, {"negatives_per_anchor", 2 * a.size(0) - 2}}, options,
+              SymmetricViewsLoss(a, b, options));
+  }
 }
 
 void RunPenalty() {

@@ -1,6 +1,6 @@
-"""tempered-analyze end to end: .npy files made with numpy, the loss and its gradient checked against the PyTorch
-reference (loss_reference.py), the penalty table and plot, metrics on closed forms, and bad inputs rejected with
-one sentence and a non-zero exit."""
+"""tempered-analyze end to end: .npy files made with numpy, the loss and its gradient (the views and the memory-bank
+forms, streamed and naive) checked against the PyTorch reference (loss_reference.py), the penalty table and plot,
+metrics on closed forms, and bad inputs rejected with one sentence and a non-zero exit."""
 import json
 import math
 import os
@@ -8,6 +8,7 @@ import subprocess
 import unittest
 
 import numpy as np
+import torch
 
 import loss_reference as ref
 from tempered_testing import BIN, TempDir
@@ -29,6 +30,14 @@ class AnalyzeTest(unittest.TestCase):
         self.a = (rng.randn(6, 8) * rng.uniform(0.5, 3, (6, 1))).astype(np.float32)
         self.b = (self.a + 0.8 * rng.randn(6, 8)).astype(np.float32)
         self.a_path, self.b_path = self.save("a", self.a), self.save("b", self.b)
+        # The memory-bank form at odd sizes: n = 7 anchors against N = 37 bank rows of d = 5. Positive rows are
+        # noisy copies of their anchors; anchors 1 and 5 share positive row 30 (a bank row may serve several).
+        self.positives = np.array([3, 30, 0, 36, 11, 30, 17], dtype=np.int64)
+        self.anchors = (rng.randn(7, 5) * rng.uniform(0.5, 3, (7, 1))).astype(np.float32)
+        self.bank = (rng.randn(37, 5) * rng.uniform(0.5, 3, (37, 1))).astype(np.float32)
+        self.bank[self.positives] = self.anchors + 0.5 * rng.randn(7, 5)
+        self.anchors_path, self.bank_path = self.save("anchors", self.anchors), self.save("bank", self.bank)
+        self.positives_path = self.save("positives", self.positives)
 
     def tearDown(self):
         self._tmp.__exit__(None, None, None)
@@ -56,6 +65,57 @@ class AnalyzeTest(unittest.TestCase):
                     grad = np.load(grad_path)
                     self.assertEqual((grad.dtype, grad.shape), (np.float32, (12, 8)))
                     np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-6 * np.abs(expected_grad).max())
+
+    def test_views_streaming_and_naive_forms_agree_with_reference(self):
+        # --tile_scores 7 streams tiles of 7 / 12 -> 1 candidate; 0 is the naive (12, 12) matrix.
+        grad_path = os.path.join(self.dir, "grad.npy")
+        for tile in (0, 7):
+            for loss in ref.LOSSES:
+                with self.subTest(loss=loss, tile_scores=tile):
+                    out = json.loads(self.ok("loss", "--views", self.a_path, self.b_path, "--loss", loss, "--tau", 0.07,
+                                             "--hard_k", 3, "--tile_scores", tile, "--grad_out", grad_path))
+                    expected, expected_grad = ref.symmetric_views_loss(self.a, self.b, loss, 0.07, hard_k=3)
+                    self.assertAlmostEqual(out["loss"], expected, delta=1e-5 * max(1.0, abs(expected)))
+                    np.testing.assert_allclose(np.load(grad_path), expected_grad, rtol=1e-4,
+                                               atol=1e-6 * np.abs(expected_grad).max())
+
+    def bank_loss(self, loss, tau, *flags):
+        grad_path = os.path.join(self.dir, "bank_grad.npy")
+        out = json.loads(self.ok("loss", "--anchors", self.anchors_path, "--bank", self.bank_path, "--positives",
+                                 self.positives_path, "--loss", loss, "--tau", tau, "--grad_out", grad_path, *flags))
+        grad = np.load(grad_path)
+        self.assertEqual((grad.dtype, grad.shape), (np.float32, (7, 5)))
+        return out, grad
+
+    def test_bank_loss_and_gradient_match_reference(self):
+        # tile_scores: None = the default (the trainer's, one tile here), 0 = the naive (7, 37) matrix, 40 = tiles of
+        # 40 / 7 -> 5 bank rows, the last of 2.
+        for tile in (None, 0, 40):
+            flags = [] if tile is None else ["--tile_scores", tile]
+            for loss in ref.LOSSES:
+                for tau in (0.01, 0.2):
+                    with self.subTest(loss=loss, tau=tau, tile_scores=tile):
+                        out, grad = self.bank_loss(loss, tau, "--hard_k", 4, *flags)
+                        expected, expected_grad, k = ref.bank_loss(self.anchors, self.bank, self.positives, loss,
+                                                                   tau, hard_k=4)
+                        self.assertAlmostEqual(out["loss"], expected, delta=1e-6 * max(1.0, abs(expected)))
+                        self.assertEqual((out["anchors"], out["bank"], out["negatives_per_anchor"]), (7, 37, 36))
+                        self.assertEqual(out.get("hard_k", 0), k if loss.startswith("hard") else 0)
+                        np.testing.assert_allclose(grad, expected_grad, rtol=1e-4,
+                                                   atol=1e-6 * np.abs(expected_grad).max())
+
+    def test_bank_default_k_and_penalty_entropy(self):
+        # 36 negatives: K = round(2.88) = 3. H(r_i) over the 36 negatives of each anchor, as in §3.
+        for tile in (0, 40):
+            with self.subTest(tile_scores=tile):
+                out, grad = self.bank_loss("hard", 0.2, "--tile_scores", tile)
+                expected, expected_grad, k = ref.bank_loss(self.anchors, self.bank, self.positives, "hard", 0.2)
+                self.assertEqual((out["hard_k"], k), (3, 3))
+                self.assertAlmostEqual(out["loss"], expected, places=6)
+                np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-6 * np.abs(expected_grad).max())
+                z, m = (ref.unit(torch.as_tensor(x, dtype=torch.float64)) for x in (self.anchors, self.bank))
+                _, entropy = ref.relative_penalty(z @ m.T, list(self.positives), [-1] * 7, 0.2)
+                self.assertAlmostEqual(out["penalty_entropy"], entropy.mean().item(), places=5)
 
     def test_default_k_is_eight_percent_of_negatives(self):
         # 2N - 2 = 10 negatives: round(0.8) = 1.
@@ -127,6 +187,9 @@ class AnalyzeTest(unittest.TestCase):
         zero = self.a.copy()
         zero[4] = 0
         views = ["loss", "--loss", "infonce", "--tau", 0.1, "--views"]
+        bank = ["loss", "--loss", "infonce", "--tau", 0.1, "--anchors", self.anchors_path]
+        big, negative = self.positives.copy(), self.positives.copy()
+        big[2], negative[6] = 37, -1
         cases = {
             "missing file": (views + [os.path.join(d, "nope.npy"), self.b_path], "nope.npy"),
             "not npy": (views + [text, self.b_path], "not a .npy file"),
@@ -146,6 +209,33 @@ class AnalyzeTest(unittest.TestCase):
             "negative tau": (["loss", "--tau=-1", "--views", self.a_path, self.b_path], "'-1' is not a positive"),
             "tau list for loss": (["loss", "--tau", "0.1,0.2", "--views", self.a_path, self.b_path], "one temperature"),
             "no tau": (["penalty"], "--tau is required"),
+            "bank d": (bank + ["--bank", self.save("bank6", np.ones((37, 6))), "--positives", self.positives_path],
+                       "has rows of d = 6 but --anchors"),
+            "positives length": (bank + ["--bank", self.bank_path, "--positives", self.save("i6", self.positives[:6])],
+                                 "expected (7,), one bank row per anchor"),
+            "positives rank 2": (bank + ["--bank", self.bank_path, "--positives",
+                                         self.save("i71", self.positives[:, None])], "has shape (7, 1)"),
+            "positive too large": (bank + ["--bank", self.bank_path, "--positives", self.save("i37", big)],
+                                   "entry 2 of %s is 37, outside the rows [0, 37)" % os.path.join(d, "i37.npy")),
+            "negative positive": (bank + ["--bank", self.bank_path, "--positives", self.save("ineg", negative)],
+                                  "entry 6 of %s is -1" % os.path.join(d, "ineg.npy")),
+            "int32 positives": (bank + ["--bank", self.bank_path, "--positives",
+                                        self.save("i32", self.positives.astype(np.int32))],
+                                "holds int32; expected int64"),
+            "float positives": (bank + ["--bank", self.bank_path, "--positives",
+                                        self.save("if", self.positives.astype(np.float64))], "holds floats"),
+            "views and bank": (bank + ["--bank", self.bank_path, "--positives", self.positives_path, "--views",
+                                       self.a_path, self.b_path], "two forms of `loss`"),
+            "bank without positives": (bank + ["--bank", self.bank_path], "needs all three"),
+            "hard_k above negatives": (bank + ["--bank", self.bank_path, "--positives", self.positives_path, "--loss",
+                                               "hard_simple", "--hard_k", 37], "--hard_k 37 is more than the 36"),
+            "bank tau zero": (["loss", "--tau", 0, "--anchors", self.anchors_path, "--bank", self.bank_path,
+                               "--positives", self.positives_path], "'0' is not a positive"),
+            "bank negative tau": (["loss", "--tau=-0.1", "--anchors", self.anchors_path, "--bank", self.bank_path,
+                                   "--positives", self.positives_path], "'-0.1' is not a positive"),
+            "one-row bank": (bank + ["--bank", self.save("bank1", self.bank[:1]), "--positives",
+                                     self.save("zeros", np.zeros(7, dtype=np.int64))], "expected at least 2"),
+            "negative tile_scores": (views + [self.a_path, self.b_path, "--tile_scores", -1], "--tile_scores must be"),
             "bad tau": (["penalty", "--tau", "0.1,abc"], "'abc'"),
             "labels length": (["metrics", "--embeddings", self.a_path, "--labels", self.save("y3", np.arange(3))],
                               "expected (6,)"),

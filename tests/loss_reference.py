@@ -174,6 +174,27 @@ def symmetric_views_loss(a, b, loss, tau, hard_k=0):
     return value.item(), x.grad.numpy()
 
 
+def paper_k(num_negatives):
+    """PAPER.md §2: K = 8% of the negatives (4095 of 50,000), rounded half away from zero, at least 1."""
+    return min(max(1, math.floor(0.08 * num_negatives + 0.5)), num_negatives)
+
+
+def bank_loss(anchors, bank, positives, loss, tau, hard_k=0):
+    """tempered-analyze's `loss --anchors A --bank M --positives I`, the memory-bank form: L2-normalise the rows of
+    anchors (n, d) and bank (N, d); anchor i's positive is bank row positives[i] and the other N - 1 rows are its
+    negatives (none excluded); mean over the n anchors. The bank is a constant. hard_k = 0 takes paper_k of the N - 1
+    negatives. Returns (loss, d loss / d anchors (n, d), K used)."""
+    x = torch.as_tensor(anchors).to(torch.float64).clone().requires_grad_(True)
+    z = x / x.norm(dim=1, keepdim=True)
+    m = torch.as_tensor(bank).to(torch.float64)
+    m = m / m.norm(dim=1, keepdim=True)
+    positive = [int(j) for j in positives]
+    k = hard_k if hard_k > 0 else paper_k(m.shape[0] - 1)
+    value = losses(z, m, positive, [-1] * len(positive), loss, tau, k).mean()
+    value.backward()
+    return value.item(), x.grad.numpy(), k
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out_dir", required=True)

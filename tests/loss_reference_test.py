@@ -68,6 +68,33 @@ class ReferenceSelfCheck(unittest.TestCase):
         high = 1e4 * (ref.losses(a, c, pos, [-1, -1], "infonce", 1e4, 0) - math.log(n))
         torch.testing.assert_close(high, limit, rtol=0, atol=1e-4)
 
+    def test_bank_form(self):
+        """bank_loss (tempered-analyze's memory-bank form) against Eq 1 written out on the normalised rows, and its
+        gradient with respect to the raw anchors against central finite differences, for every loss."""
+        g = torch.Generator().manual_seed(2)
+        anchors = torch.randn(3, 4, generator=g, dtype=torch.float64) * 2
+        bank = torch.randn(7, 4, generator=g, dtype=torch.float64)
+        positives = [4, 0, 4]
+        tau = 0.5
+        value, grad, k = ref.bank_loss(anchors, bank, positives, "infonce", tau)
+        self.assertEqual(k, 1)  # round(0.08 * 6) = 0, at least 1
+        s = (ref.unit(anchors) @ ref.unit(bank).T).tolist()
+        expected = sum(-math.log(math.exp(s[i][p] / tau) / sum(math.exp(v / tau) for v in s[i]))
+                       for i, p in enumerate(positives)) / 3
+        self.assertAlmostEqual(value, expected, places=12)
+        for loss in ref.LOSSES:
+            _, grad, _ = ref.bank_loss(anchors, bank, positives, loss, tau, hard_k=2)
+            numeric = torch.zeros_like(anchors)
+            eps = 1e-6
+            for i in range(3):
+                for j in range(4):
+                    step = torch.zeros_like(anchors)
+                    step[i, j] = eps
+                    plus = ref.bank_loss(anchors + step, bank, positives, loss, tau, hard_k=2)[0]
+                    minus = ref.bank_loss(anchors - step, bank, positives, loss, tau, hard_k=2)[0]
+                    numeric[i, j] = (plus - minus) / (2 * eps)
+            torch.testing.assert_close(torch.as_tensor(grad), numeric, rtol=1e-6, atol=1e-8, msg=loss)
+
 
 class GoldenTest(unittest.TestCase):
     def test_cpp_losses_match_reference(self):
