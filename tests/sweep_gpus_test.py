@@ -16,11 +16,13 @@ import unittest
 
 from sweep_support import SweepFixture, wait_until
 
-# 6 runs of 4 steps of 64 images, 2 ranks each: about 4 s per run here.
+# 6 runs of 12 steps of 64 images, 2 ranks each: about 6 s per run here. Long enough that the runs orphaned in
+# phase 1 (killed at step 1) are still running when the restarted coordinator looks: with 4 steps they had, once,
+# ended first on a loaded machine.
 GPU_SPEC = """
 base {
   data { train_subset: 256 test_subset: 128 }
-  epochs: 1
+  epochs: 3
   batch_size: 64
   eval { metric_samples: 128 knn_k: 5 linear_epochs: 1 }
   log_every_steps: 1
