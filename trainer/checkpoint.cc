@@ -40,6 +40,10 @@ void SaveCheckpoint(const std::string& path, const RunConfig& config, Encoder& e
   archive.write("config", c10::IValue(config.SerializeAsString()));
   archive.write("result", c10::IValue(state.result.SerializeAsString()));
   if (state.bank.defined()) archive.write("bank", state.bank.to(torch::kCPU), /*is_buffer=*/true);
+  SaveArchive(path, archive);
+}
+
+void SaveArchive(const std::string& path, torch::serialize::OutputArchive& archive) {
   // Streamed into the file: through a string the archive was held twice more (a 500k-entry bank: +488 MiB).
   WriteFileAtomically(path, [&](const FileWriter& write) {
     archive.save_to([&](const void* data, size_t size) {
@@ -47,6 +51,12 @@ void SaveCheckpoint(const std::string& path, const RunConfig& config, Encoder& e
       return size;
     });
   });
+}
+
+void SaveModel(const std::string& path, Encoder& encoder) {
+  torch::serialize::OutputArchive archive;  // what torch::save(encoder, path) writes
+  encoder->save(archive);
+  SaveArchive(path, archive);
 }
 
 void LoadCheckpoint(const std::string& path, const RunConfig& config, torch::Device device, Encoder& encoder,

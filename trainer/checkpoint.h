@@ -22,6 +22,12 @@ struct TrainingState {
 void SaveCheckpoint(const std::string& path, const RunConfig& config, Encoder& encoder,
                     torch::optim::Optimizer& optimizer, const TrainingState& state);
 
+// Writes a serialized archive to `path` atomically, streamed into the temp file (never held twice in memory).
+void SaveArchive(const std::string& path, torch::serialize::OutputArchive& archive);
+
+// The encoder as torch::save writes it (for LibTorch's torch::load and Python's torch.jit.load), atomically.
+void SaveModel(const std::string& path, Encoder& encoder);
+
 // Loads `path` into encoder, optimizer and state, every tensor onto `device`: this rank's, not the GPU rank 0 saved
 // from (the archive maps CPU and CUDA tensors either way). Throws UserError naming the file when it is unreadable,
 // and naming the first differing field when the checkpoint's config would give a different result than `config`

@@ -443,7 +443,7 @@ void StartResult(Run& t, int64_t step, RunResult* result, ResultFile& file) {
 // out_dir).
 void SaveEvaluatedModel(Run& t, const Embedded& test_set) {
   const std::string& dir = t.config.out_dir();
-  torch::save(t.learner.encoder, dir + "/model.pt");
+  SaveModel(dir + "/model.pt", t.learner.encoder);
   SaveBackbone(dir + "/backbone.pth", t.learner.encoder, t.config.model(),
                UsesImageNetStem(t.config.model(), t.train.images.size(2)));
   if (t.config.eval().save_embeddings()) {
