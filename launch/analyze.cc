@@ -11,6 +11,7 @@
 #include <iomanip>
 #include <sstream>
 
+#include "launch/sweep_spec.h"
 #include "trainer/errors.h"
 #include "trainer/metrics.h"
 #include "trainer/streaming_loss.h"
@@ -21,8 +22,6 @@ namespace {
 torch::Tensor Normalize(const torch::Tensor& x) {  // (n, d) rows onto the unit sphere
   return torch::nn::functional::normalize(x, torch::nn::functional::NormalizeFuncOptions().dim(1));
 }
-
-bool UsesHardK(LossConfig::Name name) { return name == LossConfig::HARD || name == LossConfig::HARD_SIMPLE; }
 
 // Mean H(r_i) over the anchors z (n, d) against the candidates (C, d), a chunk of anchors at a time so that about
 // tile_scores similarities exist at once, as in the streaming loss (all n x C at once when tile_scores = 0).
@@ -48,7 +47,7 @@ LossAnalysis AnalyzeLoss(const torch::Tensor& x, const torch::Tensor& z, const t
                          const torch::Tensor& positive, const torch::Tensor& exclude, int64_t negatives,
                          const LossOptions& options) {
   LossOptions resolved = options;
-  if (UsesHardK(options.name)) {
+  if (LossUsesHardK(options.name)) {
     LossConfig config;
     config.set_hard_k(static_cast<int32_t>(options.hard_k));
     config.set_hard_fraction(0.08f);  // PAPER.md §2: 4095 of 50,000 negatives
@@ -59,7 +58,7 @@ LossAnalysis AnalyzeLoss(const torch::Tensor& x, const torch::Tensor& z, const t
 
   LossAnalysis result;
   result.loss = loss.item<double>();
-  result.hard_k = UsesHardK(options.name) ? resolved.hard_k : 0;
+  result.hard_k = LossUsesHardK(options.name) ? resolved.hard_k : 0;
   result.penalty_entropy = MeanPenaltyEntropy(z.detach(), candidates.detach(), positive, exclude, options);
   result.grad = x.grad();
   return result;

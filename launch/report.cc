@@ -188,10 +188,10 @@ std::vector<RunRecord> CollectRecords(const std::string& sweep_dir, const std::v
     r.last_error = run.last_error();
     r.config = run.config();
     r.rung_scores.assign(run.rung_scores().begin(), run.rung_scores().end());
-    r.has_result = ReadRunResult(sweep_dir + "/" + run.run_dir(), &r.result);
+    const bool read = ReadRunResult(sweep_dir + "/" + run.run_dir(), &r.result);  // a paused run's too
+    r.has_result = read && r.result.status() == RunResult::FINISHED;
     r.steps_done = r.result.global_steps();
     r.total_steps = r.result.total_steps();
-    r.has_result = r.has_result && r.result.status() == RunResult::FINISHED;
     records.push_back(std::move(r));
   }
   return records;

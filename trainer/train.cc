@@ -475,7 +475,6 @@ void FinishResult(Run& t, double train_seconds, EventWriter* events, RunResult* 
 // `final`, by which a sweep decides whether it goes on. --resume continues from the checkpoint, which the
 // evaluation has not touched.
 void PauseResult(Run& t, int64_t step, RunResult* result) {
-  result->set_global_steps(step);
   *result->mutable_final() = EvaluateAndReport(t, "at the pause, step " + std::to_string(step) + " of " +
                                                      std::to_string(t.total_steps));
   WaitForRankZero(t.config);
