@@ -34,6 +34,8 @@ DEFINE_int32(points, 201, "penalty: number of negatives, similarities evenly spa
 DEFINE_string(out_dir, "", "penalty: write penalty.tsv and penalty.png (gnuplot) to this directory");
 DEFINE_string(embeddings, "", "metrics: .npy (n, d) embeddings for uniformity and tolerance");
 DEFINE_string(labels, "", "metrics: .npy (n) integer class labels of --embeddings");
+DEFINE_int64(rows, 0, "metrics: use the first R rows of --embeddings and --labels only (0: all), as a run's "
+                      "metric_samples");
 
 namespace tempered {
 namespace {
@@ -49,12 +51,13 @@ FlagHelp AnalyzeHelp() {
       "      [--grad_out G.npy]: the memory-bank form, n anchors against all N bank rows; prints JSON.\n"
       "  tempered-analyze penalty --tau T1,T2,... [--points M] [--out_dir D]\n"
       "      relative-penalty curves r(s) and their entropy H(r) per tau (Fig 3); a table, and a PNG in D.\n"
-      "  tempered-analyze metrics --embeddings E.npy --labels Y.npy [--views A.npy B.npy]\n"
+      "  tempered-analyze metrics --embeddings E.npy --labels Y.npy [--rows R] [--views A.npy B.npy]\n"
       "      uniformity, tolerance; with views alignment and local separation; prints JSON.";
   help.defined_in = "launch/analyze_main.cc";
   help.groups = {"inputs", "loss", "penalty"};
   help.flags = {{"views", "inputs", ""},     {"anchors", "inputs", ""},    {"bank", "inputs", ""},
                 {"positives", "inputs", ""}, {"embeddings", "inputs", ""}, {"labels", "inputs", ""},
+                {"rows", "inputs", ""},
                 {"loss", "loss", ""},        {"tau", "loss", ""},          {"hard_k", "loss", ""},
                 {"grad_out", "loss", ""},    {"tile_scores", "loss", ""},  {"points", "penalty", ""},
                 {"out_dir", "penalty", ""}};
@@ -62,7 +65,8 @@ FlagHelp AnalyzeHelp() {
       "tempered-analyze penalty --tau 0.05,0.2,1 --out_dir fig3",
       "tempered-analyze loss --views a.npy b.npy --loss hard --tau 0.2 --grad_out grad.npy",
       "tempered-analyze loss --anchors z.npy --bank bank.npy --positives index.npy --loss infonce --tau 0.07",
-      "tempered-analyze metrics --embeddings test.npy --labels test_labels.npy",
+      "tempered-analyze metrics --embeddings RUN/embeddings/test_embeddings.npy --labels "
+      "RUN/embeddings/test_labels.npy --rows 1000",
   };
   return help;
 }
@@ -232,8 +236,16 @@ void RunMetrics() {
   if (FLAGS_embeddings.empty() || FLAGS_labels.empty()) {
     throw UserError("metrics needs --embeddings E.npy and --labels Y.npy.");
   }
-  const torch::Tensor embeddings = ReadEmbeddings(FLAGS_embeddings, 2);
-  const torch::Tensor labels = ReadNpyLabels(FLAGS_labels, embeddings.size(0));
+  torch::Tensor embeddings = ReadEmbeddings(FLAGS_embeddings, 2);
+  torch::Tensor labels = ReadNpyLabels(FLAGS_labels, embeddings.size(0));
+  if (FLAGS_rows < 0 || FLAGS_rows == 1 || FLAGS_rows > embeddings.size(0)) {
+    throw UserError("--rows " + std::to_string(FLAGS_rows) + " must be 0 (all) or in [2, " +
+                    std::to_string(embeddings.size(0)) + "], the rows of " + FLAGS_embeddings + ".");
+  }
+  if (FLAGS_rows > 0) {
+    embeddings = embeddings.slice(0, 0, FLAGS_rows);
+    labels = labels.slice(0, 0, FLAGS_rows);
+  }
   torch::Tensor a, b;
   if (!FLAGS_views.empty()) std::tie(a, b) = ReadViews();
   std::cout << EmbeddingMetrics(embeddings, labels, a, b).dump() << std::endl;

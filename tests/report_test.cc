@@ -132,6 +132,28 @@ TEST(Report, MonotoneClaimsUseThePapersTauRangeWhenTheSweepCoversIt) {
   EXPECT_TRUE(Has(uniformity.evidence, "= -1.00 over tau 0.1: 3.000, 0.2: 2.900, 0.5: 2.800")) << uniformity.evidence;
 }
 
+TEST(Report, Claims7aAnd7bJudgeHardOverTable1sTemperatures) {
+  // The paper trained hard at tau 0.07-1 (Table 1); here hard at 0.05 has not caught up (less uniform, more tolerant
+  // than infonce there). Over 0.07-1 hard is flat (range 0.02 vs infonce's 0.9) and below infonce's tolerance.
+  std::vector<Cell> cells = PaperCells();
+  cells.push_back(MakeCell(H, 0.05, 76.0, 3.20, 0.29));
+  const auto checks = CheckClaims(cells);
+  const ClaimCheck& flat = Claim(checks, "7a.");
+  EXPECT_EQ(flat.verdict, "agrees") << flat.evidence;
+  EXPECT_TRUE(Has(flat.evidence, "over tau 0.07-1: hard 0.030, infonce 0.900")) << flat.evidence;
+  EXPECT_TRUE(Has(flat.evidence, "over every tau (tau 0.05-1): hard 0.690, infonce 0.910")) << flat.evidence;
+  const ClaimCheck& tolerance = Claim(checks, "7b.");
+  EXPECT_EQ(tolerance.verdict, "agrees") << tolerance.evidence;
+  EXPECT_TRUE(Has(tolerance.evidence, "(4 of 4 below); below Table 1's taus, shown, not judged: tau 0.05: 0.290 vs "
+                                      "0.030"))
+      << tolerance.evidence;
+  // A sweep with hard only outside 0.07-1 is judged on what it has.
+  const std::vector<Cell> small = {MakeCell(I, 0.02, 70, 3.0, 0.1), MakeCell(I, 0.05, 70, 3.5, 0.1),
+                                   MakeCell(H, 0.02, 70, 3.0, 0.2), MakeCell(H, 0.05, 70, 3.5, 0.05)};
+  EXPECT_EQ(Claim(CheckClaims(small), "7b.").verdict, "disagrees");
+  EXPECT_EQ(Claim(CheckClaims(small), "7a.").verdict, "disagrees");
+}
+
 TEST(Report, Claim8TheGapMustGrowAsTauFalls) {
   std::vector<Cell> cells = {MakeCell(I, 0.05, 70, 3, 0.1, 0.6), MakeCell(I, 0.2, 75, 3, 0.2, 0.4),
                              MakeCell(I, 1.0, 72, 2, 0.4, 0.1)};

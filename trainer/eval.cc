@@ -7,6 +7,7 @@
 #include "comm/comm.h"
 #include "trainer/loss.h"
 #include "trainer/metrics.h"
+#include "trainer/npy.h"
 
 namespace tempered {
 
@@ -138,16 +139,23 @@ Metrics KnnAndRepresentation(Encoder& encoder, const Dataset& train, const Datas
 }  // namespace
 
 Metrics Evaluate(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config,
-                 Embedded* test_set) {
-  Embedded train_set, test_embedded;
-  Metrics metrics = KnnAndRepresentation(encoder, train, test, config, &train_set, &test_embedded);
+                 EvaluatedSets* sets) {
+  EvaluatedSets embedded;
+  Metrics metrics = KnnAndRepresentation(encoder, train, test, config, &embedded.train, &embedded.test);
   const EvalConfig& e = config.eval();
   if (comm::Rank() == 0 && e.linear_epochs() > 0) {
-    metrics.set_linear_top1(LinearTop1(train_set.features, train.labels, test_embedded.features, test.labels,
+    metrics.set_linear_top1(LinearTop1(embedded.train.features, train.labels, embedded.test.features, test.labels,
                                        train.num_classes, e.linear_epochs(), e.linear_lr(), config.seed()));
   }
-  if (test_set) *test_set = test_embedded;
+  if (sets) *sets = std::move(embedded);
   return metrics;
+}
+
+void SaveEmbeddings(const std::string& prefix, const Embedded& set, const Dataset& data) {
+  WriteNpy(prefix + "features.npy", set.features.to(torch::kFloat));
+  WriteNpy(prefix + "embeddings.npy", set.embedding.to(torch::kFloat));
+  WriteNpy(prefix + "labels.npy", data.labels.to(torch::kLong));
+  WriteNpy(prefix + "indices.npy", torch::arange(data.size(), torch::kLong));
 }
 
 Metrics EvaluateCurve(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config) {

@@ -23,10 +23,21 @@ double LinearTop1(const torch::Tensor& train_features, const torch::Tensor& trai
                   const torch::Tensor& test_features, const torch::Tensor& test_labels, int64_t num_classes,
                   int epochs, double lr, uint64_t seed);
 
+// What a full evaluation embedded: the whole train and test splits, rows in the splits' order (on rank 0 only).
+struct EvaluatedSets {
+  Embedded train;
+  Embedded test;
+};
+
+// Writes prefix{features,embeddings,labels,indices}.npy of `set` (what EmbedAll returned for `data`): float32
+// features and embeddings, int64 labels, and each row's index in data's file order (the rows are the first ones of
+// the file: data.*_subset takes a prefix), each file atomically. Rank 0's call, after a full evaluation.
+void SaveEmbeddings(const std::string& prefix, const Embedded& set, const Dataset& data);
+
 // Full evaluation. Collective (every rank must call it); the returned metrics are complete on rank 0 only.
-// test_set, when given: the test set's features and embeddings it computed (EmbedAll's: on rank 0 only).
+// sets, when given: the features and embeddings it computed (EmbedAll's: on rank 0 only).
 Metrics Evaluate(Encoder& encoder, const Dataset& train, const Dataset& test, const RunConfig& config,
-                 Embedded* test_set = nullptr);
+                 EvaluatedSets* sets = nullptr);
 
 // The convergence curve's bounded evaluation (EvalConfig.curve_train_samples): kNN of the first metric_samples
 // test images against the first curve_train_samples training images and the representation metrics; no linear

@@ -59,7 +59,8 @@ DEFINE_string(gradient_bucket_kib, "",
 DEFINE_bool(eval_at_init, false, "also evaluate the randomly initialised model (RunResult.initial)");
 DEFINE_bool(raw_pixel_knn, false, "also report kNN accuracy on raw pixels (RunResult.raw_pixel_knn_top1)");
 DEFINE_bool(save_embeddings, false,
-            "at the end also write DIR/embeddings/test_features.npy, the test images' backbone features");
+            "at the end also write DIR/embeddings/{train,test}_{features,embeddings,labels,indices}.npy, what the "
+            "final evaluation embedded");
 DEFINE_bool(bf16, false,
             "run the encoder under bf16 autocast (cuda; cpu with AVX512-BF16 or AMX); the loss stays fp32");
 DEFINE_bool(resume, false, "continue from out_dir/checkpoint.pt if it exists (a fresh run otherwise)");

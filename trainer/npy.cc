@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "trainer/errors.h"
+#include "trainer/files.h"
 
 namespace tempered {
 namespace {
@@ -176,15 +177,17 @@ void WriteNpy(const std::string& path, const torch::Tensor& tensor) {
   // Pad with spaces so that the data starts at a multiple of 64 bytes, newline last (as numpy does).
   const size_t unpadded = kMagicSize + 4 + header.size() + 1;
   header += std::string((64 - unpadded % 64) % 64, ' ') + "\n";
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(kMagic, kMagicSize);
   const char version_and_length[4] = {1, 0, static_cast<char>(header.size() & 0xff),
                                       static_cast<char>(header.size() >> 8)};
-  out.write(version_and_length, 4);
-  out << header;
-  out.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * t.element_size()));
-  out.close();
-  if (!out) throw UserError("Cannot write " + path + " (" + std::strerror(errno) + ").");
+  // Atomically (a temp file renamed over path): a full disk leaves the file before, not half an array.
+  WriteFileAtomically(
+      path,
+      [&](const FileWriter& write) {
+        write(kMagic, kMagicSize);
+        write(version_and_length, 4);
+        write(header.data(), header.size());
+        write(t.data_ptr(), static_cast<size_t>(t.numel() * t.element_size()));
+      });
 }
 
 }  // namespace tempered

@@ -22,7 +22,8 @@ torch::Tensor ReadNpyLabels(const std::string& path, int64_t rows);
 // A shape as numpy prints it: (6, 8), (6,), ().
 std::string NpyShape(torch::IntArrayRef shape);
 
-// Writes a float32, float64, int32 or int64 tensor of any shape as a version 1.0 .npy file.
+// Writes a float32, float64, int32 or int64 tensor of any shape as a version 1.0 .npy file, atomically. UserError
+// naming the file when it cannot be written.
 void WriteNpy(const std::string& path, const torch::Tensor& tensor);
 
 }  // namespace tempered

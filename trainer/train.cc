@@ -137,8 +137,8 @@ void LogConfig(const RunConfig& config) {
 }
 
 // Evaluate with a line before and after on rank 0 (evaluation of the full data set takes seconds to minutes).
-// test_set, when given: what Evaluate embedded of the test set (on rank 0).
-Metrics EvaluateAndReport(Run& t, const std::string& when, Embedded* test_set = nullptr) {
+// sets, when given: what Evaluate embedded (on rank 0).
+Metrics EvaluateAndReport(Run& t, const std::string& when, EvaluatedSets* sets = nullptr) {
   const Clock::time_point start = Clock::now();
   BroadcastBuffers(t.learner.encoder);  // one model evaluated, on every rank
   if (comm::Rank() == 0) {
@@ -146,7 +146,7 @@ Metrics EvaluateAndReport(Run& t, const std::string& when, Embedded* test_set = 
               << " test images, kNN, representation metrics"
               << (t.config.eval().linear_epochs() > 0 ? ", linear classifier" : "");
   }
-  Metrics metrics = Evaluate(t.learner.encoder, t.train, t.test, t.config, test_set);
+  Metrics metrics = Evaluate(t.learner.encoder, t.train, t.test, t.config, sets);
   if (comm::Rank() == 0) {
     LOG(INFO) << "evaluated " << when << " in " << FormatDuration(SecondsSince(start)) << ": kNN top-1 "
               << metrics.knn_top1() << "%, linear top-1 " << metrics.linear_top1() << "%, uniformity "
@@ -438,25 +438,25 @@ void StartResult(Run& t, int64_t step, RunResult* result, ResultFile& file) {
 
 // Rank 0 writes the evaluated model (EvaluateAndReport gave every rank rank 0's running statistics):
 // out_dir/model.pt for LibTorch and torch.jit.load, out_dir/backbone.pth for torch.load and torchvision
-// (backbone_export.h), and with eval.save_embeddings the test images' features as the final evaluation embedded
-// them. Only a finished run gets here: a paused or stopped one leaves these files as they were (none in a fresh
-// out_dir).
-void SaveEvaluatedModel(Run& t, const Embedded& test_set) {
+// (backbone_export.h), and with eval.save_embeddings what the final evaluation embedded (SaveEmbeddings). Only a
+// finished run gets here: a paused or stopped one leaves these files as they were (none in a fresh out_dir).
+void SaveEvaluatedModel(Run& t, const EvaluatedSets& sets) {
   const std::string& dir = t.config.out_dir();
   SaveModel(dir + "/model.pt", t.learner.encoder);
   SaveBackbone(dir + "/backbone.pth", t.learner.encoder, t.config.model(),
                UsesImageNetStem(t.config.model(), t.train.images.size(2)));
   if (t.config.eval().save_embeddings()) {
     MakeDirectories(dir + "/embeddings", "embeddings directory");
-    WriteNpy(dir + "/embeddings/test_features.npy", test_set.features);  // (N_test, feature_dim) float32
+    SaveEmbeddings(dir + "/embeddings/train_", sets.train, t.train);
+    SaveEmbeddings(dir + "/embeddings/test_", sets.test, t.test);
   }
 }
 
 // After the last step: the final evaluation, its TensorBoard scalars and the evaluated model (SaveEvaluatedModel).
 void FinishResult(Run& t, double train_seconds, EventWriter* events, RunResult* result) {
   result->set_train_peak_rss_mib(PeakRssMib());
-  Embedded test_set;  // on rank 0
-  *result->mutable_final() = EvaluateAndReport(t, "at the end", &test_set);
+  EvaluatedSets sets;  // on rank 0
+  *result->mutable_final() = EvaluateAndReport(t, "at the end", &sets);
   if (!result->epochs().empty() && t.config.eval().curve_train_samples() == 0) {
     *result->mutable_epochs()->rbegin()->mutable_metrics() = result->final();
   }
@@ -464,7 +464,7 @@ void FinishResult(Run& t, double train_seconds, EventWriter* events, RunResult* 
     AddMetrics(*events, result->global_steps(), result->final(), t.config.eval());
     events->Flush();
   }
-  if (comm::Rank() == 0) SaveEvaluatedModel(t, test_set);
+  if (comm::Rank() == 0) SaveEvaluatedModel(t, sets);
   WaitForRankZero(t.config);  // the others' wait for the final evaluation is bounded too
   result->set_peak_rss_mib(PeakRssMib());
   result->set_train_seconds(train_seconds);
