@@ -160,6 +160,26 @@ TEST(StreamingLoss, BatchFormGradientThroughBothRoles) {
   }
 }
 
+// The memory-bank form: the bank does not require grad, so the backward skips its (C, d) gradient (as large as the
+// bank) and the anchors' gradient is still the naive loss's, over several tiles and one.
+TEST(StreamingLoss, CandidatesWithoutGradGetNoGradientAndTheSameAnchorGradient) {
+  torch::manual_seed(8);
+  const Problem p = RandomProblem(7, 37, 5, /*with_exclusion=*/false);
+  for (LossConfig::Name name : kAllLosses) {
+    for (int64_t tile : {5, 64}) {
+      SCOPED_TRACE(testing::Message() << LossConfig::Name_Name(name) << " tile=" << tile);
+      const LossOptions options = Options(name, 0.07, 3, tile, 7);
+      const torch::Tensor bank = p.candidates.detach().clone();
+      const torch::Tensor anchors = p.anchors.detach().clone().requires_grad_(true);
+      (StreamingContrastiveLoss(anchors, bank, p.positive, p.exclude, options) * p.weights).sum().backward();
+      EXPECT_FALSE(bank.grad().defined());
+      const LossAndGrads naive =
+          LossWithGrads(ContrastiveLoss, p.anchors, p.candidates, p.positive, p.exclude, options, p.weights);
+      ExpectClose(anchors.grad(), naive.anchors_grad, "d/d anchors");
+    }
+  }
+}
+
 // The trainer's dtype: fp32 streaming against fp32 naive, same tolerance; a larger problem with several tiles.
 TEST(StreamingLoss, Float32MatchesNaive) {
   torch::manual_seed(7);

@@ -59,25 +59,29 @@ Tensor RowDot(const Tensor& a, const Tensor& b) { return (a * b).sum(1); }  // (
 // dL_i/ds_ik = r_i G_ik (negatives) and dL_i/ds_ii = r_i w_i (the positive), where tile_gradient returns G for the
 // candidates [begin, begin + t) as an (n, t) tensor:
 //   d anchors_i = r_i (sum_k G_ik c_k + w_i c_{p_i}),   d c_k = sum_i G_ik r_i a_i (+ r_i w_i a_i where k = p_i).
+// The candidates' gradient is (C, d), as large as a memory bank; a bank does not require grad, so it is computed
+// only when autograd asks for it (undefined otherwise).
 using TileGradient = std::function<Tensor(int64_t begin, int64_t t)>;
 variable_list TiledBackward(const Tensor& anchors, const Tensor& candidates, const Tensor& positive,
                             const Tensor& row_scale, const Tensor& positive_weight, int64_t tile,
-                            const TileGradient& tile_gradient) {
+                            bool candidates_need_grad, const TileGradient& tile_gradient) {
   const int64_t candidates_count = candidates.size(0);
   const Tensor weighted_anchors = anchors * row_scale.unsqueeze(1);  // (n, d) r_i a_i
   Tensor anchors_grad = torch::zeros_like(anchors);                  // (n, d) sum_k G_ik c_k
-  Tensor candidates_grad = torch::empty_like(candidates);            // (C, d), every row written by one tile
+  Tensor candidates_grad;                                            // (C, d), every row written by one tile
+  if (candidates_need_grad) candidates_grad = torch::empty_like(candidates);
   for (int64_t begin = 0; begin < candidates_count; begin += tile) {
     const int64_t t = std::min(tile, candidates_count - begin);
     const Tensor g = tile_gradient(begin, t);  // (n, t)
     const Tensor tile_candidates = candidates.narrow(0, begin, t);
     anchors_grad.addmm_(g, tile_candidates);
+    if (!candidates_need_grad) continue;
     Tensor tile_grad = candidates_grad.narrow(0, begin, t);  // (t, d)
     torch::mm_out(tile_grad, g.t(), weighted_anchors);
   }
   const Tensor positive_row_weight = (row_scale * positive_weight).unsqueeze(1);  // (n, 1)
   anchors_grad.mul_(row_scale.unsqueeze(1)).add_(candidates.index_select(0, positive) * positive_row_weight);
-  candidates_grad.index_add_(0, positive, anchors * positive_row_weight);
+  if (candidates_need_grad) candidates_grad.index_add_(0, positive, anchors * positive_row_weight);
   return {anchors_grad, candidates_grad};
 }
 
@@ -150,7 +154,8 @@ struct InfoNceFunction : public torch::autograd::Function<InfoNceFunction> {
       return window.sub_(shift).exp_().narrow(1, 1, t);  // P = e^{s/tau - (s_ii/tau + L)}
     };
     variable_list grads =
-        TiledBackward(anchors, candidates, positive, grad_outputs[0] / tau, torch::expm1(-loss), tile, probabilities);
+        TiledBackward(anchors, candidates, positive, grad_outputs[0] / tau, torch::expm1(-loss), tile,
+                      ctx->needs_input_grad(1), probabilities);
     return {grads[0], grads[1], {}, {}, {}, {}};
   }
 };
@@ -233,7 +238,7 @@ struct HardestFunction : public torch::autograd::Function<HardestFunction> {
     };
     variable_list grads = TiledBackward(anchors, candidates, positive,
                                         grad_outputs[0] * ctx->saved_data["scale"].toDouble(), positive_weight, tile,
-                                        scatter);
+                                        ctx->needs_input_grad(1), scatter);
     return {grads[0], grads[1], {}, {}, {}, {}, {}, {}};
   }
 };
