@@ -74,12 +74,12 @@ std::vector<int64_t> ParseShape(const std::string& text, const std::string& path
   return shape;
 }
 
-}  // namespace
+struct NpyHeader {
+  std::string dict;    // the Python dict literal
+  size_t data_offset;  // where the raw data starts
+};
 
-torch::Tensor ReadNpy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw UserError("Cannot open " + path + " (" + std::strerror(errno) + ").");
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+NpyHeader SplitHeader(const std::string& bytes, const std::string& path) {
   if (bytes.size() < kMagicSize + 4 || bytes.compare(0, kMagicSize, kMagic) != 0) {
     throw UserError(path + " is not a .npy file (it does not start with \\x93NUMPY); save it with numpy.save.");
   }
@@ -93,27 +93,23 @@ torch::Tensor ReadNpy(const std::string& path) {
   for (size_t i = 0; i < length_size; ++i) header_length |= byte(8 + i) << (8 * i);
   const size_t data_offset = 8 + length_size + header_length;
   if (bytes.size() < data_offset) throw UserError(path + " is truncated inside its .npy header.");
-  const std::string header = bytes.substr(8 + length_size, header_length);
+  return {bytes.substr(8 + length_size, header_length), data_offset};
+}
 
+const DType& DTypeOf(const std::string& header, const std::string& path) {
   std::string descr = HeaderValue(header, "descr", path);
   descr = descr.size() >= 2 ? descr.substr(1, descr.size() - 2) : "";  // strip the quotes ('descr': , has none)
-  const DType* dtype = nullptr;
   for (const DType& candidate : kDTypes) {
-    if (descr == candidate.descr) dtype = &candidate;
+    if (descr == candidate.descr) return candidate;
   }
-  if (dtype == nullptr) {
-    throw UserError(path + " has dtype '" + descr +
-                    "'; expected little-endian float32, float64, int32 or int64 ('<f4', '<f8', '<i4', '<i8').");
-  }
-  if (HeaderValue(header, "fortran_order", path) != "False") {
-    throw UserError(path + " is stored in Fortran order; save numpy.ascontiguousarray(x) instead.");
-  }
-  const std::vector<int64_t> shape = ParseShape(HeaderValue(header, "shape", path), path);
+  throw UserError(path + " has dtype '" + descr +
+                  "'; expected little-endian float32, float64, int32 or int64 ('<f4', '<f8', '<i4', '<i8').");
+}
 
-  // The data size is checked against the file before anything is allocated: a damaged shape such as
-  // (544804800, 9999) must not allocate terabytes (or overflow) to find out that the file is 100 bytes long.
-  const size_t found = bytes.size() - data_offset;
-  size_t expected = std::count(shape.begin(), shape.end(), 0) > 0 ? 0 : torch::elementSize(dtype->type);
+// The data size is checked against the file before anything is allocated: a damaged shape such as
+// (544804800, 9999) must not allocate terabytes (or overflow) to find out that the file is 100 bytes long.
+size_t CheckedDataSize(const std::vector<int64_t>& shape, const DType& dtype, size_t found, const std::string& path) {
+  size_t expected = std::count(shape.begin(), shape.end(), 0) > 0 ? 0 : torch::elementSize(dtype.type);
   for (int64_t dim : shape) {
     if (expected > found / static_cast<size_t>(std::max<int64_t>(dim, 1))) {
       expected = SIZE_MAX;  // more than the file holds
@@ -124,19 +120,38 @@ torch::Tensor ReadNpy(const std::string& path) {
   if (found != expected) {
     const std::string promised = expected == SIZE_MAX ? "more than " + std::to_string(found) : std::to_string(expected);
     throw UserError(path + (found < expected ? " is truncated" : " has trailing bytes") + ": its header promises " +
-                    NpyShape(shape) + " " + descr + " (" + promised + " bytes of data) but the file holds " +
+                    NpyShape(shape) + " " + dtype.descr + " (" + promised + " bytes of data) but the file holds " +
                     std::to_string(found) + ".");
   }
-  torch::Tensor tensor = torch::empty(shape, torch::TensorOptions().dtype(dtype->type));
-  // An empty tensor's data_ptr() is null, and memcpy from or to null is undefined even for 0 bytes (UBSan).
-  if (expected > 0) std::memcpy(tensor.data_ptr(), bytes.data() + data_offset, expected);  // little-endian host
-  if (tensor.is_floating_point() && tensor.numel() > 0) {
-    const torch::Tensor bad = torch::isfinite(tensor).logical_not().view(-1).nonzero();
-    if (bad.numel() > 0) {
-      throw UserError(path + " contains NaN or infinite values (first at flat index " +
-                      std::to_string(bad[0].item<int64_t>()) + ").");
-    }
+  return expected;
+}
+
+void CheckFinite(const torch::Tensor& tensor, const std::string& path) {
+  if (!tensor.is_floating_point() || tensor.numel() == 0) return;
+  const torch::Tensor bad = torch::isfinite(tensor).logical_not().view(-1).nonzero();
+  if (bad.numel() > 0) {
+    throw UserError(path + " contains NaN or infinite values (first at flat index " +
+                    std::to_string(bad[0].item<int64_t>()) + ").");
   }
+}
+
+}  // namespace
+
+torch::Tensor ReadNpy(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UserError("Cannot open " + path + " (" + std::strerror(errno) + ").");
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const NpyHeader header = SplitHeader(bytes, path);
+  const DType& dtype = DTypeOf(header.dict, path);
+  if (HeaderValue(header.dict, "fortran_order", path) != "False") {
+    throw UserError(path + " is stored in Fortran order; save numpy.ascontiguousarray(x) instead.");
+  }
+  const std::vector<int64_t> shape = ParseShape(HeaderValue(header.dict, "shape", path), path);
+  const size_t size = CheckedDataSize(shape, dtype, bytes.size() - header.data_offset, path);
+  torch::Tensor tensor = torch::empty(shape, torch::TensorOptions().dtype(dtype.type));
+  // An empty tensor's data_ptr() is null, and memcpy from or to null is undefined even for 0 bytes (UBSan).
+  if (size > 0) std::memcpy(tensor.data_ptr(), bytes.data() + header.data_offset, size);  // little-endian host
+  CheckFinite(tensor, path);
   return tensor;
 }
 
