@@ -72,6 +72,24 @@ class SavedEmbeddingsTest(unittest.TestCase):
         self.assertEqual(final["knn_train_samples"], TRAIN_ROWS)
         self.assertEqual(final["knn_test_samples"], TEST_ROWS)
 
+    def test_result_names_the_arrays_each_metric_used(self):
+        inputs = self.result["final"]["inputs"]
+        self.assertEqual(inputs, {"knn": "embeddings", "linear": "features", "uniformity_tolerance": "embeddings",
+                                  "alignment_separation_entropy": "augmented_view_embeddings"})
+        # The named arrays give the run's own kNN top-1 (the trainer's weighted kNN, written again in numpy).
+        knn = self.result["config"]["eval"]
+        train = self.load("train_" + inputs["knn"]).astype(np.float64)
+        test = self.load("test_" + inputs["knn"]).astype(np.float64)
+        train_labels, test_labels = self.load("train_labels"), self.load("test_labels")
+        k = min(knn["knn_k"], len(train))
+        sims = test @ train.T
+        top = np.argsort(-sims, axis=1)[:, :k]
+        votes = np.zeros((len(test), 10))
+        for row in range(len(test)):
+            np.add.at(votes[row], train_labels[top[row]], np.exp(sims[row, top[row]] / knn["knn_temperature"]))
+        ours = 100.0 * np.mean(votes.argmax(1) == test_labels)
+        self.assertAlmostEqual(ours, self.result["final"]["knn_top1"], delta=100.0 / TEST_ROWS + 1e-9)
+
     def test_analyze_reproduces_the_runs_uniformity_and_tolerance(self):
         emb = os.path.join(self.out_dir, "embeddings")
         proc = subprocess.run([ANALYZE, "metrics", "--embeddings", os.path.join(emb, "test_embeddings.npy"),

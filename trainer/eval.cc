@@ -46,6 +46,8 @@ void RepresentationMetrics(Encoder& encoder, const Dataset& test, const torch::T
   const torch::Tensor embedding = test_embedding.slice(0, 0, m);
   metrics->set_metric_split("test");
   metrics->set_metric_samples(static_cast<int32_t>(m));
+  metrics->mutable_inputs()->set_uniformity_tolerance("embeddings");
+  metrics->mutable_inputs()->set_alignment_separation_entropy("augmented_view_embeddings");
   metrics->set_uniformity(Uniformity(embedding));
   metrics->set_tolerance(Tolerance(embedding, test.labels.slice(0, 0, m)));
 
@@ -131,6 +133,7 @@ Metrics KnnAndRepresentation(Encoder& encoder, const Dataset& train, const Datas
                                e.knn_temperature(), train.num_classes));
   metrics.set_knn_train_samples(static_cast<int32_t>(train.size()));
   metrics.set_knn_test_samples(static_cast<int32_t>(test.size()));
+  metrics.mutable_inputs()->set_knn("embeddings");
   RepresentationMetrics(encoder, test, test_set->embedding, config, &metrics);
   encoder->train(was_training);
   return metrics;
@@ -146,6 +149,7 @@ Metrics Evaluate(Encoder& encoder, const Dataset& train, const Dataset& test, co
   if (comm::Rank() == 0 && e.linear_epochs() > 0) {
     metrics.set_linear_top1(LinearTop1(embedded.train.features, train.labels, embedded.test.features, test.labels,
                                        train.num_classes, e.linear_epochs(), e.linear_lr(), config.seed()));
+    metrics.mutable_inputs()->set_linear("features");
   }
   if (sets) *sets = std::move(embedded);
   return metrics;
