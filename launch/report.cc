@@ -329,6 +329,8 @@ void AddRun(const RunRecord& r, CellSamples* s) {
   const auto& top = result.final().top_negative_similarity();
   if (s->top_negative.size() < static_cast<size_t>(top.size())) s->top_negative.resize(top.size());
   for (int k = 0; k < top.size(); ++k) s->top_negative[k].push_back(top[k]);
+  const int test_samples = result.final().knn_test_samples();
+  if (s->cell.runs == 0 || test_samples < s->cell.test_samples) s->cell.test_samples = test_samples;
   ++s->cell.runs;
   s->cell.members.push_back(member);
 }

@@ -98,6 +98,7 @@ struct Cell {
   // The other varying fields and their values in the sweep's order, e.g. {{"hard_k", "8"}, {"optim.lr", "0.1"}}.
   std::vector<std::pair<std::string, std::string>> group;
   int runs = 0;
+  int test_samples = 0;  // the fewest test images behind one of its runs' accuracies (final.knn_test_samples; 0: unknown)
   std::array<Stat, kMeasureCount> stat;     // RunResult.final, by Measure
   std::array<Stat, kMeasureCount> initial;  // RunResult.initial of the runs that have one (n = 0: none)
   Stat raw_pixel_knn;                       // kNN top-1 on raw pixels of the runs with eval.raw_pixel_knn
@@ -119,7 +120,7 @@ double SpearmanRho(const std::vector<double>& x, const std::vector<double>& y);
 
 struct ClaimCheck {
   std::string claim;     // "3a. infonce: uniformity falls as tau grows"
-  std::string verdict;   // "agrees", "disagrees", "not converged", "not enough data"
+  std::string verdict;   // "agrees", "disagrees", "not converged", "within noise", "not enough data"
   std::string evidence;  // the numbers behind the verdict
 };
 // The claims over every group of cells (a sweep that varies hard_k or a generic axis gets each claim once per value

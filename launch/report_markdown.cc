@@ -171,13 +171,15 @@ std::string Row(const std::vector<Cell>& cells, const std::string& name,
 
 // How the trend rows and the "not converged" verdict are decided, with the thresholds the code uses.
 std::string ConvergenceNote() {
-  char buf[512];
+  char buf[1024];
   std::snprintf(buf, sizeof(buf),
                 "Trend: the least-squares slope per epoch of a run's per-epoch curve over its last "
                 "max(2, ⌈E/3⌉) of E evaluated epochs, shown for the cell's run that moved most. Linear top-1, "
                 "measured only at full evaluations, follows the kNN curve where it has fewer than 2 points. "
                 "*Moving* above %g uniformity, %g tolerance, %g alignment or %g accuracy points per epoch; a claim "
-                "that would disagree while a run behind it is moving is reported as **not converged**.\n\n",
+                "that would disagree while a run behind it is moving is reported as **not converged**. Claims "
+                "that one accuracy is above another (7c, 9a) are **within noise** when the difference is under "
+                "2 standard errors (the test set's binomial error, plus the seeds' spread over >= 2 seeds).\n\n",
                 StillMovingPerEpoch(Measure::kUniformity), StillMovingPerEpoch(Measure::kTolerance),
                 StillMovingPerEpoch(Measure::kAlignment), StillMovingPerEpoch(Measure::kKnn));
   return buf;

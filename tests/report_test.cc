@@ -177,6 +177,31 @@ TEST(Report, Claim9aTauFiveHundredthsWorseThanSevenHundredths) {
   EXPECT_EQ(Claim(CheckClaims({cells[1]}), "9a.").verdict, "not enough data");
 }
 
+// An order of two accuracies smaller than twice its standard error is neither agreement nor disagreement: the
+// paper spec's 9a (88.65% vs 88.75%, one seed, 2,000 test images: error 1.00 points) is within noise.
+TEST(Report, OrderedAccuraciesWithinTwoStandardErrorsAreWithinNoise) {
+  std::vector<Cell> cells = {MakeCell(I, 0.05, 88.65, 3, 0.1), MakeCell(I, 0.07, 88.75, 3, 0.1),
+                             MakeCell(H, 0.7, 87.60, 3, 0.1)};
+  for (Cell& c : cells) c.test_samples = 2000;
+  ClaimCheck small = Claim(CheckClaims(cells), "9a.");
+  EXPECT_EQ(small.verdict, "within noise") << small.evidence;
+  EXPECT_TRUE(Has(small.evidence, "(difference -0.10 ± 1.00 points, the standard error of the test set's 2000 images)"))
+      << small.evidence;
+  EXPECT_EQ(Claim(CheckClaims(cells), "7c.").verdict, "within noise");  // -1.15 ± 1.02
+  // The same differences on 10,000 test images are 3.6 errors (7c, disagrees) and 0.2 (9a, still within noise).
+  for (Cell& c : cells) c.test_samples = 10000;
+  EXPECT_EQ(Claim(CheckClaims(cells), "7c.").verdict, "disagrees");
+  EXPECT_EQ(Claim(CheckClaims(cells), "9a.").verdict, "within noise");
+  cells[0].stat[static_cast<int>(Measure::kLinear)] = One(86.0);  // 2.75 points below: 6 errors
+  EXPECT_EQ(Claim(CheckClaims(cells), "9a.").verdict, "agrees");
+  // Two seeds a cell add their spread: 86.0 ± 3.0 against 88.75 ± 3.0 is within noise on any test set.
+  cells[0].stat[static_cast<int>(Measure::kLinear)] = {86.0, 3.0, 2};
+  cells[1].stat[static_cast<int>(Measure::kLinear)] = {88.75, 3.0, 2};
+  small = Claim(CheckClaims(cells), "9a.");
+  EXPECT_EQ(small.verdict, "within noise") << small.evidence;
+  EXPECT_TRUE(Has(small.evidence, "the test set's 10000 images and the seeds' spread")) << small.evidence;
+}
+
 TEST(Report, Claim9bNearestFarBelowTheBestInfonceOrNoBetterThanItsRandomInit) {
   std::vector<Cell> cells = {MakeCell(I, 0.1, 80, 3, 0.1), MakeCell(I, 0.5, 75, 3, 0.1),
                              MakeCell(LossConfig::NEAREST, NAN, 40, 1, 0.9)};
