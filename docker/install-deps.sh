@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # The one place that lists the system packages Tempered needs (README, CI and the Dockerfiles call it).
 # Non-interactive and idempotent: packages already installed are left as they are.
+#   docker/install-deps.sh            what building and the default test suite need (the image installs this)
+#   docker/install-deps.sh --docker   also a Docker engine and debootstrap, for tests/docker_test.py
 set -euo pipefail
+
+with_docker=0
+case "${1:-}" in
+  "") ;;
+  --docker) with_docker=1 ;;
+  *) echo "install-deps: unknown argument '$1' (expected nothing or --docker)" >&2; exit 2 ;;
+esac
 
 packages=(
   # toolchain
@@ -31,6 +40,13 @@ packages=(
   # minimal images)
   iproute2
 )
+# tests/docker_test.py builds docker/Dockerfile with a real engine and makes its base image with debootstrap (no
+# registry needed). Only when asked: the image runs this script and must not contain an engine. A host that already
+# has an engine (Docker's own docker-ce, whose packages conflict with Debian's docker.io) keeps it.
+if [ "$with_docker" -eq 1 ]; then
+  packages+=(debootstrap)
+  command -v dockerd >/dev/null || packages+=(docker.io)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -5,8 +5,8 @@ hostname). mpirun runs on host a; Open MPI starts the daemon of host b through a
 `ip netns exec` where a cluster would ssh, then the ranks talk over TCP on the veth only (`--mca btl tcp,self`, no
 shared memory). This is the recipe of docker/README.md with the network made of namespaces.
 
-Namespaces need root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2's `ip`. Where they are not available (as in a
-`docker build`), the test falls back to one host: a hostfile with `localhost slots=2` and the TCP BTL over the
+Namespaces need root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2's `ip`. Where they are not available (an unprivileged
+container), the test falls back to one host: a hostfile with `localhost slots=2` and the TCP BTL over the
 loopback, which still checks a hostfile launch without shared memory, but not ranks on different hosts.
 """
 import functools
