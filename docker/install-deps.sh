@@ -13,8 +13,8 @@ case "${1:-}" in
 esac
 
 packages=(
-  # toolchain
-  build-essential cmake ninja-build ccache pkg-config git
+  # toolchain; pmccabe: the function-length check of STYLE.md (`pmccabe trainer/*.cc`)
+  build-essential cmake ninja-build ccache pkg-config git pmccabe
   # the fixed stack
   libtorch-dev libopenmpi-dev openmpi-bin libprotobuf-dev protobuf-compiler
   libgflags-dev libgoogle-glog-dev libgtest-dev libgmock-dev libbenchmark-dev
