@@ -62,6 +62,8 @@ const char* MeasureKey(Measure m);
 double MeasureOf(const Metrics& metrics, Measure m);
 // |slope| per epoch above which a run is still moving on a measure (kStillMoving* in report.cc).
 double StillMovingPerEpoch(Measure m);
+// Claims that one accuracy is above another (7c, 9a) are "within noise" under this many standard errors.
+constexpr double kWithinNoiseErrors = 2.0;
 
 // How a run's measure moved at the end of training: the least-squares slope per epoch over the last
 // max(2, ceil(E/3)) of the E epochs with that measure on the per-epoch curve (EpochResult.metrics).

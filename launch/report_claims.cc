@@ -30,8 +30,6 @@ constexpr double kStillMovingTolerance = 0.01;
 constexpr double kStillMovingAlignment = 0.01;
 constexpr double kStillMovingSimilarity = 0.01;  // positive similarity and the Fig 8 gap
 constexpr double kStillMovingAccuracyPoints = 0.5;
-// Claims that two accuracies are ordered (7c, 9a): a difference under this many standard errors is "within noise".
-constexpr double kNoiseErrors = 2.0;
 
 const char* kAgrees = "agrees";
 const char* kDisagrees = "disagrees";
@@ -299,7 +297,7 @@ double AccuracyError(const Cell& c, const Accuracy& acc) {
 }
 
 // The claim that `first` is above (first_above) or below `second` in accuracy, "within noise" when the difference
-// is under kNoiseErrors standard errors: one seed on 2,000 test images cannot tell 88.65% from 88.75%.
+// is under kWithinNoiseErrors standard errors: one seed on 2,000 test images cannot tell 88.65% from 88.75%.
 Judgement Ordered(const std::string& claim, const Cell& first, const Cell& second, bool first_above,
                   const Accuracy& acc) {
   const double difference = acc(first) - acc(second);
@@ -315,9 +313,9 @@ Judgement Ordered(const std::string& claim, const Cell& first, const Cell& secon
     evidence += " points; its error is unknown: one seed, no test-set size)";
   }
   Judgement j = Verdict(claim, first_above ? difference > 0 : difference < 0, evidence, {first, second}, {acc.measure});
-  if (error > 0 && std::fabs(difference) < kNoiseErrors * error) {
+  if (error > 0 && std::fabs(difference) < kWithinNoiseErrors * error) {
     j.check.verdict = kWithinNoise;
-    j.check.evidence += "; within noise: the difference is under " + F("%.0f", kNoiseErrors) + " standard errors";
+    j.check.evidence += "; within noise: the difference is under " + F("%.0f", kWithinNoiseErrors) + " standard errors";
   }
   return j;
 }

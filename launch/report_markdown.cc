@@ -179,9 +179,9 @@ std::string ConvergenceNote() {
                 "*Moving* above %g uniformity, %g tolerance, %g alignment or %g accuracy points per epoch; a claim "
                 "that would disagree while a run behind it is moving is reported as **not converged**. Claims "
                 "that one accuracy is above another (7c, 9a) are **within noise** when the difference is under "
-                "2 standard errors (the test set's binomial error, plus the seeds' spread over >= 2 seeds).\n\n",
+                "%g standard errors (the test set's binomial error, plus the seeds' spread over >= 2 seeds).\n\n",
                 StillMovingPerEpoch(Measure::kUniformity), StillMovingPerEpoch(Measure::kTolerance),
-                StillMovingPerEpoch(Measure::kAlignment), StillMovingPerEpoch(Measure::kKnn));
+                StillMovingPerEpoch(Measure::kAlignment), StillMovingPerEpoch(Measure::kKnn), kWithinNoiseErrors);
   return buf;
 }
 

@@ -1,6 +1,6 @@
 """docker/Dockerfile built by a real Docker engine, and the commands of docker/README.md run in its containers.
 
-Slow (the build compiles Tempered inside the image: 6-21 minutes on 2 cores when nothing is cached, by load; ~20 s
+Slow (the build compiles Tempered inside the image: 6-22 minutes on 2 cores when nothing is cached, by load; ~20 s
 when it is), so ctest labels it `docker`, not `e2e`, and the default tests/run.sh leaves it out. Run it alone with
 `tests/run.sh -L docker` (which also installs docker.io and debootstrap: docker/install-deps.sh --docker), or from
 tests/ as root: /usr/bin/python3 -m unittest -v docker_test

@@ -3,7 +3,7 @@
 # Docker one.
 #   tests/run.sh [extra ctest arguments, e.g. -L unit]
 #   tests/run.sh -L docker    only tests/docker_test.py (builds docker/Dockerfile with a real engine, runs its
-#                             containers; 7-25 min on 2 cores uncached, ~20 s cached); installs docker.io and
+#                             containers; 7 min on 2 idle cores uncached, ~20 s cached); installs docker.io and
 #                             debootstrap too
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -66,10 +66,12 @@ variable_list TiledBackward(const Tensor& anchors, const Tensor& candidates, con
                             const Tensor& row_scale, const Tensor& positive_weight, int64_t tile,
                             bool candidates_need_grad, const TileGradient& tile_gradient) {
   const int64_t candidates_count = candidates.size(0);
-  const Tensor weighted_anchors = anchors * row_scale.unsqueeze(1);  // (n, d) r_i a_i
-  Tensor anchors_grad = torch::zeros_like(anchors);                  // (n, d) sum_k G_ik c_k
-  Tensor candidates_grad;                                            // (C, d), every row written by one tile
-  if (candidates_need_grad) candidates_grad = torch::empty_like(candidates);
+  Tensor anchors_grad = torch::zeros_like(anchors);  // (n, d) sum_k G_ik c_k
+  Tensor weighted_anchors, candidates_grad;          // (n, d) r_i a_i; (C, d), every row written by one tile
+  if (candidates_need_grad) {
+    weighted_anchors = anchors * row_scale.unsqueeze(1);
+    candidates_grad = torch::empty_like(candidates);
+  }
   for (int64_t begin = 0; begin < candidates_count; begin += tile) {
     const int64_t t = std::min(tile, candidates_count - begin);
     const Tensor g = tile_gradient(begin, t);  // (n, t)
