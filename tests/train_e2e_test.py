@@ -1,5 +1,6 @@
 """End-to-end tests of tempered-train under mpirun: world-size invariance and clear errors on bad input."""
 import gzip
+import json
 import math
 import os
 import shutil
@@ -172,6 +173,22 @@ class ConvergenceCurveTest(unittest.TestCase):
             self.assertIn("linear_top1", final)
             # Uniformity and tolerance use the same test sample in the curve and the full evaluation.
             self.assertAlmostEqual(final["uniformity"], epochs[2]["metrics"]["uniformity"], places=9)
+
+    def test_progress_rate_leaves_the_evaluations_out(self):
+        # Two steps an epoch, a log line an epoch, and after each epoch an evaluation of 3,000 test images that takes
+        # several times the two steps: the logged rate of the last window (steps 5-6, after epoch 2's evaluation)
+        # is the steps' own, as the epoch's record is. Counting the evaluation made it ~5x lower.
+        with TempDir() as tmp:
+            out = os.path.join(tmp, "rate")
+            proc = run_train(1, ["--train_subset", "256", "--test_subset", "3000", "--batch_size", "128",
+                                 "--epochs", "3", "--log_every_steps", "2", "--eval_every_epochs", "1",
+                                 "--linear_epochs", "1", "--threads", "1", "--out_dir", out])
+            self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+            with open(os.path.join(out, "progress.json")) as f:
+                progress = json.load(f)
+            epoch = read_result(out)["epochs"][2]
+            self.assertEqual(progress["step"], 6)
+            self.assertGreater(progress["images_per_second"], 0.6 * epoch["images_per_second"], (progress, epoch))
 
     def test_no_curve(self):
         with TempDir() as tmp:

@@ -17,6 +17,7 @@
 #include <functional>
 #include <optional>
 #include <sstream>
+#include <utility>
 
 #include <google/protobuf/text_format.h>
 
@@ -294,14 +295,18 @@ class StepObserver {
 bool IsLogStep(const Run& t, int64_t step) { return step % t.config.log_every_steps() == 0 || step == t.total_steps; }
 
 // Rank 0's progress line, progress.json, and TensorBoard scalars and similarity histograms, every log_every_steps.
+// Its rate is the steps' own: the epoch ends' evaluations inside a window (evaluation_seconds, a running total) are
+// left out, as the result's per-epoch rates leave them out (on a small subset they were most of a window).
 class ProgressLog : public StepObserver {
  public:
-  ProgressLog(const Run& t, EventWriter* events) : t_(t), events_(events) {}
+  ProgressLog(const Run& t, EventWriter* events, std::function<double()> evaluation_seconds)
+      : t_(t), events_(events), evaluation_seconds_(std::move(evaluation_seconds)) {}
 
   void AfterStep(const StepDone& d) override {
     ++window_steps_;
     if (comm::Rank() != 0 || !IsLogStep(t_, d.step)) return;
-    const double rate = window_steps_ * t_.config.batch_size() / SecondsSince(window_start_);
+    const double evaluated = evaluation_seconds_() - evaluation_seconds_at_start_;
+    const double rate = window_steps_ * t_.config.batch_size() / (SecondsSince(window_start_) - evaluated);
     const double eta = (t_.total_steps - d.step) * t_.config.batch_size() / rate;
     const int64_t epochs = (t_.total_steps + t_.steps_per_epoch - 1) / t_.steps_per_epoch;
     std::ostringstream line;
@@ -317,13 +322,16 @@ class ProgressLog : public StepObserver {
     AddSimilarityHistograms(*events_, d.step, s.anchors, s.candidates, s.positive, s.exclude);
     events_->Flush();
     window_start_ = Clock::now();
+    evaluation_seconds_at_start_ = evaluation_seconds_();
     window_steps_ = 0;
   }
 
  private:
   const Run& t_;
   EventWriter* events_;
+  std::function<double()> evaluation_seconds_;
   Clock::time_point window_start_ = Clock::now();
+  double evaluation_seconds_at_start_ = 0;
   int64_t window_steps_ = 0;
 };
 
@@ -341,7 +349,9 @@ class EpochLog : public StepObserver {
       const double seconds = SecondsSince(epoch_start_);
       train_seconds_ += seconds;
       RecordEpoch(t_, d.epoch, d.step, seconds, steps_timed_, d.lr, &result_);
+      const Clock::time_point evaluation_start = Clock::now();
       EvaluateEpoch(t_, d.epoch, d.step, events_, result_.mutable_epochs(result_.epochs_size() - 1));
+      evaluation_seconds_ += SecondsSince(evaluation_start);
       epoch_start_ = Clock::now();
       steps_timed_ = 0;
     }
@@ -350,12 +360,14 @@ class EpochLog : public StepObserver {
   }
 
   double train_seconds() const { return train_seconds_; }
+  double evaluation_seconds() const { return evaluation_seconds_; }  // of this attempt's epoch ends
 
  private:
   Run& t_;
   RunResult& result_;
   EventWriter* events_;
   double train_seconds_;
+  double evaluation_seconds_ = 0;
   Clock::time_point epoch_start_ = Clock::now();
   int64_t steps_timed_ = 0;
 };
@@ -497,8 +509,8 @@ RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options,
   std::signal(SIGUSR1, RequestStop);
 
   t.learner.encoder->train();
-  ProgressLog progress(t, events.get());
   EpochLog epochs(t, result, events.get());
+  ProgressLog progress(t, events.get(), [&epochs] { return epochs.evaluation_seconds(); });
   switch (TrainSteps(t, state, PauseStep(options.pause_at_fraction, t.total_steps), {&progress, &epochs}, file)) {
     case StepsEnd::kFinished:
       FinishResult(t, epochs.train_seconds(), events.get(), &result);
