@@ -8,6 +8,7 @@
 
 #include "launch/report.h"
 #include "launch/sweep_spec.h"
+#include "trainer/errors.h"
 
 namespace tempered {
 
@@ -96,6 +97,23 @@ void DecideRung(const SweepSpec& spec, int k, const std::vector<const SweepState
 }
 
 }  // namespace
+
+void CheckRungsUnchanged(const SweepSpec& before, const SweepSpec& now, const SweepState& state,
+                         const std::string& sweep_dir) {
+  const auto scored = [](const SweepState::Run& run) { return run.rung_scores_size() > 0; };
+  if (!PruningOn(now) || std::none_of(state.runs().begin(), state.runs().end(), scored)) return;
+  const auto rungs = [](const SweepSpec& spec) {
+    std::string text;
+    for (float f : spec.pruning().rungs()) text += (text.empty() ? "" : ", ") + FormatFloat(f);
+    return "rungs " + text + " by " + RungMetricName(spec);
+  };
+  if (PruningOn(before) && rungs(before) == rungs(now)) return;
+  const std::string scored_at = PruningOn(before) ? "at " + rungs(before)
+                                                  : "at the rungs of an earlier spec (its last one did not prune)";
+  throw UserError("the sweep in " + sweep_dir + " scored its runs " + scored_at + ", this spec prunes at " +
+                  rungs(now) + ": scores at other fractions of a run cannot be ranked together, so run this spec " +
+                  "in a new --out_dir or give it the sweep's pruning block again");
+}
 
 int CellsKept(const SweepSpec& spec, int cells) {
   const double keep = spec.pruning().keep() > 0 ? spec.pruning().keep() : 0.5;

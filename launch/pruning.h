@@ -30,6 +30,12 @@ struct RungDecisions {
 };
 RungDecisions DecideRungs(const SweepSpec& spec, const std::vector<SweepState::Run>& grid);
 
+// Throws UserError when `now` prunes at other rungs or by another metric than `before`, the spec that scored the
+// runs of `state` at their rungs: a score at 0.25 of a run cannot be ranked against one at 0.15. Pruning turned
+// off is fine (the runs go on to full length), as is another `keep` (it applies to the rungs not yet decided).
+void CheckRungsUnchanged(const SweepSpec& before, const SweepSpec& now, const SweepState& state,
+                         const std::string& sweep_dir);
+
 // The cells kept of `cells` ranked at a rung: keep x cells rounded down, at least one.
 int CellsKept(const SweepSpec& spec, int cells);
 

@@ -107,6 +107,7 @@ class Coordinator {
   // while no coordinator watched, and failed runs that this invocation retries.
   void Prepare() {
     LoadState(o_.sweep_dir, &state_);
+    CheckRungsUnchanged(state_.spec(), o_.spec, state_, o_.sweep_dir);
     *state_.mutable_spec() = o_.spec;
     const std::vector<GridPoint> grid = ExpandGrid(o_.spec);
     const int added = MergeGrid(grid, &state_);

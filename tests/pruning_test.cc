@@ -10,6 +10,7 @@
 
 #include "launch/pruning.h"
 #include "launch/sweep_spec.h"
+#include "trainer/errors.h"
 
 namespace tempered {
 namespace {
@@ -110,6 +111,28 @@ TEST(Pruning, TheMetricIsKnnOrLinearOfThePausedEvaluation) {
   EXPECT_DOUBLE_EQ(RungScore(kHalving, paused), 71.5);
   EXPECT_DOUBLE_EQ(RungScore(Spec("pruning { metric: LINEAR rungs: 0.5 }"), paused), 80.25);
   EXPECT_EQ(RungMetricName(Spec("pruning { metric: LINEAR rungs: 0.5 }")), "linear top-1");
+}
+
+// A resumed sweep whose spec moved the rungs or changed the metric would rank scores taken at other fractions of a
+// run (NextPause counts rungs by index): refused with a sentence. Unscored runs, the same rungs, another keep and
+// pruning turned off are fine.
+TEST(Pruning, ScoresFromOtherRungsAreRefused) {
+  SweepState state;
+  *state.add_runs() = RunOf("infonce", 0.1f, 1, State::AT_RUNG, {60});
+  const SweepSpec moved = Spec("pruning { rungs: [0.15, 0.3, 0.6] }");
+  EXPECT_NO_THROW(CheckRungsUnchanged(kHalving, Spec("pruning { rungs: [0.25, 0.5] keep: 0.3 }"), state, "d"));
+  EXPECT_NO_THROW(CheckRungsUnchanged(kHalving, SweepSpec(), state, "d"));
+  EXPECT_NO_THROW(CheckRungsUnchanged(SweepSpec(), moved, SweepState(), "d"));
+  for (const SweepSpec& before : {kHalving, Spec("pruning { metric: LINEAR rungs: [0.15, 0.3, 0.6] }"), SweepSpec()}) {
+    try {
+      CheckRungsUnchanged(before, moved, state, "sweep-dir");
+      ADD_FAILURE() << "accepted scores of other rungs";
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find("the sweep in sweep-dir scored its runs"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("prunes at rungs 0.15, 0.3, 0.6 by kNN top-1"), std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 }  // namespace
