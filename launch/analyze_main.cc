@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "launch/analyze.h"
+#include "launch/sweep_spec.h"
 #include "trainer/npy.h"
 #include "trainer/errors.h"
 #include "trainer/flag_help.h"
@@ -192,13 +193,18 @@ void PrintLoss(nlohmann::json out, const LossOptions& options, const LossAnalysi
   std::cout << out.dump() << std::endl;
 }
 
+// A --hard_k above the negatives each anchor has is refused, not lowered to them: the user asked for another loss.
+void CheckHardK(const LossOptions& options, int64_t negatives, const std::string& which) {
+  if (LossUsesHardK(options.name) && options.hard_k > negatives) {
+    throw UserError("--hard_k " + std::to_string(options.hard_k) + " is more than the " + std::to_string(negatives) +
+                    " negatives of each anchor (" + which + ").");
+  }
+}
+
 void RunBankLoss(const LossOptions& options) {
   const BankInputs in = ReadBankInputs();
   const int64_t negatives = in.bank.size(0) - 1;
-  if ((options.name == LossConfig::HARD || options.name == LossConfig::HARD_SIMPLE) && options.hard_k > negatives) {
-    throw UserError("--hard_k " + std::to_string(options.hard_k) + " is more than the " + std::to_string(negatives) +
-                    " negatives of each anchor (the rows of --bank " + FLAGS_bank + " but its positive).");
-  }
+  CheckHardK(options, negatives, "the rows of --bank " + FLAGS_bank + " but its positive");
   const LossAnalysis result = AnchorsVsBankLoss(in.anchors, in.bank, in.positives, options);
   PrintLoss({{"anchors", in.anchors.size(0)}, {"bank", in.bank.size(0)}, {"negatives_per_anchor", negatives}},
             options, result);
@@ -214,6 +220,7 @@ void RunLoss() {
     RunBankLoss(options);
   } else {
     const auto [a, b] = ReadViews();
+    CheckHardK(options, 2 * a.size(0) - 2, "2N - 2 for N rows in each of --views " + FLAGS_views);
     PrintLoss({{"anchors", 2 * a.size(0)}, {"negatives_per_anchor", 2 * a.size(0) - 2}}, options,
               SymmetricViewsLoss(a, b, options));
   }

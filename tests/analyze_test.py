@@ -229,6 +229,8 @@ class AnalyzeTest(unittest.TestCase):
             "bank without positives": (bank + ["--bank", self.bank_path], "needs all three"),
             "hard_k above negatives": (bank + ["--bank", self.bank_path, "--positives", self.positives_path, "--loss",
                                                "hard_simple", "--hard_k", 37], "--hard_k 37 is more than the 36"),
+            "views hard_k above negatives": (views + [self.a_path, self.b_path, "--loss", "hard", "--hard_k", 11],
+                                             "--hard_k 11 is more than the 10 negatives"),
             "bank tau zero": (["loss", "--tau", 0, "--anchors", self.anchors_path, "--bank", self.bank_path,
                                "--positives", self.positives_path], "'0' is not a positive"),
             "bank negative tau": (["loss", "--tau=-0.1", "--anchors", self.anchors_path, "--bank", self.bank_path,
