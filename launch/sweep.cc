@@ -109,6 +109,7 @@ class Coordinator {
     LoadState(o_.sweep_dir, &state_);
     CheckRungsUnchanged(state_.spec(), o_.spec, state_, o_.sweep_dir);
     *state_.mutable_spec() = o_.spec;
+    state_.set_slots(Slots() == INT_MAX ? -1 : Slots());
     const std::vector<GridPoint> grid = ExpandGrid(o_.spec);
     const int added = MergeGrid(grid, &state_);
     for (const GridPoint& point : grid) grid_ids_.push_back(point.id);
@@ -498,10 +499,14 @@ void PrintSweepStatus(const std::string& sweep_dir) {
   // None found: the ids were made by another tempered-train's defaults; show every run the state knows.
   if (runs.empty()) runs.assign(state.runs().begin(), state.runs().end());
   const std::vector<StatusRow> rows = CollectStatus(sweep_dir, runs);
-  // The slots of this machine: right for a local sweep, and for Slurm as long as the spec sets core_budget.
-  // GPUs as this machine sees them now (the coordinator's --gpus is not recorded): asked only of GPU sweeps.
-  const int gpus = LocalGpusPerRank(state.spec()) > 0 ? DetectNodeGpus("").size() : 0;
-  std::fputs(FormatStatusTable(rows, SweepSlots(state.spec(), MachineCores(), gpus)).c_str(), stdout);
+  // The coordinator's slots; for a state from before they were recorded, this machine's (GPUs as it sees them now,
+  // asked only of GPU sweeps).
+  int slots = state.slots() < 0 ? INT_MAX : state.slots();
+  if (slots == 0) {
+    const int gpus = LocalGpusPerRank(state.spec()) > 0 ? DetectNodeGpus("").size() : 0;
+    slots = SweepSlots(state.spec(), MachineCores(), gpus);
+  }
+  std::fputs(FormatStatusTable(rows, slots).c_str(), stdout);
   std::fputs(FormatSlurmWaits(runs).c_str(), stdout);
   std::fputs(FormatBestRuns(rows).c_str(), stdout);
   if (::access((sweep_dir + "/report.md").c_str(), F_OK) == 0) std::printf("report: %s/report.md\n", sweep_dir.c_str());

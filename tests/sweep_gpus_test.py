@@ -132,6 +132,8 @@ class GpuSlotsSweepTest(unittest.TestCase):
         # Where each run ran, in --status and in the report.
         status = subprocess.run([self.f.command()[0], "--status", self.f.out_dir], capture_output=True, text=True)
         self.assertEqual(status.returncode, 0, status.stderr)
+        # The coordinator's two GPU slots, recorded in the state: this machine's GPUs (none) do not count.
+        self.assertIn("6 runs: 6 finished, 0 running, 0 pending, 0 failed; slots 0/2 in use", status.stdout)
         host = self.f.result(runs[0])["environment"]["ranks"][0]["host"]
         for name, gpus in given.items():
             self.assertRegex(status.stdout, r"%s .* %s GPUs %s cpu\n" % (name, re.escape(host), gpus))
