@@ -7,7 +7,15 @@
 #                             debootstrap too
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ " $* " == *" -L docker "* ]]; then
+# The Docker suite, however ctest's label option is spelt: -L docker, -Ldocker, --label-regex[=| ]docker.
+docker_suite=0
+previous=""
+for arg in "$@"; do
+  case "$previous $arg" in "-L docker" | "--label-regex docker") docker_suite=1 ;; esac
+  case "$arg" in -Ldocker | --label-regex=docker) docker_suite=1 ;; esac
+  previous="$arg"
+done
+if [ "$docker_suite" -eq 1 ]; then
   docker/install-deps.sh --docker
   # ctest needs only the configured test list: the test builds the image, not the host's binaries.
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
