@@ -136,10 +136,17 @@ double CompareAt(int64_t rows) {
     NoCommGather(leaf, n).backward(grad);
     leaf.mutable_grad().reset();
   };
-  std::vector<double> raw_s, raw_v_s, grad_s, counts_s, autograd_s;
+  // The comm layer without autograd: the same two collectives through comm.h (checks, count exchange, buffers).
+  const std::vector<int64_t> row_counts(n, rows);
+  auto comm_only = [&] {
+    torch::Tensor g = comm::AllGather(local);
+    torch::Tensor r = comm::ReduceScatterSum(grad, row_counts);
+  };
+  std::vector<double> raw_s, raw_v_s, grad_s, counts_s, autograd_s, comm_s;
   for (int rep = 0; rep < FLAGS_repetitions; ++rep) {
     counts_s.push_back(TimePerCall([&] { comm::AllGatherCounts(rows); }));
     autograd_s.push_back(TimePerCall(autograd_only));
+    comm_s.push_back(TimePerCall(comm_only));
     for (int side = 0; side < 3; ++side) {  // the three sides in an order that rotates between repetitions
       switch ((rep + side) % 3) {
         case 0: raw_s.push_back(TimePerCall(raw)); break;
@@ -153,10 +160,10 @@ double CompareAt(int64_t rows) {
     const double mib = static_cast<double>(rows * d * 4) / (1 << 20);
     std::printf("%d ranks  %6lld rows x %d (%6.3f MiB/rank)  raw MPI %8.3f ms  GatherWithGrad %8.3f ms  "
                 "ratio %.3f  (raw with Allgather %.3f, Allgatherv %.3f ms; alone: row-count exchange %.3f ms, "
-                "autograd %.3f ms)\n",
+                "autograd %.3f ms, comm layer without autograd %.3f ms)\n",
                 n, static_cast<long long>(rows), FLAGS_dim, mib, raw_median * 1e3, grad_median * 1e3,
                 grad_median / raw_median, Median(raw_s) * 1e3, Median(raw_v_s) * 1e3, Median(counts_s) * 1e3,
-                Median(autograd_s) * 1e3);
+                Median(autograd_s) * 1e3, Median(comm_s) * 1e3);
     std::fflush(stdout);
   }
   return grad_median / raw_median;
