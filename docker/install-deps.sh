@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # The one place that lists the system packages Tempered needs (README, CI and the Dockerfiles call it).
 # Non-interactive and idempotent: packages already installed are left as they are.
-#   docker/install-deps.sh            what building and the default test suite need (the image installs this)
+#   docker/install-deps.sh            what building, running and the default test suite need
+#   docker/install-deps.sh --runtime  only what building and running need (docker/Dockerfile: its image holds no
+#                                     test suite, and the test-only packages were half of it)
 #   docker/install-deps.sh --docker   also a Docker engine and debootstrap, for tests/docker_test.py
 set -euo pipefail
 
+with_tests=1
 with_docker=0
 case "${1:-}" in
   "") ;;
+  --runtime) with_tests=0 ;;
   --docker) with_docker=1 ;;
-  *) echo "install-deps: unknown argument '$1' (expected nothing or --docker)" >&2; exit 2 ;;
+  *) echo "install-deps: unknown argument '$1' (expected nothing, --runtime or --docker)" >&2; exit 2 ;;
 esac
 
 packages=(
-  # toolchain; pmccabe: the function-length check of STYLE.md (`pmccabe trainer/*.cc`)
-  build-essential cmake ninja-build ccache pkg-config git pmccabe
-  # the fixed stack
-  libtorch-dev libopenmpi-dev openmpi-bin libprotobuf-dev protobuf-compiler
-  libgflags-dev libgoogle-glog-dev libgtest-dev libgmock-dev libbenchmark-dev
+  # toolchain
+  build-essential cmake ninja-build ccache pkg-config git
+  # the fixed stack (GoogleTest below, with the tests)
+  libtorch-dev libopenmpi-dev openmpi-bin libprotobuf-dev protobuf-compiler libgflags-dev libgoogle-glog-dev
   # without OpenBLAS Debian's reference BLAS makes every matmul ~20x slower (../shared/ENV.md)
   libopenblas0-pthread
   # data and solved problems: .gz reading, JSON, plots
@@ -27,6 +30,11 @@ packages=(
   # the native data set formats: SVHN's .mat files (matio), image folders (OpenCV's decoders and resize only: the
   # libopencv-dev metapackage would pull in ~1 GB more)
   libmatio-dev libopencv-imgcodecs-dev libopencv-imgproc-dev
+)
+test_packages=(
+  # the unit tests and benchmarks (TEMPERED_TESTS, TEMPERED_BENCH); pmccabe: the function-length check of STYLE.md
+  # (`pmccabe trainer/*.cc`)
+  libgtest-dev libgmock-dev libbenchmark-dev pmccabe
   # the PyTorch reference scripts of the tests and benchmarks (use /usr/bin/python3); torchvision: the backbone
   # interop test loads backbone.pth into its ResNets
   python3-torch python3-torchvision python3-numpy python3-protobuf
@@ -40,6 +48,7 @@ packages=(
   # minimal images)
   iproute2
 )
+[ "$with_tests" -eq 1 ] && packages+=("${test_packages[@]}")
 # tests/docker_test.py builds docker/Dockerfile with a real engine and makes its base image with debootstrap (no
 # registry needed). Only when asked: the image runs this script and must not contain an engine. A host that already
 # has an engine (Docker's own docker-ce, whose packages conflict with Debian's docker.io) keeps it.
