@@ -220,8 +220,9 @@ void RunLoss() {
     RunBankLoss(options);
   } else {
     const auto [a, b] = ReadViews();
-    CheckHardK(options, 2 * a.size(0) - 2, "2N - 2 for N rows in each of --views " + FLAGS_views);
-    PrintLoss({{"anchors", 2 * a.size(0)}, {"negatives_per_anchor", 2 * a.size(0) - 2}}, options,
+    const int64_t negatives = 2 * a.size(0) - 2;
+    CheckHardK(options, negatives, "2N - 2 for N rows in each of --views " + FLAGS_views);
+    PrintLoss({{"anchors", 2 * a.size(0)}, {"negatives_per_anchor", negatives}}, options,
               SymmetricViewsLoss(a, b, options));
   }
 }

@@ -102,11 +102,7 @@ void CheckRungsUnchanged(const SweepSpec& before, const SweepSpec& now, const Sw
                          const std::string& sweep_dir) {
   const auto scored = [](const SweepState::Run& run) { return run.rung_scores_size() > 0; };
   if (!PruningOn(now) || std::none_of(state.runs().begin(), state.runs().end(), scored)) return;
-  const auto rungs = [](const SweepSpec& spec) {
-    std::string text;
-    for (float f : spec.pruning().rungs()) text += (text.empty() ? "" : ", ") + FormatFloat(f);
-    return "rungs " + text + " by " + RungMetricName(spec);
-  };
+  const auto rungs = [](const SweepSpec& spec) { return "rungs " + RungsText(spec) + " by " + RungMetricName(spec); };
   if (PruningOn(before) && rungs(before) == rungs(now)) return;
   const std::string scored_at = PruningOn(before) ? "at " + rungs(before)
                                                   : "at the rungs of an earlier spec (its last one did not prune)";
@@ -118,6 +114,12 @@ void CheckRungsUnchanged(const SweepSpec& before, const SweepSpec& now, const Sw
 int CellsKept(const SweepSpec& spec, int cells) {
   const double keep = spec.pruning().keep() > 0 ? spec.pruning().keep() : 0.5;
   return std::max(1, static_cast<int>(std::floor(keep * cells + 1e-9)));
+}
+
+std::string RungsText(const SweepSpec& spec) {
+  std::string text;
+  for (float f : spec.pruning().rungs()) text += (text.empty() ? "" : ", ") + FormatFloat(f);
+  return text;
 }
 
 std::string RungMetricName(const SweepSpec& spec) {

@@ -21,6 +21,8 @@ double NextPause(const SweepSpec& spec, const SweepState::Run& run, const std::v
 // The pruning metric of a paused run's result (kNN or linear top-1 of result.final, %).
 double RungScore(const SweepSpec& spec, const RunResult& paused);
 std::string RungMetricName(const SweepSpec& spec);
+// The rungs as the log, the report and the errors name them: "0.25, 0.5".
+std::string RungsText(const SweepSpec& spec);
 
 // What the rungs that every run of their group has reached decide: run ids that go on (AT_RUNG -> PENDING) and run
 // ids that stop (AT_RUNG -> PRUNED), with one log line per decision (the ranked cells and their scores). A group

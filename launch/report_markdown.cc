@@ -290,12 +290,11 @@ std::string Halving(const std::vector<RunRecord>& records, const SweepSpec& spec
          << (r.state == "pruned" ? "pruned at rung " + std::to_string(r.rung_scores.size()) : r.state) << " | "
          << r.steps_done << " / " << r.total_steps << " |\n";
   }
-  std::string rungs;
-  for (float f : spec.pruning().rungs()) rungs += (rungs.empty() ? "" : ", ") + FormatFloat(f);
   std::ostringstream s;
-  s << "## Successive halving\n\nRungs at " << rungs << " of each run's steps; at each, within each loss (and value of "
-    << "every other axis), the τ are ranked by " << RungMetricName(spec) << " of the full evaluation there (seeds "
-    << "averaged) and the best " << FormatFloat(spec.pruning().keep() > 0 ? spec.pruning().keep() : 0.5)
+  s << "## Successive halving\n\nRungs at " << RungsText(spec)
+    << " of each run's steps; at each, within each loss (and value of every other axis), the τ are ranked by "
+    << RungMetricName(spec) << " of the full evaluation there (seeds averaged) and the best "
+    << FormatFloat(spec.pruning().keep() > 0 ? spec.pruning().keep() : 0.5)
     << " of them (rounded down, at least one) go on. " << pruned << " of " << records.size()
     << " runs were pruned; the tables above show the τ that ran to the end. Training steps: " << done << " of the "
     << full << " the runs would take at full length (" << Cellf(full > 0 ? 100.0 * done / full : 0, "%.1f") << "%)"

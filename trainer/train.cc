@@ -351,8 +351,8 @@ class EpochLog : public StepObserver {
       RecordEpoch(t_, d.epoch, d.step, seconds, steps_timed_, d.lr, &result_);
       const Clock::time_point evaluation_start = Clock::now();
       EvaluateEpoch(t_, d.epoch, d.step, events_, result_.mutable_epochs(result_.epochs_size() - 1));
-      evaluation_seconds_ += SecondsSince(evaluation_start);
       epoch_start_ = Clock::now();
+      evaluation_seconds_ += std::chrono::duration<double>(epoch_start_ - evaluation_start).count();
       steps_timed_ = 0;
     }
     result_.set_global_steps(d.step);
