@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Peak memory of a large memory bank (issue 15): rank 0's peak RSS with a 500,000-entry bank, against the same run
+"""Peak memory of a large memory bank: rank 0's peak RSS with a 500,000-entry bank, against the same run
 with batch negatives (the baseline: the same data, model and evaluation, no bank), side by side in one invocation.
 
 Synthetic Fashion-MNIST-format data (500,000 random 28x28 images: the bank has one entry per training image) is

@@ -4,7 +4,7 @@
 //
 //   conv_bench [--batch_size 256] [--threads 2] [--repetitions 10] [--width 32]
 //
-// The convs are the small CNN's (trainer/model.cc: 3x3, 1->w, w->2w stride 2, 2w->4w stride 2, 4w->4w on 28x28),
+// The convs are the small CNN's (trainer/model/model.cc: 3x3, 1->w, w->2w stride 2, 2w->4w stride 2, 4w->4w on 28x28),
 // chained without batch norm or ReLU, on 2 x batch_size views, forward and backward: the weight gradient of every
 // conv and the input gradient of convs 2-4 (conv 1's input, the images, needs none, as in training). The allocator
 // is tuned as in tempered-train (mallopt). Two layouts, alternating within every repetition, so that the baseline is

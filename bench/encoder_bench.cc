@@ -1,4 +1,4 @@
-// encoder_bench: one training forward + backward of the encoder (trainer/model.h) three ways, alternating within
+// encoder_bench: one training forward + backward of the encoder (trainer/model/model.h) three ways, alternating within
 // every repetition so that all three see the same drift of the shared machine's load:
 //   nchw       the encoder's modules run one by one on NCHW input (PyTorch eager's default);
 //   nhwc       the same modules with channels_last weights on channels_last input (PyTorch's channels_last recipe,
@@ -18,7 +18,7 @@
 #include <functional>
 #include <vector>
 
-#include "trainer/model.h"
+#include "trainer/model/model.h"
 #include "trainer/train.h"
 
 DEFINE_int32(batch_size, 256, "images per step; the encoder sees 2 views of each");

@@ -1,5 +1,5 @@
 // gather: comm::GatherWithGrad forward + backward against the raw MPI calls that move the same bytes, side by side
-// in one run (issue 5). The raw side is the baseline, not project code, so it calls MPI directly:
+// in one run. The raw side is the baseline, not project code, so it calls MPI directly:
 //   MPI_Allgather of the (rows, dim) float block, then MPI_Reduce_scatter (equal counts) of the (size x rows, dim)
 // gradient, into buffers allocated once; and the same with MPI_Allgatherv. The faster of the two is the baseline. The GatherWithGrad side runs what the trainer runs: a leaf (rows, dim), the gathered
 // (size x rows, dim) tensor, backward of a fixed gradient through it (autograd, allocation and the row-count
@@ -10,7 +10,7 @@
 //
 //   mpirun -np N gather_bench [--rows 128,1024,8192] [--dim 128] [--repetitions 21] [--iterations 10]
 //
-// Launch with ENV.md's reduce-scatter tuning (--mca coll_tuned_use_dynamic_rules 1
+// Launch with docs/cpu.md's reduce-scatter tuning (--mca coll_tuned_use_dynamic_rules 1
 // --mca coll_tuned_reduce_scatter_block_algorithm 2 --mca coll_tuned_reduce_scatter_algorithm 2): the MCA settings
 // are per process, so both sides get them. One repetition times --iterations calls of each side (in an order that
 // alternates between repetitions) after a barrier, on the slowest rank; the median over repetitions is reported.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 8, in one command on a lent GPU machine (bench/README.md "GPU check" gives the exact call):
+# The GPU check, in one command on a lent GPU machine (bench/README.md "GPU check" gives the exact call):
 #   bash bench/gpu_check.sh            # from the repo root, with $OUT set and .gpu/ carried (bench/gpu_deps.sh)
 # Builds Tempered against the image's pip CUDA LibTorch with NCCL (-DTEMPERED_CUDA=ON -DTEMPERED_NCCL=ON), runs the
 # unit tests and the 1-rank MPI tests with the GPU visible, a 1-rank Fashion-MNIST training run on CUDA in fp32

@@ -1,4 +1,4 @@
-// loss_memory and loss_time (issue 5): the streaming loss (trainer/streaming_loss.h) against the naive one
+// loss_memory and loss_time: the streaming loss (trainer/loss/streaming_loss.h) against the naive one
 // (ContrastiveLoss: materialised (n, C) logits, LibTorch autograd), side by side in one run, d = 128, fwd + bwd with
 // respect to anchors and candidates.
 //
@@ -29,8 +29,8 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
-#include "trainer/loss.h"
-#include "trainer/streaming_loss.h"
+#include "trainer/loss/loss.h"
+#include "trainer/loss/streaming_loss.h"
 #include "trainer/train.h"
 
 DEFINE_bool(quick, false, "a subset for CI and the GPU check (still the 4,096 x 65,536 memory case)");
@@ -48,7 +48,7 @@ namespace {
 
 constexpr int64_t kDim = 128;
 constexpr double kTau = 0.1;
-constexpr double kHardFraction = 0.08;  // the paper's K / negatives (PAPER.md §2)
+constexpr double kHardFraction = 0.08;  // the paper's K / negatives (docs/paper.md §2)
 
 struct Case {
   LossConfig::Name loss;
@@ -262,7 +262,7 @@ std::string LoadAverage() {
   return one + " " + five + " " + fifteen;
 }
 
-// The table of every measured case (naive / streaming ratios) and issue 5's targets, on infonce (the loss trained
+// The table of every measured case (naive / streaming ratios) and the targets of bench/README.md, on infonce (the loss trained
 // by default): peak memory at 4,096 x 65,536 and time at every measured shape (the worst ratio).
 std::string Summary(Collector& collector, const std::string& load_before) {
   std::ostringstream out;

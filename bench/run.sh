@@ -43,5 +43,8 @@ run_bench loss "$BUILD/bench/loss_bench" --device="$DEVICE" --out="$OUT/loss.txt
 [ "$DEVICE" = cpu ] && run_bench train_vs_pytorch /usr/bin/python3 bench/train_bench.py train_vs_pytorch --build "$BUILD"
 [ "$DEVICE" = cpu ] && run_bench scaling_2rank /usr/bin/python3 bench/train_bench.py scaling_2rank --build "$BUILD"
 [ "$DEVICE" = cpu ] && run_bench compute_fraction /usr/bin/python3 bench/train_bench.py compute_fraction --build "$BUILD"
+# The input pipeline: CPU targets, driven by bench/input_bench.py (torchvision's pipeline is the baseline).
+[ "$DEVICE" = cpu ] && run_bench input_pipeline /usr/bin/python3 bench/input_bench.py input_pipeline --build "$BUILD"
+[ "$DEVICE" = cpu ] && run_bench input_memory /usr/bin/python3 bench/input_bench.py input_memory --build "$BUILD"
 
 exit $status

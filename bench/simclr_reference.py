@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """SimCLR in plain PyTorch: the baseline of the train_vs_pytorch benchmark (bench/README.md).
 
-The same work per step as tempered-train's defaults (trainer/config.cc, trainer/model.cc, trainer/data.cc):
+The same work per step as tempered-train's defaults (common/config.cc, trainer/model/model.cc, trainer/data/data.cc):
   - data: Fashion-MNIST (28x28 grayscale, uint8 in memory), a random batch of B images, two views each;
   - augmentation, batched in torch with per-image random parameters: random resized crop (area 0.2-1, aspect
     3/4-4/3, torchvision's 10 tries then the centre crop) resized bilinearly back to 28x28, horizontal flip
@@ -13,7 +13,7 @@ The same work per step as tempered-train's defaults (trainer/config.cc, trainer/
     tau = 0.2), the mean over 2B anchors;
   - SGD (lr 0.06 with cosine decay, momentum 0.9, weight decay 5e-4).
 
-It gets its best settings, so that a win over it is a win: the allocator environment of ENV.md (it re-executes itself
+It gets its best settings, so that a win over it is a win: the allocator environment of docs/cpu.md (it re-executes itself
 with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... when they are missing), torch.set_num_threads(--threads),
 OPENBLAS_NUM_THREADS / OMP_NUM_THREADS = --threads, and no autograd anomaly or profiling. --channels_last is PyTorch's
 own recipe for faster CPU training of CNNs (model.to(memory_format=torch.channels_last) and channels_last inputs);
@@ -55,7 +55,7 @@ def parse_args():
     p.add_argument("--train_subset", type=int, default=10240, help="first N training images")
     p.add_argument("--data_dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
-                   help="tuned: the allocator environment of ENV.md (the default)")
+                   help="tuned: the allocator environment of docs/cpu.md (the default)")
     p.add_argument("--channels_last", action="store_true",
                    help="NHWC model and inputs (torch.channels_last), else NCHW")
     p.add_argument("--bf16", action="store_true",
@@ -163,7 +163,7 @@ class SmallCnn(nn.Module):
             channels = out
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.backbone = nn.Sequential(*layers)
-        # trainer/model.cc: with batch norm, the pooled features are batch-normalised before the linear head.
+        # trainer/model/model.cc: with batch norm, the pooled features are batch-normalised before the linear head.
         self.head = nn.Sequential(nn.BatchNorm1d(channels), nn.Linear(channels, embed_dim))
 
     def forward(self, images):

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Training-speed benchmarks of issue 5, each against its baseline side by side in one run (bench/README.md).
+"""Training-speed benchmarks, each against its baseline side by side in one run (bench/README.md).
 
   bench/train_bench.py TARGET [--build DIR] [--quick] [--repetitions N] [--steps S]
 
@@ -37,7 +37,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
-# ENV.md: Open MPI's default reduce-scatter is pathological with 4 oversubscribed ranks; the same settings as the tests.
+# docs/cpu.md: Open MPI's default reduce-scatter is pathological with 4 oversubscribed ranks; the same settings as the tests.
 MCA_REDUCE_SCATTER = ["--mca", "coll_tuned_use_dynamic_rules", "1", "--mca", "coll_tuned_reduce_scatter_block_algorithm",
                       "2"]
 CORES = os.cpu_count() or 2

@@ -142,7 +142,12 @@ ncclComm_t CommFor(const torch::Tensor& t) {
   BroadcastBytes(&id, sizeof(id), 0);
   c10::cuda::CUDAGuard guard(device);
   ncclComm_t comm = nullptr;
-  NCCL_CHECK(ncclCommInitRank(&comm, Size(), id, Rank()));
+  {
+    // Blocks until every rank has joined: a rank that never arrives (a multi-node network NCCL cannot use, a rank
+    // stuck elsewhere) is bounded by the collective timeout like any MPI collective, with the same sentence.
+    const CollectiveWatch watch("NCCL communicator creation (ncclCommInitRank)");
+    NCCL_CHECK(ncclCommInitRank(&comm, Size(), id, Rank()));
+  }
   {
     std::lock_guard<std::mutex> lock(watch_mutex);
     nccl_comm = comm;

@@ -21,7 +21,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   # the fixed stack (GoogleTest below, with the tests)
   libtorch-dev libopenmpi-dev openmpi-bin libprotobuf-dev protobuf-compiler libgflags-dev libgoogle-glog-dev
-  # without OpenBLAS Debian's reference BLAS makes every matmul ~20x slower (../shared/ENV.md)
+  # without OpenBLAS Debian's reference BLAS makes every matmul ~20x slower (docs/cpu.md)
   libopenblas0-pthread
   # data and solved problems: .gz reading, JSON, plots
   zlib1g-dev nlohmann-json3-dev gnuplot-nox
@@ -30,9 +30,11 @@ packages=(
   # the native data set formats: SVHN's .mat files (matio), image folders (OpenCV's decoders and resize only: the
   # libopencv-dev metapackage would pull in ~1 GB more)
   libmatio-dev libopencv-imgcodecs-dev libopencv-imgproc-dev
+  # JPEG decoding at a DCT scale (1/8 .. 1) for image folders: libjpeg-turbo's TurboJPEG API
+  libturbojpeg0-dev
 )
 test_packages=(
-  # the unit tests and benchmarks (TEMPERED_TESTS, TEMPERED_BENCH); pmccabe: the function-length check of STYLE.md
+  # the unit tests and benchmarks (TEMPERED_TESTS, TEMPERED_BENCH); pmccabe: the function-length check of docs/contributing.md
   # (`pmccabe trainer/*.cc`)
   libgtest-dev libgmock-dev libbenchmark-dev pmccabe
   # the PyTorch reference scripts of the tests and benchmarks (use /usr/bin/python3); torchvision: the backbone

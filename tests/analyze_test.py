@@ -131,7 +131,7 @@ class AnalyzeTest(unittest.TestCase):
         rows = [line.split() for line in stdout.splitlines() if line and line[0].isdigit()]
         self.assertEqual([float(row[0]) for row in rows], taus)
         entropy = [float(row[1]) for row in rows]
-        self.assertEqual(entropy, sorted(entropy))  # H(r) increases with tau (PAPER.md §3)
+        self.assertEqual(entropy, sorted(entropy))  # H(r) increases with tau (docs/paper.md §3)
         self.assertLess(entropy[-1], math.log(101))
         # r at s = 1 against the closed form exp(1/tau) / sum_k exp(s_k/tau).
         s = np.linspace(-1, 1, 101)

@@ -8,7 +8,7 @@
 #include <numeric>
 #include <vector>
 
-#include "trainer/data.h"
+#include "trainer/data/data.h"
 
 namespace tempered {
 namespace {
@@ -284,6 +284,55 @@ TEST(AugmentTimingTest, Batch256Of28x28) {
     std::cout << "[ timing   ] AugmentBatch 256 x 1x28x28, " << threads << " thread(s): " << ms / repeats
               << " ms wall, " << cpu_ms / repeats << " ms CPU per batch\n";
   }
+}
+
+// data.image_size: views at another size than the stored images. A whole-image crop shrunk is torch's antialiased
+// bilinear resize (torchvision's Resize with antialias=True); enlarged, its plain bilinear one.
+TEST(AugmentImageSizeTest, WholeImageViewsMatchTorchsResize) {
+  const Dataset data = RandomImages(4, 3, 32);
+  for (int64_t out : {12, 20, 48}) {
+    AugmentOptions options = IdentityOptions();
+    options.out_size = out;
+    const torch::Tensor views = AugmentBatch(data, Iota(4), 1, 0, 0, options);
+    ASSERT_EQ(views.sizes(), (std::vector<int64_t>{4, 3, out, out}));
+    const torch::Tensor expected = F::interpolate(
+        ToFloat(data.images), F::InterpolateFuncOptions().size(std::vector<int64_t>{out, out}).mode(torch::kBilinear)
+                                  .align_corners(false).antialias(out < 32));
+    EXPECT_LT((views - expected.clamp(0, 1)).abs().max().item<double>(), 1e-5) << "out " << out;
+  }
+}
+
+// Evaluation's images: the shorter side resized to image_size / crop_fraction, then the centre square.
+TEST(AugmentImageSizeTest, EvalImagesResizeTheShorterSideThenCropTheCentre) {
+  torch::manual_seed(3);
+  const torch::Tensor images = torch::randint(0, 256, {2, 3, 40, 50}, torch::kUInt8);
+  const torch::Tensor eval = EvalImages(images, 28, 0.875);  // shorter side 32: 32 x 40, centre 28 x 28
+  ASSERT_EQ(eval.sizes(), (std::vector<int64_t>{2, 3, 28, 28}));
+  const torch::Tensor resized = F::interpolate(
+      ToFloat(images),
+      F::InterpolateFuncOptions().size(std::vector<int64_t>{32, 40}).mode(torch::kBilinear).align_corners(false)
+          .antialias(true));
+  const torch::Tensor expected = resized.narrow(2, 2, 28).narrow(3, 6, 28).clamp(0, 1);
+  EXPECT_LT((eval - expected).abs().max().item<double>(), 1e-5);
+  const torch::Tensor square = images.narrow(3, 0, 40);
+  EXPECT_TRUE(torch::equal(EvalImages(square, 40, 1.0), ToFloat(square))) << "the identity is exact";
+}
+
+TEST(AugmentImageSizeTest, ImageSizeDefaultsPerDataSet) {
+  DataConfig config;
+  config.set_dataset("fashion_mnist");
+  EXPECT_EQ(ImageSizeOf(config), 28);
+  EXPECT_EQ(EvalCropFractionOf(config), 1.0);
+  config.set_dataset("cifar10");
+  EXPECT_EQ(ImageSizeOf(config), 32);
+  config.set_dataset("imagefolder");
+  EXPECT_EQ(ImageSizeOf(config), 224);
+  EXPECT_EQ(EvalCropFractionOf(config), 0.875);
+  EXPECT_EQ(ImageFolderOptionsFrom(config).image_size, 256);
+  config.set_image_size(32);
+  config.set_eval_crop_fraction(1);
+  EXPECT_EQ(ImageFolderOptionsFrom(config).image_size, 32);
+  EXPECT_EQ(AugmentOptionsFrom(config).out_size, 32);
 }
 
 }  // namespace

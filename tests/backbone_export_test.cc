@@ -1,4 +1,4 @@
-// backbone.pth's names (trainer/backbone_export.h) against torchvision's, built here from torchvision's own
+// backbone.pth's names (trainer/model/backbone_export.h) against torchvision's, built here from torchvision's own
 // structure (torchvision/models/resnet.py: conv1, bn1, layer<s>.<b>.conv<c>/bn<c>, downsample.0/1 on a block whose
 // shape changes), not from Tempered's module indices; the counts are torchvision 0.14's len(state_dict()) without
 // fc. tests/backbone_interop_test.py loads the files into torchvision itself.
@@ -12,8 +12,8 @@
 
 #include <unistd.h>
 
-#include "trainer/backbone_export.h"
-#include "trainer/files.h"
+#include "common/files.h"
+#include "trainer/model/backbone_export.h"
 
 namespace tempered {
 namespace {

@@ -6,8 +6,7 @@ Run from tests/ with TEMPERED_BIN=<build dir>: /usr/bin/python3 -m unittest -v b
 """
 import gzip
 import os
-import re
-import textwrap
+import runpy
 import unittest
 
 import numpy as np
@@ -27,14 +26,8 @@ TINY = ["--train_subset", "128", "--test_subset", "64", "--batch_size", "32", "-
 
 
 def readme_loaders():
-    """The README's Python block that loads backbone.pth, executed as it is written there: its functions by name."""
-    with open(os.path.join(SOURCE, "README.md")) as f:
-        blocks = re.findall(r"^( *)```python\n(.*?)^\1```", f.read(), re.M | re.S)
-    code = [textwrap.dedent(body) for _, body in blocks if "def resnet_backbone" in body]
-    assert len(code) == 1, f"README.md: {len(code)} python blocks define resnet_backbone, expected 1"
-    namespace = {}
-    exec(code[0], namespace)  # noqa: S102 (the repository's own README)
-    return namespace
+    """The loaders of examples/load_backbone.py (the documented way to load backbone.pth), by name."""
+    return runpy.run_path(os.path.join(SOURCE, "examples", "load_backbone.py"))
 
 
 def fashion_mnist_test_images(n):

@@ -545,7 +545,7 @@ class RankFailureTest(FaultTest):
 
     def test_waiting_for_rank_zero_to_evaluate_is_bounded(self):
         # The same several-second evaluation with --eval_timeout_seconds 1: rank 1 gives up waiting and ends the
-        # job in one sentence that names the wait and the setting (on main before issue 15 it waited without bound).
+        # job in one sentence that names the wait and the setting (it once waited without bound).
         out = self.path("out")
         config = self.write("metrics.pbtxt", "eval { metric_samples: 4000 }\n")
         start = time.monotonic()

@@ -1,12 +1,12 @@
-// The fused BatchNorm2d + ReLU (trainer/batch_norm_relu.h): equal to LibTorch's batch_norm then relu in training
+// The fused BatchNorm2d + ReLU (trainer/model/batch_norm_relu.h): equal to LibTorch's batch_norm then relu in training
 // mode (output, gradients, running statistics), its backward checked by finite differences, and the encoder that
 // uses it equal to the same modules run one by one in NCHW.
 #include <gtest/gtest.h>
 
 #include <limits>
 
-#include "trainer/batch_norm_relu.h"
-#include "trainer/model.h"
+#include "trainer/model/batch_norm_relu.h"
+#include "trainer/model/model.h"
 
 namespace tempered {
 namespace {

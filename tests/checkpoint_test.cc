@@ -5,9 +5,9 @@
 #include <filesystem>
 #include <string>
 
-#include "trainer/checkpoint.h"
-#include "trainer/config.h"
-#include "trainer/errors.h"
+#include "common/config.h"
+#include "common/errors.h"
+#include "trainer/io/checkpoint.h"
 
 namespace tempered {
 namespace {

@@ -9,12 +9,13 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "common/errors.h"
 #include "tests/data_test_util.h"
-#include "trainer/data.h"
-#include "trainer/errors.h"
+#include "trainer/data/data.h"
 
 namespace tempered {
 namespace {
@@ -120,8 +121,12 @@ TEST(LoadDatasetTest, DefaultsToDebianFashionMnistAndTakesSubsets) {
   EXPECT_EQ(train.size(), 1000);
   EXPECT_EQ(test.size(), 300);
   EXPECT_EQ(test.num_classes, 10);
-  EXPECT_TRUE(torch::equal(test.images, full_test.images.narrow(0, 0, 300)));
-  EXPECT_TRUE(torch::equal(test.labels, full_test.labels.narrow(0, 0, 300)));
+  // The subset is the stratified sample (StratifiedSample), each row's file position kept in file_index.
+  const torch::Tensor rows = torch::tensor(StratifiedSample(full_test.labels, 300), torch::kInt64);
+  EXPECT_TRUE(torch::equal(test.file_index, rows));
+  EXPECT_TRUE(torch::equal(test.images, full_test.images.index_select(0, rows)));
+  EXPECT_TRUE(torch::equal(test.labels, full_test.labels.index_select(0, rows)));
+  EXPECT_EQ(std::get<0>(torch::_unique(test.labels)).numel(), 10) << "every class";
 }
 
 TEST(LoadDatasetTest, RejectsBadNamesDirectoriesAndSubsets) {
@@ -308,6 +313,64 @@ TEST(StepsPerEpochTest, DropsThePartialLastBatch) {
   EXPECT_EQ(StepsPerEpoch(512, 256), 2);
   EXPECT_EQ(StepsPerEpoch(255, 256), 0);
   EXPECT_EQ(StepsPerEpoch(0, 7), 0);
+}
+
+// Labels stored class by class, as an image folder lists its files: `per_class[c]` images of class c.
+torch::Tensor ClassOrderedLabels(const std::vector<int64_t>& per_class) {
+  std::vector<int64_t> labels;
+  for (size_t c = 0; c < per_class.size(); ++c) labels.insert(labels.end(), per_class[c], static_cast<int64_t>(c));
+  return torch::tensor(labels, torch::kInt64);
+}
+
+std::vector<int64_t> ClassCounts(const torch::Tensor& labels, const std::vector<int64_t>& rows, int64_t classes) {
+  std::vector<int64_t> counts(classes, 0);
+  for (int64_t row : rows) ++counts[labels[row].item<int64_t>()];
+  return counts;
+}
+
+// The curve's and the metrics' samples of a class-ordered folder cover every class in proportion, where the first
+// rows held one class.
+TEST(StratifiedSample, EveryPrefixHoldsEachClassInProportion) {
+  const std::vector<int64_t> per_class = {500, 300, 200, 1000, 7};
+  const torch::Tensor labels = ClassOrderedLabels(per_class);
+  for (int64_t n : {5, 10, 100, 1000, 2006}) {
+    const std::vector<int64_t> rows = StratifiedSample(labels, n);
+    ASSERT_EQ(static_cast<int64_t>(rows.size()), n);
+    EXPECT_TRUE(std::is_sorted(rows.begin(), rows.end()));
+    EXPECT_EQ(std::set<int64_t>(rows.begin(), rows.end()).size(), rows.size()) << "no row twice";
+    const std::vector<int64_t> counts = ClassCounts(labels, rows, 5);
+    for (size_t c = 0; c < per_class.size(); ++c) {
+      const double expected = static_cast<double>(n) * per_class[c] / 2007.0;
+      EXPECT_LE(std::abs(counts[c] - expected), 1.0) << "class " << c << " in a sample of " << n;
+    }
+  }
+}
+
+TEST(StratifiedSample, FixedNestedAndWholeWhenLarge) {
+  const torch::Tensor labels = ClassOrderedLabels({40, 40, 40});
+  EXPECT_EQ(StratifiedSample(labels, 30), StratifiedSample(labels, 30)) << "a fixed seed: the same every call";
+  const std::vector<int64_t> small = StratifiedSample(labels, 12), large = StratifiedSample(labels, 60);
+  EXPECT_TRUE(std::includes(large.begin(), large.end(), small.begin(), small.end())) << "smaller inside larger";
+  std::vector<int64_t> all(120);
+  std::iota(all.begin(), all.end(), 0);
+  EXPECT_EQ(StratifiedSample(labels, 120), all);
+  EXPECT_EQ(StratifiedSample(labels, 500), all);
+  const std::vector<int64_t> first = {0, 1, 2, 3, 4, 5};
+  EXPECT_NE(StratifiedSample(labels, 6), first) << "not the first rows";
+}
+
+TEST(StratifiedSample, SelectRowsKeepsTheFileIndex) {
+  Dataset data;
+  data.images = torch::arange(6, torch::kUInt8).reshape({6, 1, 1, 1});
+  data.labels = ClassOrderedLabels({3, 3});
+  data.file_index = torch::arange(6, torch::kInt64);
+  data.num_classes = 2;
+  const Dataset picked = SelectRows(SelectRows(data, {1, 3, 5}), {0, 2});
+  EXPECT_EQ(picked.file_index[0].item<int64_t>(), 1);
+  EXPECT_EQ(picked.file_index[1].item<int64_t>(), 5);
+  EXPECT_EQ(picked.images[1].item<uint8_t>(), 5);
+  EXPECT_EQ(SampleDescription(1000, 10000), "class-stratified 1000 of 10000");
+  EXPECT_EQ(SampleDescription(10000, 10000), "all 10000");
 }
 
 }  // namespace

@@ -12,7 +12,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "trainer/errors.h"
+#include "common/errors.h"
 
 namespace tempered {
 

@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "common/errors.h"
 #include "tests/data_test_util.h"
-#include "trainer/data.h"
-#include "trainer/errors.h"
+#include "trainer/data/data.h"
 
 #if TEMPERED_DATASETS
 #include <matio.h>
@@ -352,6 +352,101 @@ TEST(ImageFolderTest, ClassesAndFilesInNameOrderPixelsInRgb) {
   EXPECT_EQ(val.num_classes, 3);
 }
 
+// Streamed and in-memory storage give the same views where memory holds the originals (CIFAR-10's 32 x 32 at
+// image_size 32): the crop is drawn on the same size from the same stream and cut from the same decoded pixels.
+TEST(StreamedImageFolderTest, SameViewsAsMemoryWhenTheStoredSizeIsTheSources) {
+  TempDir dir;
+  for (int i = 0; i < 6; ++i) dir.Write("train/c" + std::to_string(i % 2) + "/" + std::to_string(i) + ".jpg",
+                                        NoisyJpeg(32, 32));
+  dir.Write("train/c0/p.png", SolidImage(32, 32, {10, 200, 30}, ".png"));
+  const Dataset memory = LoadImageFolder(dir.path(), /*train=*/true, {32});
+  const Dataset streamed = ListImageFolder(dir.path(), /*train=*/true);
+  ASSERT_TRUE(streamed.streamed());
+  EXPECT_TRUE(torch::equal(memory.labels, streamed.labels));
+  DataConfig config;
+  config.set_dataset("imagefolder");
+  config.set_image_size(32);
+  config.set_eval_crop_fraction(1);
+  config.set_crop_scale_min(0.2f);
+  config.set_crop_scale_max(1.0f);
+  config.set_color_jitter(0.4f);
+  config.set_grayscale_prob(0.2f);
+  config.set_flip_prob(0.5f);
+  const AugmentOptions options = AugmentOptionsFrom(config);  // blur included (imagefolder)
+  const std::vector<int64_t> indices = {6, 0, 3, 5, 1};
+  for (int view : {0, 1}) {
+    EXPECT_TRUE(torch::equal(AugmentBatch(memory, indices, 7, 2, view, options),
+                             AugmentBatch(streamed, indices, 7, 2, view, options))) << "view " << view;
+  }
+  EXPECT_TRUE(torch::equal(EvalImagesOf(memory, 1, 6, 32, 1.0), EvalImagesOf(streamed, 1, 6, 32, 1.0)));
+}
+
+// Large originals: the view is cut from a JPEG decoded at a DCT scale (here 1/4 or less of 512 x 384 for a 32-px
+// view of a whole-image crop), and evaluation resizes the shorter side then crops the centre.
+TEST(StreamedImageFolderTest, LargeImagesGiveViewsOfTheRequestedSize) {
+  TempDir dir;
+  dir.Write("train/a/1.jpg", NoisyJpeg(384, 512));
+  dir.Write("train/b/2.jpg", SolidImage(375, 500, {0, 0, 255}, ".jpg"));  // red
+  const Dataset streamed = ListImageFolder(dir.path(), true);
+  AugmentOptions options;
+  options.out_size = 48;
+  options.color_jitter = 0;
+  options.grayscale_prob = 0;
+  const torch::Tensor views = AugmentBatch(streamed, {0, 1}, 1, 0, 0, options);
+  ASSERT_EQ(views.sizes(), (std::vector<int64_t>{2, 3, 48, 48}));
+  EXPECT_NEAR(views[1][0].mean().item<double>(), 1.0, 0.02);  // the red image stays red
+  EXPECT_NEAR(views[1][2].mean().item<double>(), 0.0, 0.02);
+  const torch::Tensor eval = EvalImagesOf(streamed, 0, 2, 32, 0.875);
+  EXPECT_EQ(eval.sizes(), (std::vector<int64_t>{2, 3, 32, 32}));
+}
+
+// Bad files found while training: one sentence naming the file, or with data.skip_bad_images a grey image, counted.
+TEST(StreamedImageFolderTest, BadFilesNameTheFileOrAreReplacedAndCounted) {
+  TempDir dir;
+  dir.Write("train/a/good.jpg", NoisyJpeg(40, 40));
+  const std::string jpeg = NoisyJpeg(40, 40);
+  const std::string truncated = dir.Write("train/a/truncated.jpg", jpeg.substr(0, jpeg.size() / 2));
+  const std::string text = dir.Write("train/b/text.jpg", "not an image at all");
+  // A decompression bomb: a small JPEG whose frame header declares 20,000 x 20,000 pixels.
+  std::string bomb = NoisyJpeg(16, 16);
+  const size_t sof = bomb.find("\xff\xc0");
+  ASSERT_NE(sof, std::string::npos);
+  for (size_t at : {sof + 5, sof + 7}) bomb[at] = static_cast<char>(20000 >> 8), bomb[at + 1] = static_cast<char>(20000 & 0xff);
+  const std::string bomb_path = dir.Write("train/b/bomb.jpg", bomb);
+  Dataset streamed = ListImageFolder(dir.path(), true);  // a/good, a/truncated, b/bomb, b/text
+  AugmentOptions options;
+  options.out_size = 16;
+  EXPECT_EQ(AugmentBatch(streamed, {0}, 1, 0, 0, options).size(0), 1);
+  ExpectUserError([&] { AugmentBatch(streamed, {0, 1}, 1, 0, 0, options); }, truncated, "is truncated");
+  ExpectUserError([&] { AugmentBatch(streamed, {2}, 1, 0, 0, options); }, bomb_path, "decompression bomb");
+  ExpectUserError([&] { AugmentBatch(streamed, {3}, 1, 0, 0, options); }, text, "cannot be decoded as an image");
+  ExpectUserError([&] { EvalImagesOf(streamed, 0, 4, 16, 1.0); }, truncated, "is truncated");
+  auto files = std::make_shared<ImageFiles>();
+  files->paths = streamed.files->paths;
+  files->skip_bad = true;
+  streamed.files = files;
+  std::filesystem::remove(dir.path() + "/train/a/good.jpg");  // missing since it was listed
+  const torch::Tensor views = AugmentBatch(streamed, {0, 1, 2, 3}, 1, 0, 0, options);
+  EXPECT_EQ(files->bad.load(), 4);
+  options.color_jitter = 0;
+  options.grayscale_prob = 0;
+  EXPECT_NEAR(AugmentBatch(streamed, {1}, 1, 0, 0, options).mean().item<double>(), 128.0 / 255, 1e-6);
+}
+
+// CIFAR-10's JPEG releases name the validation split test/: it is read where there is no val/, and val/ wins where
+// both exist.
+TEST(ImageFolderTest, TestFolderIsTheValidationSplitWhenThereIsNoVal) {
+  TempDir dir;
+  dir.Write("train/ant/a.png", SolidImage(8, 8, {0, 0, 0}, ".png"));
+  dir.Write("train/cat/c.png", SolidImage(8, 8, {0, 0, 0}, ".png"));
+  dir.Write("test/cat/t.png", SolidImage(8, 8, {9, 9, 9}, ".png"));
+  const Dataset test = LoadImageFolder(dir.path(), /*train=*/false, {8});
+  EXPECT_TRUE(torch::equal(test.labels, torch::tensor({1}, torch::kInt64)));
+  EXPECT_EQ(test.images[0][0][0][0].item<uint8_t>(), 9);
+  dir.Write("val/ant/v.png", SolidImage(8, 8, {5, 5, 5}, ".png"));
+  EXPECT_TRUE(torch::equal(LoadImageFolder(dir.path(), false, {8}).labels, torch::tensor({0}, torch::kInt64)));
+}
+
 // A 32x64 PNG whose blue is 4x and green 8y, at size 16: the shorter side halves (2x2 box averages: blue 8x + 2,
 // green 16y + 4) to 16x32 and the centre 16 columns (8..23) are kept.
 TEST(ImageFolderTest, ShorterSideResizedByAreaAveragingThenCentreCropped) {
@@ -371,15 +466,29 @@ TEST(ImageFolderTest, ShorterSideResizedByAreaAveragingThenCentreCropped) {
   EXPECT_TRUE(torch::equal(loaded[2], 8 * (col + 8) + 2));                     // blue
 }
 
-TEST(ImageFolderTest, LoadDatasetDecodesTo64PixelsAndEnablesBlur) {
+// In memory (AUTO: a small folder) at image_size / eval_crop_fraction: 224 / 0.875 = 256 by default, 64 when asked;
+// streamed when asked; blur on for image folders.
+TEST(ImageFolderTest, LoadDatasetStoresAtTheEvaluationSizeOrStreams) {
   TempDir dir;
   WriteFolders(dir);
   DataConfig config;
   config.set_dataset("imagefolder");
   config.set_data_dir(dir.path());
+  EXPECT_EQ(LoadDataset(config, true).images.sizes(), (std::vector<int64_t>{4, 3, 256, 256}));
+  config.set_image_size(56);
+  config.set_eval_crop_fraction(0.875f);
   EXPECT_EQ(LoadDataset(config, true).images.sizes(), (std::vector<int64_t>{4, 3, 64, 64}));
   EXPECT_EQ(LoadDataset(config, false).size(), 2);
   EXPECT_EQ(AugmentOptionsFrom(config).blur_prob, 0.5f);
+  config.set_storage(DataConfig::STREAM);
+  config.set_skip_bad_images(true);
+  const Dataset streamed = LoadDataset(config, true);
+  ASSERT_TRUE(streamed.streamed());
+  EXPECT_FALSE(streamed.images.defined());
+  EXPECT_EQ(streamed.size(), 4);
+  EXPECT_TRUE(streamed.files->skip_bad);
+  config.set_train_subset(2);
+  EXPECT_EQ(LoadDataset(config, true).files->paths.size(), 2u) << "a streamed subset keeps only its files";
 }
 
 // Every proper prefix of a JPEG (baseline, progressive, with restart markers) is caught as truncated or undecodable;

@@ -2,10 +2,12 @@
 // ranks refused in one sentence instead of two ranks silently sharing a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
+#include "common/errors.h"
 #include "trainer/device.h"
-#include "trainer/errors.h"
 
 namespace tempered {
 namespace {
@@ -42,6 +44,25 @@ TEST(GpuForLocalRank, CpuConfigNeverAsksForAGpu) {
   RunConfig config;
   config.set_device("cpu");
   EXPECT_TRUE(DeviceFor(config).is_cpu());
+}
+
+// Threads per rank from the affinity masks: `mpirun --bind-to core` gives every rank its own core, --bind-to none
+// every rank every core, --bind-to socket the ranks of a socket that socket's cores.
+TEST(ThreadsForAffinity, RanksSharingAMaskShareItsCores) {
+  const std::vector<int> all = {0, 1, 2, 3, 4, 5, 6, 7};
+  EXPECT_EQ(ThreadsForAffinity(all, {all}), 8);                     // one rank, unbound
+  EXPECT_EQ(ThreadsForAffinity(all, {all, all, all, all}), 2);      // four ranks, --bind-to none
+  EXPECT_EQ(ThreadsForAffinity({3}, {{0}, {1}, {2}, {3}}), 1);      // --bind-to core
+  const std::vector<int> socket0 = {0, 1, 2, 3}, socket1 = {4, 5, 6, 7};
+  EXPECT_EQ(ThreadsForAffinity(socket0, {socket0, socket0, socket1, socket1}), 2);  // --bind-to socket
+  EXPECT_EQ(ThreadsForAffinity({0}, {{0}, {0}, {0}}), 1);           // oversubscribed: never 0
+}
+
+TEST(ThreadsForAffinity, AffinityCpusAreThisProcesssMask) {
+  const std::vector<int> cpus = AffinityCpus();
+  ASSERT_FALSE(cpus.empty());
+  EXPECT_TRUE(std::is_sorted(cpus.begin(), cpus.end()));
+  EXPECT_EQ(CpuList({0, 1, 4}), "0,1,4");
 }
 
 }  // namespace

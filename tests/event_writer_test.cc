@@ -1,6 +1,6 @@
 // TensorBoard event files: crc32c and its masking against published values, a write/read round trip, corruption
 // and write errors. event_reader_test.py reads the file of SampleForPythonReader with an independent reader.
-#include "trainer/event_writer.h"
+#include "trainer/io/event_writer.h"
 
 #include <glog/logging.h>
 #include <gtest/gtest.h>
@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/errors.h"
+#include "common/errors.h"
 
 namespace tempered {
 namespace {
@@ -42,7 +42,7 @@ void WriteSample(EventWriter& writer) {
   writer.AddScalar("train/loss", 2, 4.25);
   writer.AddScalar("train/lr", 2, 0.1);
   writer.Flush();
-  writer.AddHistogram("similarity/positive", 2, torch::tensor({-1.0, -0.5, 0.0, 0.5, 1.0, 1.0}));
+  AddHistogram(writer, "similarity/positive", 2, torch::tensor({-1.0, -0.5, 0.0, 0.5, 1.0, 1.0}));
   writer.AddScalar("eval/knn_top1", 3, 71.25);
   writer.Flush();
 }
@@ -122,11 +122,11 @@ TEST(EventWriterTest, RoundTrip) {
   EXPECT_EQ(h.num(), 6);
   EXPECT_EQ(h.sum(), 1);
   EXPECT_EQ(h.sum_squares(), 3.5);
-  ASSERT_EQ(h.bucket_size(), EventWriter::kHistogramBuckets);
-  ASSERT_EQ(h.bucket_limit_size(), EventWriter::kHistogramBuckets);
-  EXPECT_EQ(h.bucket_limit(EventWriter::kHistogramBuckets - 1), 1);
+  ASSERT_EQ(h.bucket_size(), kHistogramBuckets);
+  ASSERT_EQ(h.bucket_limit_size(), kHistogramBuckets);
+  EXPECT_EQ(h.bucket_limit(kHistogramBuckets - 1), 1);
   // Buckets of width 2/30: -1 in the first, -0.5 in [-0.533, -0.467), 0 in [0, 0.067), 0.5 in the 23rd, 1 in the last.
-  std::vector<double> expected(EventWriter::kHistogramBuckets, 0);
+  std::vector<double> expected(kHistogramBuckets, 0);
   expected[0] = expected[7] = expected[15] = expected[22] = 1;
   expected[29] = 2;
   EXPECT_EQ(std::vector<double>(h.bucket().begin(), h.bucket().end()), expected);
@@ -136,9 +136,9 @@ TEST(EventWriterTest, RoundTrip) {
 TEST(EventWriterTest, ConstantAndEmptyHistograms) {
   const std::string dir = MakeTempDir();
   EventWriter writer(dir, "events.out.tfevents.0.test");
-  writer.AddHistogram("constant", 1, torch::full({2, 3}, 0.25, torch::kFloat));
-  writer.AddHistogram("empty", 1, torch::empty({0}));
-  writer.AddHistogram("non-finite dropped", 1, torch::tensor({std::nan(""), 2.0}));
+  AddHistogram(writer, "constant", 1, torch::full({2, 3}, 0.25, torch::kFloat));
+  AddHistogram(writer, "empty", 1, torch::empty({0}));
+  AddHistogram(writer, "non-finite dropped", 1, torch::tensor({std::nan(""), 2.0}));
   writer.Flush();
   const std::vector<tensorboard::Event> events = ReadEventFile(writer.path());
   ASSERT_EQ(events.size(), 3u);  // the file_version record, constant, non-finite dropped

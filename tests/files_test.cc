@@ -1,5 +1,5 @@
-// trainer/files.h: atomic writes, directories and the locks that keep a second writer off a run directory.
-#include "trainer/files.h"
+// common/files.h: atomic writes, directories and the locks that keep a second writer off a run directory.
+#include "common/files.h"
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -9,7 +9,7 @@
 #include <fstream>
 #include <memory>
 
-#include "trainer/errors.h"
+#include "common/errors.h"
 
 namespace tempered {
 namespace {

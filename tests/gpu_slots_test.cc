@@ -1,4 +1,4 @@
-// Unit tests of the local backend's GPU slots (launch/gpu_slots.h): parsing a GPU list and nvidia-smi -L, reserving
+// Unit tests of the local backend's GPU slots (launch/sweep/gpu_slots.h): parsing a GPU list and nvidia-smi -L, reserving
 // and releasing shares, holding those of runs an earlier coordinator started; and how GPUs limit a sweep's slots,
 // reject a spec before it runs, and reach mpirun.
 #include <gtest/gtest.h>
@@ -11,11 +11,11 @@
 #include <string>
 #include <vector>
 
-#include "launch/gpu_slots.h"
-#include "launch/scheduler.h"
-#include "launch/sweep.h"
-#include "launch/sweep_spec.h"
-#include "trainer/errors.h"
+#include "common/errors.h"
+#include "launch/sweep/gpu_slots.h"
+#include "launch/sweep/scheduler.h"
+#include "launch/sweep/sweep.h"
+#include "launch/sweep/sweep_spec.h"
 
 namespace tempered {
 namespace {

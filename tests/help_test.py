@@ -12,8 +12,8 @@ from tempered_testing import BIN, SOURCE
 
 BINARIES = {  # binary -> the file that defines its flags
     "trainer/tempered-train": "trainer/main.cc",
-    "launch/tempered-sweep": "launch/sweep_main.cc",
-    "launch/tempered-analyze": "launch/analyze_main.cc",
+    "launch/tempered-sweep": "launch/sweep/sweep_main.cc",
+    "launch/tempered-analyze": "launch/analyze/analyze_main.cc",
 }
 TRAIN_GROUPS = ["data", "model", "loss", "optimiser", "evaluation", "run"]
 THIRD_PARTY = ["caffe2_", "logtostderr", "minloglevel", "flagfile", "fromenv", "torch_"]
@@ -83,7 +83,7 @@ class HelpTest(unittest.TestCase):
             self.assertEqual(listed[flag][0], group, flag)
             if field:
                 self.assertIn("[" + field + "]", listed[flag][1], flag)
-        # Defaults are RunConfig's (trainer/config.cc DefaultRunConfig), not the flags' empty strings.
+        # Defaults are RunConfig's (common/config.cc DefaultRunConfig), not the flags' empty strings.
         for entry in ("--tau=0.2 ", "--loss=infonce ", "--batch_size=256 ", "--lr=0.06 ", "--model=small_cnn ",
                       "--norm=batch ", "--linear_epochs=10 ", "--bf16=false "):
             self.assertIn(entry, r.stdout)

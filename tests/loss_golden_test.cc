@@ -1,4 +1,4 @@
-// trainer/loss.cc against the independent PyTorch reference tests/loss_reference.py: every loss, tau in
+// trainer/loss/loss.cc against the independent PyTorch reference tests/loss_reference.py: every loss, tau in
 // {0.01, 0.07, 0.2, 1}, several K (including K >= the number of negatives), the memory-bank and the SimCLR batch
 // form; losses and gradients with respect to anchors and candidates; relative penalty and its entropy.
 // loss_reference_test.py writes the golden files and runs this binary with TEMPERED_GOLDEN_DIR set; run alone
@@ -11,8 +11,8 @@
 #include <map>
 #include <sstream>
 
-#include "trainer/npy.h"
-#include "trainer/loss.h"
+#include "trainer/io/npy.h"
+#include "trainer/loss/loss.h"
 
 namespace tempered {
 namespace {

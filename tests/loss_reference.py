@@ -1,8 +1,8 @@
 #!/usr/bin/python3
-"""Independent PyTorch reference of the losses and the relative penalty of PAPER.md §2-§3.
+"""Independent PyTorch reference of the losses and the relative penalty of docs/paper.md §2-§3.
 
 Written from the paper's formulas, one anchor at a time with plain Python index lists, so that it shares nothing
-with trainer/loss.cc but the definitions. Float64 throughout.
+with trainer/loss/loss.cc but the definitions. Float64 throughout.
 
     /usr/bin/python3 loss_reference.py --out_dir DIR
 
@@ -42,7 +42,7 @@ def negatives_of(i, num_candidates, positive, exclude):
 
 
 def anchor_loss(s, i, positive, exclude, loss, tau, hard_k):
-    """PAPER.md §2 for anchor i; s is the (n, C) similarity matrix."""
+    """docs/paper.md §2 for anchor i; s is the (n, C) similarity matrix."""
     negs = negatives_of(i, s.shape[1], positive, exclude)
     s_pos = s[i, positive[i]]
     s_neg = s[i, negs]
@@ -175,7 +175,7 @@ def symmetric_views_loss(a, b, loss, tau, hard_k=0):
 
 
 def paper_k(num_negatives):
-    """PAPER.md §2: K = 8% of the negatives (4095 of 50,000), rounded half away from zero, at least 1."""
+    """docs/paper.md §2: K = 8% of the negatives (4095 of 50,000), rounded half away from zero, at least 1."""
     return min(max(1, math.floor(0.08 * num_negatives + 0.5)), num_negatives)
 
 

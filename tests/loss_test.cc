@@ -1,7 +1,7 @@
-// The losses of PAPER.md §2 against closed forms computed by hand, the gradient identities and limits of §3
+// The losses of docs/paper.md §2 against closed forms computed by hand, the gradient identities and limits of §3
 // (claims 1 and 2 of §7), and finite-difference gradient checks of every loss. The golden comparison against the
 // independent PyTorch reference is loss_golden_test.cc (driven by loss_reference_test.py).
-#include "trainer/loss.h"
+#include "trainer/loss/loss.h"
 
 #include <gtest/gtest.h>
 

@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "trainer/model.h"
+#include "trainer/model/model.h"
 
 namespace tempered {
 namespace {

@@ -1,12 +1,12 @@
-// BroadcastBuffers (trainer/model.h), under mpirun with 1-4 ranks: after training steps on each rank's own batches
+// BroadcastBuffers (trainer/model/model.h), under mpirun with 1-4 ranks: after training steps on each rank's own batches
 // the ranks' batch-norm running statistics differ; afterwards every rank holds rank 0's, which rank 0 keeps.
 #include <gtest/gtest.h>
 
 #include <vector>
 
 #include "comm/comm.h"
-#include "trainer/config.h"
-#include "trainer/model.h"
+#include "common/config.h"
+#include "trainer/model/model.h"
 
 namespace tempered {
 namespace {

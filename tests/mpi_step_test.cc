@@ -1,11 +1,11 @@
 // The training step (trainer/step.h) under mpirun with 1-4 ranks: the gathered rows' buffer is reused from step to
-// step, also at the steps that keep a similarity sample for the histograms (issue 15, defect 8: the loop kept the
+// step, also at the steps that keep a similarity sample for the histograms (once the loop kept the
 // last step's gathered candidates for the histograms, so comm allocated a fresh buffer at every step); and a sample
 // holds copies of the step's anchors and candidates, equal to what the step computed with.
 #include <gtest/gtest.h>
 
 #include "comm/comm.h"
-#include "trainer/config.h"
+#include "common/config.h"
 #include "trainer/step.h"
 
 namespace tempered {

@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "comm/comm.h"
-#include "trainer/sync_batch_norm.h"
+#include "trainer/model/sync_batch_norm.h"
 
 namespace tempered {
 namespace {

@@ -94,7 +94,7 @@ def train_env():
 
 class MultiNodeTest(unittest.TestCase):
     def assert_same_losses(self, tmp, result):
-        """The run's step losses equal those of one process with the same global batch (DESIGN.md's invariant)."""
+        """The run's step losses equal those of one process with the same global batch (docs/architecture.md's invariant)."""
         single = os.path.join(tmp, "np1")
         proc = run_train(1, RUN + ["--out_dir", single])
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])

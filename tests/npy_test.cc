@@ -1,14 +1,14 @@
 // launch/npy: round trips of every supported dtype and rank (including empty arrays and scalars), a version 2.0
 // header as numpy writes for large headers, and UserError (never a crash) for malformed files. Compatibility with
 // numpy itself is covered by analyze_test.py, which writes with numpy.save and reads with numpy.load.
-#include "trainer/npy.h"
+#include "trainer/io/npy.h"
 
 #include <gtest/gtest.h>
 
 #include <cstdio>
 #include <fstream>
 
-#include "trainer/errors.h"
+#include "common/errors.h"
 
 namespace tempered {
 namespace {

@@ -13,9 +13,9 @@
 #include <stdexcept>
 #include <thread>
 
-#include "trainer/loss.h"
-#include "trainer/model.h"
-#include "trainer/prefetch.h"
+#include "trainer/data/prefetch.h"
+#include "trainer/loss/loss.h"
+#include "trainer/model/model.h"
 
 namespace tempered {
 namespace {

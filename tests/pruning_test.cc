@@ -1,4 +1,4 @@
-// Successive halving's decisions (launch/pruning.h) on hand-made sweep states: which runs pause where, when a rung
+// Successive halving's decisions (launch/sweep/pruning.h) on hand-made sweep states: which runs pause where, when a rung
 // is decided, which τ are kept, and that seeds are averaged and failed runs do not block a group.
 #include <gtest/gtest.h>
 
@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "launch/pruning.h"
-#include "launch/sweep_spec.h"
-#include "trainer/errors.h"
+#include "common/errors.h"
+#include "launch/sweep/pruning.h"
+#include "launch/sweep/sweep_spec.h"
 
 namespace tempered {
 namespace {

@@ -9,10 +9,10 @@
 #include <cmath>
 #include <fstream>
 
-#include "launch/report.h"
-#include "launch/scheduler_process.h"
-#include "launch/sweep_spec.h"
-#include "trainer/config.h"
+#include "common/config.h"
+#include "launch/report/report.h"
+#include "launch/sweep/scheduler_process.h"
+#include "launch/sweep/sweep_spec.h"
 
 namespace tempered {
 namespace {
@@ -46,7 +46,7 @@ Cell PaperCell(LossConfig::Name loss, double tau, double gap = kNoValue) {
   return MakeCell(loss, tau, p.linear, p.uniformity, p.tolerance, gap);
 }
 
-// PAPER.md Table 1, CIFAR-10, plus what §6-7 say without a table: tau = 0.2 is the best (83.78), tau = 0.05 is worse
+// docs/paper.md Table 1, CIFAR-10, plus what §6-7 say without a table: tau = 0.2 is the best (83.78), tau = 0.05 is worse
 // than 0.07, nearest learns nothing; the Fig 8 gaps grow as tau falls (values of that shape, not read off the figure).
 std::vector<Cell> PaperCells() {
   return {MakeCell(I, 0.05, 78.0, 3.87, 0.03, 0.60), PaperCell(I, 0.07, 0.55),
@@ -124,7 +124,7 @@ TEST(Report, ClaimsSayWhenDataIsMissingOrDisagrees) {
 }
 
 TEST(Report, MonotoneClaimsUseThePapersTauRangeWhenTheSweepCoversIt) {
-  // tau = 0.05 is an outlier (PAPER.md: flat or noisy at the extremes); over [0.1, 0.8] uniformity falls.
+  // tau = 0.05 is an outlier (docs/paper.md: flat or noisy at the extremes); over [0.1, 0.8] uniformity falls.
   const std::vector<Cell> cells = {MakeCell(I, 0.05, 70, 1.0, 0.8), MakeCell(I, 0.1, 75, 3.0, 0.3),
                                    MakeCell(I, 0.2, 76, 2.9, 0.4), MakeCell(I, 0.5, 74, 2.8, 0.5)};
   const ClaimCheck uniformity = Claim(CheckClaims(cells), "3a.");
@@ -388,6 +388,41 @@ TEST(Report, ThePapersTable1AppearsBesideCifarCellsOnly) {
   EXPECT_TRUE(std::isnan(PaperTable1("svhn", I, 0.07).uniformity));
   EXPECT_NEAR(PaperTable1("svhn", LossConfig::HARD, 1.0).linear, 95.26, 1e-9);
   EXPECT_TRUE(std::isnan(PaperTable1("cifar100", LossConfig::NEAREST, NAN).linear));
+}
+
+// An image folder of CIFAR-10's JPEGs names its column of Table 1 through SweepSpec.paper_table.
+TEST(Report, PaperTableNamesTheColumnForAnImageFolder) {
+  std::vector<RunRecord> records = {Record(I, 0.07f, 1, 70, true)};
+  records[0].config.mutable_data()->set_dataset("imagefolder");
+  EXPECT_FALSE(Has(ReportMarkdown(records, Spec(""), {}), "(paper,"));
+  const std::string md = ReportMarkdown(records, Spec(R"(paper_table: "cifar10")"), {});
+  EXPECT_TRUE(Has(md, "| linear top-1 (paper, cifar10) | 79.75 |")) << md;
+}
+
+// loss.tau_mode as an axis: each variant against the best constant tau of its loss, with the within-noise rule and
+// the tau it ended at.
+TEST(Report, TauBeyondAConstantComparesEachModeWithTheBestConstantTau) {
+  const SweepSpec spec = Spec(R"(axis { field: "loss.tau_mode" values: ["constant", "learnable"] })");
+  std::vector<RunRecord> records;
+  for (uint64_t seed : {1, 2}) {
+    for (float tau : {0.1f, 0.5f}) {
+      RunRecord constant = Record(I, tau, seed, tau == 0.1f ? 80 : 70, true, {3.0, 3.1});
+      records.push_back(constant);
+    }
+    RunRecord learnable = Record(I, 0.1f, seed, 90 + seed, true, {3.0, 3.1});
+    learnable.config.mutable_loss()->set_tau_mode(LossConfig::LEARNABLE);
+    learnable.result.mutable_epochs(0)->set_tau(0.08);
+    learnable.result.mutable_epochs(1)->set_tau(0.05 + 0.01 * seed);
+    records.push_back(learnable);
+  }
+  const auto cells = GroupCells(records, spec);
+  const std::string section = TauBeyondConstant(cells);
+  // The learnable cell: linear (knn + 1) 92.5 ± 0.71 against constant tau 0.1's 81: better, far beyond noise.
+  EXPECT_TRUE(Has(section, "| τ=0.1 (loss.tau_mode=LEARNABLE) | 92.50 ± 0.71 (n=2) | τ=0.1 (loss.tau_mode=CONSTANT): "
+                           "81.00 ± 0.00 (n=2) | +11.50 ± 0.50: better |")) << section;
+  EXPECT_TRUE(Has(section, "| 0.0650 ± 0.0071 (n=2) |")) << section;  // the tau it ended at
+  EXPECT_TRUE(Has(ReportMarkdown(records, spec, {}), "## τ beyond a constant")) << section;
+  EXPECT_EQ(TauBeyondConstant(GroupCells({records[0], records[1]}, Spec(""))), "") << "no variant, no section";
 }
 
 TEST(Report, CsvHasOneRowPerRunAndTheRequiredColumns) {

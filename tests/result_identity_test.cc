@@ -1,5 +1,5 @@
-// The fields that do not change a result: the sweep's run ids (launch/sweep_spec.cc) and the checkpoint's identity
-// (trainer/checkpoint.cc) must agree on every RunConfig field, or a sweep's retry of a run is refused by its own
+// The fields that do not change a result: the sweep's run ids (launch/sweep/sweep_spec.cc) and the checkpoint's identity
+// (trainer/io/checkpoint.cc) must agree on every RunConfig field, or a sweep's retry of a run is refused by its own
 // checkpoint (another checkpoint_every_steps) or resumes a checkpoint into another run's result (another device).
 // Every leaf field is walked by reflection, so a field added to the proto later is checked too.
 #include <gtest/gtest.h>
@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "launch/sweep_spec.h"
-#include "trainer/checkpoint.h"
-#include "trainer/config.h"
-#include "trainer/errors.h"
+#include "common/config.h"
+#include "common/errors.h"
+#include "launch/sweep/sweep_spec.h"
+#include "trainer/io/checkpoint.h"
 
 namespace tempered {
 namespace {

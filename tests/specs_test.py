@@ -1,5 +1,5 @@
-"""The paper's setups in specs/ (issue 13): each spec, as written, parses and has every grid point validated by
-tempered-sweep; it holds the paper's values (PAPER.md §5) and grid; and it runs, as a dry run on the CPU, through
+"""The paper's setups in specs/: each spec, as written, parses and has every grid point validated by
+tempered-sweep; it holds the paper's values (docs/paper.md §5) and grid; and it runs, as a dry run on the CPU, through
 tempered-sweep on a tiny data set generated in its format, every run finishing with finite losses and a resolved
 config (result.json) that kept the paper's values the dry run did not override.
 
@@ -26,9 +26,9 @@ SPECS = os.path.join(SOURCE, "specs")
 
 PAPER_TAUS = [0.05, 0.07, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
 PAPER_LOSSES = ["infonce", "hard", "simple", "hard_simple"]
-TAU_LOSSES = {"infonce", "hard"}  # launch/sweep_spec.cc LossUsesTau: the others run once, whatever the tau axis
+TAU_LOSSES = {"infonce", "hard"}  # launch/sweep/sweep_spec.cc LossUsesTau: the others run once, whatever the tau axis
 
-# PAPER.md §5, as fields of the resolved RunConfig in result.json (protobuf's JSON mapping, proto field names).
+# docs/paper.md §5, as fields of the resolved RunConfig in result.json (protobuf's JSON mapping, proto field names).
 PAPER_COMMON = {
     "model.norm": "BATCH", "model.head": "LINEAR", "model.embed_dim": 128,
     "loss.negatives": "MEMORY_BANK", "loss.bank_momentum": 0.5,

@@ -1,13 +1,16 @@
-// trainer/streaming_loss.cc against the naive reference trainer/loss.cc: every loss, tau in {0.01, 0.07, 0.2, 1},
+// trainer/loss/streaming_loss.cc against the naive reference trainer/loss/loss.cc: every loss, tau in {0.01, 0.07, 0.2, 1},
 // tiles that do not divide C, tile = 1 and tile >= C, the positive and the excluded candidate in different tiles,
 // K >= the number of negatives, tied similarities (duplicated candidates), the SimCLR batch form (anchors are
 // candidates too); losses and gradients with respect to anchors and candidates within 1e-5 relative (float64).
 // Finite differences check the custom backward of every loss. Peak memory is measured by bench/loss_bench.cc.
-#include "trainer/streaming_loss.h"
+#include "trainer/loss/streaming_loss.h"
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <vector>
+
+#include "common/config.h"
 
 namespace tempered {
 namespace {
@@ -100,7 +103,7 @@ void ExpectStreamingMatchesNaive(const Problem& p, const LossOptions& options, b
   }
 }
 
-// The top-K losses widen the tile to 4K (trainer/streaming_loss.cc), so for them K = 3 means tiles of 12.
+// The top-K losses widen the tile to 4K (trainer/loss/streaming_loss.cc), so for them K = 3 means tiles of 12.
 TEST(StreamingLoss, MatchesNaiveForEveryLossTauTileAndK) {
   torch::manual_seed(3);
   constexpr int64_t kColumns = 37;
@@ -251,6 +254,44 @@ TEST(StreamingLoss, FiniteDifferences) {
         ExpectClose(role == 0 ? analytic.anchors_grad : analytic.candidates_grad, numeric,
                     role == 0 ? "d/d anchors" : "d/d candidates", 1e-5, 1e-7);
       }
+    }
+  }
+}
+
+// A learnable tau (loss.tau_mode LEARNABLE): the loss at inverse_tau = exp(l) is the loss at tau = exp(-l) (for the
+// losses that use tau; the others ignore it), and its gradient with respect to l matches finite differences, through
+// the streaming and the naive loss alike.
+TEST(StreamingLoss, LearnableTauValueAndFiniteDifferenceGradient) {
+  torch::manual_seed(11);
+  const Problem p = RandomProblem(5, 13, 3, /*with_exclusion=*/true);
+  for (LossConfig::Name name : kAllLosses) {
+    for (int64_t tile : {4, 0}) {
+      SCOPED_TRACE(testing::Message() << LossConfig::Name_Name(name) << " tile=" << tile);
+      const double l0 = std::log(1 / 0.2);
+      LossOptions options = Options(name, 0.5, 3, tile, p.anchors.size(0));  // tau 0.5 must be ignored
+      const auto objective = [&](double l) {
+        LossOptions at = options;
+        at.inverse_tau = torch::full({}, std::exp(l), torch::kDouble);
+        return (StreamingOrNaiveLoss(p.anchors, p.candidates, p.positive, p.exclude, at) * p.weights).sum();
+      };
+      LossOptions constant = options;
+      constant.tau = LossUsesTau(name) ? 0.2 : 0.5;
+      const double expected =
+          (StreamingOrNaiveLoss(p.anchors, p.candidates, p.positive, p.exclude, constant) * p.weights).sum()
+              .item<double>();
+      EXPECT_NEAR(objective(l0).item<double>(), expected, 1e-10);
+      const torch::Tensor l = torch::full({}, l0, torch::kDouble).set_requires_grad(true);
+      options.inverse_tau = l.exp();
+      const torch::Tensor loss =
+          (StreamingOrNaiveLoss(p.anchors, p.candidates, p.positive, p.exclude, options) * p.weights).sum();
+      if (!LossUsesTau(name)) {
+        EXPECT_FALSE(loss.requires_grad()) << "a loss without tau does not depend on the scale";
+        continue;
+      }
+      loss.backward();
+      constexpr double h = 1e-6;
+      const double numeric = (objective(l0 + h).item<double>() - objective(l0 - h).item<double>()) / (2 * h);
+      EXPECT_NEAR(l.grad().item<double>(), numeric, 1e-6 * std::max(1.0, std::abs(numeric)));
     }
   }
 }

@@ -1,4 +1,4 @@
-// Unit tests of the sweep's progress as a whole (launch/sweep_status.h): the counts, the slots, the ETA from the
+// Unit tests of the sweep's progress as a whole (launch/sweep/sweep_status.h): the counts, the slots, the ETA from the
 // finished runs' durations (closed forms of the list schedule), the progress line and bar, the best run per loss,
 // and when the log mode prints the line.
 #include <gtest/gtest.h>
@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "launch/sweep.h"
-#include "launch/sweep_spec.h"
-#include "launch/sweep_status.h"
+#include "launch/sweep/sweep.h"
+#include "launch/sweep/sweep_spec.h"
+#include "launch/sweep/sweep_status.h"
 
 namespace tempered {
 namespace {

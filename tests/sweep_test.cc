@@ -18,15 +18,15 @@
 #include <thread>
 #include <vector>
 
-#include "launch/attempt_policy.h"
-#include "launch/scheduler.h"
-#include "launch/scheduler_process.h"
-#include "launch/sweep.h"
-#include "launch/sweep_spec.h"
-#include "launch/sweep_state.h"
-#include "launch/sweep_status.h"
-#include "trainer/config.h"
-#include "trainer/errors.h"
+#include "common/config.h"
+#include "common/errors.h"
+#include "launch/sweep/attempt_policy.h"
+#include "launch/sweep/scheduler.h"
+#include "launch/sweep/scheduler_process.h"
+#include "launch/sweep/sweep.h"
+#include "launch/sweep/sweep_spec.h"
+#include "launch/sweep/sweep_state.h"
+#include "launch/sweep/sweep_status.h"
 
 namespace tempered {
 namespace {
@@ -418,6 +418,20 @@ TEST(Process, SessionHoldsEveryDescendantAndDiesTogether) {
   std::string out;
   ASSERT_TRUE(std::getline(*std::make_unique<std::ifstream>(dir + "/out"), out));
   EXPECT_EQ(out, "hello");
+}
+
+// An external command that hangs (a Slurm controller that does not answer) is killed at its timeout and says so.
+TEST(RunCommandTest, AHungCommandIsKilledAtItsTimeout) {
+  const auto start = std::chrono::steady_clock::now();
+  const CommandResult hung = RunCommand({"sleep", "30"}, 0.5);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 10);
+  EXPECT_TRUE(hung.timed_out);
+  EXPECT_EQ(hung.exit_code, -1);
+  EXPECT_NE(hung.output.find("sleep did not finish within 0.5 s and was killed"), std::string::npos) << hung.output;
+  const CommandResult quick = RunCommand({"echo", "done"}, 30);
+  EXPECT_FALSE(quick.timed_out);
+  EXPECT_EQ(quick.exit_code, 0);
+  EXPECT_EQ(quick.output, "done\n");
 }
 
 }  // namespace

@@ -11,7 +11,7 @@ TRAIN = os.path.join(BIN, "trainer", "tempered-train")
 MPIRUN = os.environ.get("TEMPERED_MPIRUN") or shutil.which("mpirun") or "mpirun"
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
-# mpirun as root refuses to run and still exits 0 (ENV.md); oversubscribe: tests use up to 4 ranks on 2 cores.
+# mpirun as root refuses to run and still exits 0 (docs/cpu.md); oversubscribe: tests use up to 4 ranks on 2 cores.
 MPI_ARGS = ["--allow-run-as-root", "--oversubscribe"]
 
 

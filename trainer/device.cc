@@ -1,9 +1,11 @@
 #include "trainer/device.h"
 
 #include <ATen/autocast_mode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/version.h>
 
 #include <glog/logging.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -13,8 +15,8 @@
 #include <thread>
 
 #include "comm/comm.h"
+#include "common/errors.h"
 #include "trainer/environment.h"
-#include "trainer/errors.h"
 
 namespace tempered {
 
@@ -25,7 +27,13 @@ torch::Device DeviceFor(const RunConfig& config) {
   }
   const int visible = static_cast<int>(torch::cuda::device_count());
   try {
-    return {torch::kCUDA, static_cast<c10::DeviceIndex>(GpuForLocalRank(comm::LocalRank(), comm::LocalSize(), visible))};
+    const int gpu = GpuForLocalRank(comm::LocalRank(), comm::LocalSize(), visible);
+    const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(gpu));
+    // The rank's GPU made current before anything touches CUDA: otherwise every rank's first allocation, stream or
+    // NCCL call would open a context on GPU 0. Through c10's device-guard registry, which CUDA LibTorch fills, so
+    // that this compiles against a CPU LibTorch too (where no cuda device gets here).
+    c10::impl::getDeviceGuardImpl(device.type())->setDevice(device);
+    return device;
   } catch (const UserError& e) {
     const char* env = std::getenv("CUDA_VISIBLE_DEVICES");
     throw UserError(std::string(e.what()) + " (host " + ThisHost() + ", CUDA_VISIBLE_DEVICES " +
@@ -49,10 +57,59 @@ int GpuForLocalRank(int local_rank, int local_ranks, int visible_count) {
   return local_rank;
 }
 
+std::vector<int> AffinityCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (::sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+    }
+  }
+  if (cpus.empty()) {  // no mask to read: every online core
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    for (int cpu = 0; cpu < cores; ++cpu) cpus.push_back(cpu);
+  }
+  return cpus;
+}
+
+int ThreadsForAffinity(const std::vector<int>& mine, const std::vector<std::vector<int>>& node) {
+  int sharers = 0;
+  for (const std::vector<int>& other : node) {
+    const bool overlaps = std::find_first_of(mine.begin(), mine.end(), other.begin(), other.end()) != mine.end();
+    if (overlaps) ++sharers;
+  }
+  return std::max(1, static_cast<int>(mine.size()) / std::max(1, sharers));
+}
+
+std::string CpuList(const std::vector<int>& cpus) {
+  std::string text;
+  for (int cpu : cpus) text += (text.empty() ? "" : ",") + std::to_string(cpu);
+  return text;
+}
+
+namespace {
+
+std::vector<int> ParseCpuList(const std::string& text) {
+  std::vector<int> cpus;
+  std::istringstream in(text);
+  for (std::string cpu; std::getline(in, cpu, ',');) cpus.push_back(std::stoi(cpu));
+  return cpus;
+}
+
+}  // namespace
+
 int ThreadsPerRank(const RunConfig& config) {
   if (config.threads() > 0) return config.threads();
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return std::max(1, cores / comm::LocalSize());
+  // Every rank's host and mask, so that each counts the ranks of its own node that may run on its cores.
+  const std::vector<int> mine = AffinityCpus();
+  const std::vector<std::string> all = comm::AllGatherStrings(ThisHost() + "\n" + CpuList(mine));
+  std::vector<std::vector<int>> node;
+  for (const std::string& entry : all) {
+    const size_t newline = entry.find('\n');
+    if (entry.substr(0, newline) == ThisHost()) node.push_back(ParseCpuList(entry.substr(newline + 1)));
+  }
+  return ThreadsForAffinity(mine, node);
 }
 
 bool CpuHasNativeBf16() {

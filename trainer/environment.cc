@@ -2,11 +2,13 @@
 
 #include <unistd.h>
 
+#include <ATen/Parallel.h>
 #include <torch/version.h>
 
 #include <cstdlib>
 
 #include "comm/comm.h"
+#include "trainer/device.h"
 
 namespace tempered {
 
@@ -22,6 +24,8 @@ RunEnvironment GatherEnvironment(const c10::Device& device) {
   mine.set_host(ThisHost());
   if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES")) mine.set_cuda_visible_devices(visible);
   mine.set_device(device.str());
+  mine.set_threads(at::get_num_threads());
+  mine.set_cpus(CpuList(AffinityCpus()));
   RunEnvironment environment;
   // Each rank's record travels as its serialised message: one gather of small strings, whatever fields it grows.
   for (const std::string& rank : comm::AllGatherStrings(mine.SerializeAsString())) {

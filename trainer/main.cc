@@ -1,6 +1,6 @@
 // tempered-train: one contrastive training run. Launched by mpirun (or alone for one rank):
 //   mpirun -np N tempered-train --config run.pbtxt [--tau 0.1 ...] --out_dir DIR
-// main() only parses flags, builds the config and makes one call (STYLE.md).
+// main() only parses flags, builds the config and makes one call (docs/contributing.md).
 
 #include <gflags/gflags.h>
 #include <glog/logging.h>
@@ -12,8 +12,8 @@
 #include <utility>
 
 #include "comm/comm.h"
-#include "trainer/config.h"
-#include "trainer/flag_help.h"
+#include "common/config.h"
+#include "common/flag_help.h"
 #include "trainer/train.h"
 
 DEFINE_string(config, "", "RunConfig in protobuf text format (proto/tempered.proto); unset fields take the defaults "
@@ -24,6 +24,7 @@ DEFINE_string(config, "", "RunConfig in protobuf text format (proto/tempered.pro
 // their defaults, shown by --help, are RunConfig's (DefaultRunConfig).
 DEFINE_string(tau, "", "temperature, > 0");
 DEFINE_string(loss, "", "infonce|simple|hard|hard_simple|nearest");
+DEFINE_string(tau_mode, "", "constant|learnable|cosine|adaptive: how tau evolves (parameters: loss.tau_*)");
 DEFINE_string(hard_k, "", "hardest negatives per anchor for hard and hard_simple (0 = loss.hard_fraction of them)");
 DEFINE_string(negatives, "", "batch|memory_bank");
 DEFINE_string(epochs, "", "epochs");
@@ -34,12 +35,17 @@ DEFINE_string(model, "", "small_cnn|resnet18|resnet50");
 DEFINE_string(norm, "", "none|batch|sync (sync: batch statistics over the global batch)");
 DEFINE_string(dataset, "", "fashion_mnist|cifar10|cifar100|svhn|imagefolder");
 DEFINE_string(data_dir, "", "the data set's directory (unset: its Debian package's, where there is one)");
-DEFINE_string(train_subset, "", "first N training images (0 = all)");
-DEFINE_string(test_subset, "", "first N test images (0 = all)");
+DEFINE_string(train_subset, "", "N training images, a fixed class-stratified sample (0 = all)");
+DEFINE_string(test_subset, "", "N test images, a fixed class-stratified sample (0 = all)");
+DEFINE_string(image_size, "", "views' resolution in px (0 = the data set's own; imagefolder: 224)");
+DEFINE_string(storage, "", "auto|memory|stream: an image folder decoded once into memory, or read each step");
+DEFINE_string(workers, "", "threads per rank that decode and augment the views (0 = the intra-op threads)");
+DEFINE_string(eval_crop_fraction, "",
+              "evaluation's centre crop of the resized image (0 = 0.875 for imagefolder, 1 otherwise)");
 DEFINE_string(prefetch_steps, "",
               "steps of views made ahead on a background thread: 0-2 (unset: 1 on cuda, 0 on cpu)");
 DEFINE_string(seed, "", "seed of the initialisation, the shuffling and the augmentations");
-DEFINE_string(threads, "", "intra-op threads per rank (0 = cores / ranks on the node)");
+DEFINE_string(threads, "", "intra-op threads per rank (0 = the rank's CPU affinity shared by the ranks on it)");
 DEFINE_string(out_dir, "", "where result.json, progress.json, checkpoints and TensorBoard events go");
 DEFINE_string(log_every_steps, "", "a log line and progress.json every N steps");
 DEFINE_string(eval_every_epochs, "", "full evaluation every N epochs (0 = only at the end)");
@@ -79,12 +85,17 @@ const tempered::FlagDoc kTrainFlags[] = {
     {"data_dir", "data", "data.data_dir"},
     {"train_subset", "data", "data.train_subset"},
     {"test_subset", "data", "data.test_subset"},
+    {"image_size", "data", "data.image_size"},
+    {"eval_crop_fraction", "data", "data.eval_crop_fraction"},
+    {"storage", "data", "data.storage"},
+    {"workers", "data", "data.workers"},
     {"prefetch_steps", "data", "data.prefetch_steps"},
     {"model", "model", "model.arch"},
     {"norm", "model", "model.norm"},
     {"bf16", "model", "bf16"},
     {"loss", "loss", "loss.name"},
     {"tau", "loss", "loss.tau"},
+    {"tau_mode", "loss", "loss.tau_mode"},
     {"hard_k", "loss", "loss.hard_k"},
     {"negatives", "loss", "loss.negatives"},
     {"batch_size", "optimiser", "batch_size"},

@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "trainer/device.h"
-#include "trainer/streaming_loss.h"
+#include "trainer/loss/streaming_loss.h"
 
 namespace tempered {
 namespace {
@@ -23,6 +23,10 @@ class BatchNegatives : public Negatives {
 
   int views() const override { return 2; }
   int64_t anchors() const override { return 2 * global_batch_; }
+  double PositiveSimilaritySum(const torch::Tensor& z, const StepInput&) const override {
+    const int64_t b = shard_.count;  // an anchor's positive is its other view, on this rank
+    return 2 * (z.narrow(0, 0, b) * z.narrow(0, b, b)).sum().item<double>();
+  }
   int64_t negatives() const override { return 2 * global_batch_ - 2; }
 
   torch::Tensor Loss(const torch::Tensor& z, const StepInput&, const LossOptions& loss,
@@ -56,6 +60,10 @@ class MemoryBank : public Negatives {
 
   int views() const override { return 1; }
   int64_t anchors() const override { return global_batch_; }
+  double PositiveSimilaritySum(const torch::Tensor& z, const StepInput& input) const override {
+    const torch::Tensor positive = torch::tensor(input.indices, torch::kLong).to(device_);
+    return (z * bank_.index_select(0, positive)).sum().item<double>();
+  }
   int64_t negatives() const override { return bank_.size(0) - 1; }
 
   torch::Tensor Loss(const torch::Tensor& z, const StepInput& input, const LossOptions& loss,
@@ -115,17 +123,27 @@ Learner MakeLearner(const RunConfig& config, const Dataset& train, const Negativ
   learner.device = device;
   learner.bf16 = config.bf16();
   torch::manual_seed(config.seed());  // identical initial parameters on every rank
-  learner.encoder = Encoder(config.model(), train.images.size(1), train.images.size(2));  // the stem fits the size
+  learner.encoder = Encoder(config.model(), train.channels(), ImageSizeOf(config.data()));  // the stem fits it
   learner.encoder->to(device);
   for (auto& p : learner.encoder->parameters()) comm::Broadcast(p, 0);  // and made certain of it
   const OptimConfig& o = config.optim();
-  learner.optimizer = std::make_unique<torch::optim::SGD>(
-      learner.encoder->parameters(),
-      torch::optim::SGDOptions(o.lr()).momentum(o.momentum()).weight_decay(o.weight_decay()));
+  const torch::optim::SGDOptions sgd =
+      torch::optim::SGDOptions(o.lr()).momentum(o.momentum()).weight_decay(o.weight_decay());
+  std::vector<torch::optim::OptimizerParamGroup> groups = {{learner.encoder->parameters()}};
+  std::vector<torch::Tensor> reduced = learner.encoder->parameters();
+  const TauPlan plan = TauPlanFor(config.loss(), config.epochs());
+  if (plan.mode == LossConfig::LEARNABLE) {  // CLIP's logit scale: the same SGD and lr, no weight decay
+    learner.logit_scale = InitialLogitScale(plan, device);
+    auto options = std::make_unique<torch::optim::SGDOptions>(sgd);
+    options->weight_decay(0);
+    groups.emplace_back(std::vector<torch::Tensor>{learner.logit_scale}, std::move(options));
+    reduced.push_back(learner.logit_scale);  // its gradient averaged over ranks with the others
+  }
+  learner.optimizer = std::make_unique<torch::optim::SGD>(groups, sgd);
   // Buckets all-reduced during backward, as each fills (the small CNN's ~1 MB of gradients makes 3-4 of 256 KiB).
   const int64_t bucket_kib = config.gradient_bucket_kib() > 0 ? config.gradient_bucket_kib() : 256;
   learner.reducer = std::make_unique<comm::GradientReducer>(
-      learner.encoder->parameters(), comm::ReducerOptions{bucket_kib << 10, comm::ReduceTiming::kDuringBackward});
+      reduced, comm::ReducerOptions{bucket_kib << 10, comm::ReduceTiming::kDuringBackward});
   if (comm::Rank() == 0 && comm::Size() > 1) {
     LOG(INFO) << "gradients all-reduced in " << learner.reducer->bucket_count() << " buckets of about "
               << bucket_kib << " KiB during backward";
@@ -133,11 +151,40 @@ Learner MakeLearner(const RunConfig& config, const Dataset& train, const Negativ
   learner.loss.name = config.loss().name();
   learner.loss.tau = config.loss().tau();
   learner.loss.hard_k = HardK(config.loss(), negatives.negatives());
+  learner.tau_plan = TauPlanFor(config.loss(), config.epochs());
   return learner;
+}
+
+// Sets the step's tau (learner.loss) from the plan: the epoch's for COSINE, the global batch's for ADAPTIVE (an
+// all-reduce of one number), the parameter's for LEARNABLE.
+void SetStepTau(Learner& learner, const Negatives& negatives, const torch::Tensor& z, const StepInput& input) {
+  const TauPlan& plan = learner.tau_plan;
+  switch (plan.mode) {
+    case LossConfig::COSINE:
+      learner.loss.tau = CosineTau(plan, input.epoch);
+      break;
+    case LossConfig::ADAPTIVE: {
+      torch::NoGradGuard no_grad;
+      const double sum = comm::AllReduceSum(negatives.PositiveSimilaritySum(z.detach(), input));
+      learner.loss.tau = AdaptiveTau(plan, sum / negatives.anchors());
+      break;
+    }
+    case LossConfig::LEARNABLE:
+      learner.loss.inverse_tau = learner.logit_scale.exp();
+      break;
+    default:
+      break;
+  }
+}
+
+double CurrentTau(const Learner& learner) {
+  if (!learner.logit_scale.defined()) return learner.loss.tau;
+  return std::exp(-learner.logit_scale.item<double>());
 }
 
 double Step(Learner& learner, Negatives& negatives, const StepInput& input, double lr, SimilaritySample* sample) {
   const torch::Tensor z = Embed(learner, input.views.to(learner.device));
+  SetStepTau(learner, negatives, z, input);
   const torch::Tensor loss_sum = negatives.Loss(z, input, learner.loss, sample);
   // Each rank's share, scaled by the world size: the reducer averages gradients over ranks, so the result is the
   // gradient of the global mean loss, also with uneven shards.
@@ -148,6 +195,7 @@ double Step(Learner& learner, Negatives& negatives, const StepInput& input, doub
     static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
   }
   learner.optimizer->step();
+  if (learner.logit_scale.defined()) ClampLogitScale(learner.tau_plan, learner.logit_scale);
   negatives.Update(input, z);
   return comm::AllReduceSum(loss_sum.item<double>()) / negatives.anchors();
 }

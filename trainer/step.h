@@ -1,4 +1,4 @@
-// One global step of contrastive training (STYLE.md 10: no god-trainer): data -> embed -> negatives -> loss ->
+// One global step of contrastive training (docs/contributing.md 10: no god-trainer): data -> embed -> negatives -> loss ->
 // backward -> reduce -> optimiser. What varies between the paper's settings, where the negatives come from, is one
 // interface; the loop (train.cc) sees neither MPI nor the memory bank.
 #pragma once
@@ -9,10 +9,11 @@
 
 #include "comm/comm.h"
 #include "proto/tempered.pb.h"
-#include "trainer/data.h"
-#include "trainer/loss.h"
-#include "trainer/model.h"
-#include "trainer/prefetch.h"
+#include "trainer/data/data.h"
+#include "trainer/data/prefetch.h"
+#include "trainer/loss/loss.h"
+#include "trainer/loss/tau.h"
+#include "trainer/model/model.h"
 
 namespace tempered {
 
@@ -31,6 +32,9 @@ class Negatives {
   virtual ~Negatives() = default;
   // Augmented views of each image that the step embeds.
   virtual int views() const = 0;
+  // The sum over this rank's anchors of the similarity to their positive (no gradient): MACL's adaptive tau uses
+  // the global batch's mean.
+  virtual double PositiveSimilaritySum(const torch::Tensor& z, const StepInput& input) const = 0;
   // Anchors of one global batch (the step's loss is their mean).
   virtual int64_t anchors() const = 0;
   // Negatives of each anchor (the hard loss's K is a fraction of them).
@@ -54,16 +58,21 @@ struct Learner {
   Encoder encoder{nullptr};
   std::unique_ptr<torch::optim::SGD> optimizer;
   std::unique_ptr<comm::GradientReducer> reducer;
-  LossOptions loss;
+  LossOptions loss;  // loss.tau: the current step's tau
+  TauPlan tau_plan;
+  torch::Tensor logit_scale;  // LEARNABLE: ln(1 / tau), trained with the encoder; undefined otherwise
   torch::Device device{torch::kCPU};
   bool bf16 = false;
 };
+
+// The tau of the step last taken (the learned one for LEARNABLE).
+double CurrentTau(const Learner& learner);
 
 // The encoder (seeded identically on every rank, and broadcast from rank 0 to be certain), its optimiser and
 // gradient reducer, for images of `train`'s size. Collective.
 Learner MakeLearner(const RunConfig& config, const Dataset& train, const Negatives& negatives, torch::Device device);
 
-// One global step on this rank's input at learning rate `lr`; returns the mean loss over the global batch's anchors,
+// One global step on this rank's input at learning rate `lr`, at the step's tau (loss.tau_mode); returns the mean loss over the global batch's anchors,
 // identical on every rank. Collective. Fills *sample when it is not null.
 double Step(Learner& learner, Negatives& negatives, const StepInput& input, double lr,
             SimilaritySample* sample = nullptr);

@@ -22,20 +22,20 @@
 #include <google/protobuf/text_format.h>
 
 #include "comm/comm.h"
-#include "trainer/backbone_export.h"
-#include "trainer/checkpoint.h"
-#include "trainer/config.h"
-#include "trainer/data.h"
+#include "common/config.h"
+#include "common/files.h"
+#include "trainer/data/data.h"
+#include "trainer/data/prefetch.h"
 #include "trainer/device.h"
 #include "trainer/environment.h"
-#include "trainer/eval.h"
-#include "trainer/event_writer.h"
-#include "trainer/files.h"
-#include "trainer/model.h"
-#include "trainer/npy.h"
-#include "trainer/prefetch.h"
-#include "trainer/progress.h"
-#include "trainer/result_file.h"
+#include "trainer/eval/eval.h"
+#include "trainer/io/checkpoint.h"
+#include "trainer/io/event_writer.h"
+#include "trainer/io/npy.h"
+#include "trainer/io/progress.h"
+#include "trainer/io/result_file.h"
+#include "trainer/model/backbone_export.h"
+#include "trainer/model/model.h"
 #include "trainer/step.h"
 
 namespace tempered {
@@ -137,6 +137,14 @@ void LogConfig(const RunConfig& config) {
             << " thread(s) per rank, resolved config:\n" << text;
 }
 
+// The config with loss.tau at the tau the run trains at now (loss.tau_mode), for the metrics measured at the run's
+// tau (the relative penalty's entropy).
+RunConfig AtCurrentTau(const Run& t) {
+  RunConfig config = t.config;
+  config.mutable_loss()->set_tau(static_cast<float>(CurrentTau(t.learner)));
+  return config;
+}
+
 // Evaluate with a line before and after on rank 0 (evaluation of the full data set takes seconds to minutes).
 // sets, when given: what Evaluate embedded (on rank 0).
 Metrics EvaluateAndReport(Run& t, const std::string& when, EvaluatedSets* sets = nullptr) {
@@ -147,7 +155,7 @@ Metrics EvaluateAndReport(Run& t, const std::string& when, EvaluatedSets* sets =
               << " test images, kNN, representation metrics"
               << (t.config.eval().linear_epochs() > 0 ? ", linear classifier" : "");
   }
-  Metrics metrics = Evaluate(t.learner.encoder, t.train, t.test, t.config, sets);
+  Metrics metrics = Evaluate(t.learner.encoder, t.train, t.test, AtCurrentTau(t), sets);
   if (comm::Rank() == 0) {
     LOG(INFO) << "evaluated " << when << " in " << FormatDuration(SecondsSince(start)) << ": kNN top-1 "
               << metrics.knn_top1() << "%, linear top-1 " << metrics.linear_top1() << "%, uniformity "
@@ -182,6 +190,19 @@ void RequestStop(int) {
 
 bool StopRequested() { return comm::AllReduceMax(g_stop_requested ? 1.0 : 0.0) > 0; }
 
+// RunResult.step_loss keeps the last max(kStepLossesKept, steps_per_epoch) steps (RecordEpoch needs the epoch's);
+// the oldest are dropped in batches, so the cost per step stays constant.
+constexpr int kStepLossesKept = 10000;
+void RecordStepLoss(const Run& t, int64_t step, double loss, RunResult* result) {
+  StepLoss* entry = result->add_step_loss();
+  entry->set_step(step);
+  entry->set_loss(loss);
+  const int keep = static_cast<int>(std::max<int64_t>(kStepLossesKept, t.steps_per_epoch));
+  if (result->step_loss_size() >= 2 * keep) {
+    result->mutable_step_loss()->DeleteSubrange(0, result->step_loss_size() - keep);
+  }
+}
+
 // Appends the epoch's summary; its mean loss comes from the step losses, so it is right after a resume too.
 void RecordEpoch(const Run& t, int64_t epoch, int64_t step, double seconds, int64_t steps_timed, double lr,
                  RunResult* result) {
@@ -196,6 +217,7 @@ void RecordEpoch(const Run& t, int64_t epoch, int64_t step, double seconds, int6
   e->set_mean_loss(total / std::max<int64_t>(1, step - first));
   e->set_images_per_second(steps_timed * t.config.batch_size() / std::max(seconds, 1e-9));
   e->set_lr(lr);
+  e->set_tau(CurrentTau(t.learner));
 }
 
 // After an epoch: the weight norm, the convergence curve's bounded evaluation (every epoch, the last included) and
@@ -208,7 +230,7 @@ void EvaluateEpoch(Run& t, int64_t epoch, int64_t step, EventWriter* events, Epo
   const bool curve = eval.curve_train_samples() > 0;
   if (curve) {
     BroadcastBuffers(t.learner.encoder);  // one model evaluated, on every rank (EvaluateAndReport does its own)
-    *record->mutable_metrics() = EvaluateCurve(t.learner.encoder, t.train, t.test, t.config);
+    *record->mutable_metrics() = EvaluateCurve(t.learner.encoder, t.train, t.test, AtCurrentTau(t));
     if (events) AddMetrics(*events, step, record->metrics(), eval, "curve/");
     if (comm::Rank() == 0) {
       const Metrics& m = record->metrics();
@@ -233,6 +255,7 @@ void EvaluateEpoch(Run& t, int64_t epoch, int64_t step, EventWriter* events, Epo
 void Checkpoint(Run& t, TrainingState& state) {
   BroadcastBuffers(t.learner.encoder);
   state.bank = t.negatives->State();
+  state.logit_scale = t.learner.logit_scale;
   if (comm::Rank() == 0) {
     SaveCheckpoint(t.config.out_dir() + "/checkpoint.pt", t.config, t.learner.encoder, *t.learner.optimizer, state);
   }
@@ -264,6 +287,10 @@ TrainingState Restore(Run& t, const TrainOptions& options) {
     LoadCheckpoint(path, t.config, t.learner.device, t.learner.encoder, *t.learner.optimizer, &state);
   });
   if (state.bank.defined()) t.negatives->Restore(state.bank);
+  if (state.logit_scale.defined() && t.learner.logit_scale.defined()) {
+    torch::NoGradGuard no_grad;  // in place: the optimiser holds this tensor
+    t.learner.logit_scale.copy_(state.logit_scale);
+  }
   if (comm::Rank() == 0) LOG(INFO) << "resumed from " << path << " at global step " << state.step;
   return state;
 }
@@ -313,10 +340,11 @@ class ProgressLog : public StepObserver {
     line << "step " << d.step << "/" << t_.total_steps << "  epoch " << d.epoch + 1 << "/" << epochs << "  loss "
          << d.loss << "  lr " << d.lr << "  " << static_cast<int64_t>(rate) << " img/s  ETA " << FormatDuration(eta);
     ReportProgress(line.str(), static_cast<double>(d.step) / t_.total_steps);
-    WriteProgress(t_.config, d.step, t_.total_steps, d.epoch + 1, d.loss, rate, eta);
+    const double tau = CurrentTau(t_.learner);
+    WriteProgress(t_.config, d.step, t_.total_steps, d.epoch + 1, d.loss, rate, eta, tau);
     events_->AddScalar("train/loss", d.step, d.loss);
     events_->AddScalar("train/lr", d.step, d.lr);
-    events_->AddScalar("train/tau", d.step, t_.config.loss().tau());
+    events_->AddScalar("train/tau", d.step, tau);
     events_->AddScalar("train/images_per_second", d.step, rate);
     const SimilaritySample& s = *d.sample;
     AddSimilarityHistograms(*events_, d.step, s.anchors, s.candidates, s.positive, s.exclude);
@@ -397,6 +425,23 @@ int64_t PauseStep(double fraction, int64_t total_steps) {
 // The steps from state.step to the end, each followed by the observers, with a checkpoint (and result.json) every
 // checkpoint_every_steps, at the end, on a stop request and at `pause_step` (0: none). A run resumed at or beyond
 // its pause step pauses before any step.
+// The step's views. A streamed file that became unreadable mid-run fails one rank's input: every rank learns it
+// before the step's collectives, and the job ends together with one sentence naming the file and the step (the
+// last checkpoint stays as it was). In-memory data cannot fail here and skips the agreement's all-reduce.
+StepInput NextInput(Run& t, Prefetcher& inputs, int64_t step) {
+  if (!t.train.streamed()) return inputs.Next();
+  StepInput input;
+  Collectively([&] {
+    try {
+      input = inputs.Next();
+    } catch (const UserError& e) {
+      throw UserError(std::string(e.what()) + " (read for global step " + std::to_string(step + 1) +
+                      "; data.skip_bad_images: true replaces such images)");
+    }
+  });
+  return input;
+}
+
 StepsEnd TrainSteps(Run& t, TrainingState& state, int64_t pause_step, const std::vector<StepObserver*>& observers,
                     ResultFile& file) {
   if (pause_step > 0 && state.step >= pause_step) return StepsEnd::kPaused;
@@ -410,12 +455,10 @@ StepsEnd TrainSteps(Run& t, TrainingState& state, int64_t pause_step, const std:
     const double lr = LearningRate(t.config.optim(), step, t.steps_per_epoch, t.total_steps);
     SimilaritySample sample;
     const bool log = comm::Rank() == 0 && IsLogStep(t, step + 1);
-    const double loss = Step(t.learner, *t.negatives, inputs.Next(), lr, log ? &sample : nullptr);
-    if (!std::isfinite(loss)) throw NonFiniteLoss(loss, step, epoch, lr, t.config.loss().tau());
+    const double loss = Step(t.learner, *t.negatives, NextInput(t, inputs, step), lr, log ? &sample : nullptr);
+    if (!std::isfinite(loss)) throw NonFiniteLoss(loss, step, epoch, lr, CurrentTau(t.learner));
     ++step;
-    StepLoss* entry = result.add_step_loss();
-    entry->set_step(step);
-    entry->set_loss(loss);
+    RecordStepLoss(t, step, loss, &result);
     for (StepObserver* observer : observers) observer->AfterStep({step, epoch, loss, lr, log ? &sample : nullptr});
     const bool stop = StopRequested();
     const bool pause = step == pause_step;
@@ -443,7 +486,7 @@ void StartResult(Run& t, int64_t step, RunResult* result, ResultFile& file) {
   const EvalConfig& eval = t.config.eval();
   if (eval.at_init()) *result->mutable_initial() = EvaluateAndReport(t, "at initialisation");
   if (eval.raw_pixel_knn() && comm::Rank() == 0) {
-    result->set_raw_pixel_knn_top1(RawPixelKnnTop1(t.train, t.test, eval));
+    result->set_raw_pixel_knn_top1(RawPixelKnnTop1(t.train, t.test, t.config));
   }
   if (eval.at_init() || eval.raw_pixel_knn()) WaitForRankZero(t.config);
 }
@@ -456,7 +499,7 @@ void SaveEvaluatedModel(Run& t, const EvaluatedSets& sets) {
   const std::string& dir = t.config.out_dir();
   SaveModel(dir + "/model.pt", t.learner.encoder);
   SaveBackbone(dir + "/backbone.pth", t.learner.encoder, t.config.model(),
-               UsesImageNetStem(t.config.model(), t.train.images.size(2)));
+               UsesImageNetStem(t.config.model(), ImageSizeOf(t.config.data())));
   if (t.config.eval().save_embeddings()) {
     MakeDirectories(dir + "/embeddings", "embeddings directory");
     SaveEmbeddings(dir + "/embeddings/train_", sets.train, t.train);
@@ -523,6 +566,10 @@ RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options,
     case StepsEnd::kPaused:
       PauseResult(t, state.step, &result);
       break;
+  }
+  if (t.train.streamed()) {  // images replaced because they could not be read (data.skip_bad_images)
+    const auto bad = static_cast<double>(t.train.files->bad.load() + t.test.files->bad.load());
+    result.set_bad_images(result.bad_images() + static_cast<int64_t>(comm::AllReduceSum(bad)));
   }
   result.set_wall_seconds(wall_before + SecondsSince(run_start));
   file.Write(result);

@@ -1,10 +1,10 @@
-// CIFAR-10 and CIFAR-100 binary readers (trainer/data.h): the input is the test split of both. UserError or a data
+// CIFAR-10 and CIFAR-100 binary readers (trainer/data/data.h): the input is the test split of both. UserError or a data
 // set, nothing else.
 #include <cstdint>
 
 #include "tests/fuzz/fuzz_common.h"
 #include "tests/fuzz/fuzz_dir.h"
-#include "trainer/data.h"
+#include "trainer/data/data.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static tempered::fuzz::InputDir dir;

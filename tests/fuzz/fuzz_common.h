@@ -3,7 +3,7 @@
 // sanitizer report — reaches libFuzzer, which reports it and keeps the input.
 #pragma once
 
-#include "trainer/errors.h"
+#include "common/errors.h"
 
 namespace tempered::fuzz {
 

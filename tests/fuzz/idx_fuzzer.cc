@@ -1,10 +1,10 @@
-// IDX readers (trainer/data.h): every input, gzipped or plain, either reads or throws UserError. Anything else (a
+// IDX readers (trainer/data/data.h): every input, gzipped or plain, either reads or throws UserError. Anything else (a
 // crash, a sanitizer report, another exception escaping, a CHECK, an allocation far beyond the input) is a bug.
 #include <cstdint>
 
 #include "tests/fuzz/fuzz_common.h"
 #include "tests/fuzz/fuzz_input.h"
-#include "trainer/data.h"
+#include "trainer/data/data.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static tempered::fuzz::InputFile file;

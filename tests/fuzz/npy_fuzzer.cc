@@ -1,9 +1,9 @@
-// .npy reader (trainer/npy.h) and the checks tempered-analyze applies on top: UserError or a tensor, nothing else.
+// .npy reader (trainer/io/npy.h) and the checks tempered-analyze applies on top: UserError or a tensor, nothing else.
 #include <cstdint>
 
-#include "trainer/npy.h"
 #include "tests/fuzz/fuzz_common.h"
 #include "tests/fuzz/fuzz_input.h"
+#include "trainer/io/npy.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static tempered::fuzz::InputFile file;

@@ -1,4 +1,4 @@
-// tempered-train's config path (trainer/config.h): ReadRunConfig, the flag overrides (SetFieldByPath), ResolveConfig,
+// tempered-train's config path (common/config.h): ReadRunConfig, the flag overrides (SetFieldByPath), ResolveConfig,
 // ValidateConfig, and the JSON mapping a valid config is saved with. UserError or a valid config, nothing else.
 //
 // Flag overrides ride in the input as comment lines "#set path=value" (the text-format parser skips them), so one
@@ -7,9 +7,9 @@
 #include <sstream>
 #include <string>
 
+#include "common/config.h"
 #include "tests/fuzz/fuzz_common.h"
 #include "tests/fuzz/fuzz_input.h"
-#include "trainer/config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static tempered::fuzz::InputFile file;

@@ -1,11 +1,11 @@
-// SVHN reader (trainer/data.h, matio underneath): the input is test_32x32.mat. UserError or a data set, nothing
+// SVHN reader (trainer/data/data.h, matio underneath): the input is test_32x32.mat. UserError or a data set, nothing
 // else. matio is Debian's uninstrumented library: ASan sees its heap through malloc, and a crash inside it is still
 // a crash of tempered-train on a bad file.
 #include <cstdint>
 
 #include "tests/fuzz/fuzz_common.h"
 #include "tests/fuzz/fuzz_dir.h"
-#include "trainer/data.h"
+#include "trainer/data/data.h"
 
 // matio allocates whatever a damaged header declares before reading it (a truncated 2 KB file made
 // Mat_VarReadInfo malloc 2 GB): not a crash, and bounded by the format's 32-bit sizes, but it would stop every run

@@ -1,8 +1,8 @@
-// tempered-sweep's spec path (launch/sweep_spec.h): ReadSweepSpec, ResolveSweepSpec, ValidateSweepSpec (which expands
+// tempered-sweep's spec path (launch/sweep/sweep_spec.h): ReadSweepSpec, ResolveSweepSpec, ValidateSweepSpec (which expands
 // and validates every grid point) on a 2-core machine. UserError or a valid grid, nothing else.
 #include <cstdint>
 
-#include "launch/sweep_spec.h"
+#include "launch/sweep/sweep_spec.h"
 #include "tests/fuzz/fuzz_common.h"
 #include "tests/fuzz/fuzz_input.h"
 
