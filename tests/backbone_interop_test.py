@@ -30,11 +30,14 @@ def readme_loaders():
     return runpy.run_path(os.path.join(SOURCE, "examples", "load_backbone.py"))
 
 
-def fashion_mnist_test_images(n):
-    """The first n test images as stored: uint8 (n, 1, 28, 28) (IDX: a 16-byte header, then the pixels)."""
+def fashion_mnist_test_images(rows):
+    """The test images at file positions `rows`, as stored: uint8 (len(rows), 1, 28, 28) (IDX: a 16-byte header,
+    then the pixels)."""
+    n = int(max(rows)) + 1
     with gzip.open(os.path.join(FASHION_MNIST, "t10k-images-idx3-ubyte.gz")) as f:
         data = f.read(16 + n * 28 * 28)
-    return torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).reshape(n, 1, 28, 28)
+    images = torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).reshape(n, 1, 28, 28)
+    return images[torch.as_tensor(rows, dtype=torch.long)]
 
 
 class BackboneInteropTest(unittest.TestCase):
@@ -50,7 +53,9 @@ class BackboneInteropTest(unittest.TestCase):
     def assert_same_features(self, out_dir, model):
         ours = torch.from_numpy(np.load(os.path.join(out_dir, "embeddings", "test_features.npy")))
         with torch.no_grad():
-            theirs = model(self.readme["preprocess"](fashion_mnist_test_images(ours.shape[0])))
+            # The rows Tempered embedded: data.test_subset is a class-stratified sample, its file positions saved.
+            rows = np.load(os.path.join(out_dir, "embeddings", "test_indices.npy"))
+            theirs = model(self.readme["preprocess"](fashion_mnist_test_images(rows)))
         self.assertEqual(tuple(theirs.shape), tuple(ours.shape))
         self.assertGreater(ours.std().item(), 0, "constant features would compare equal for the wrong reason")
         relative = ((theirs - ours).norm() / ours.norm()).item()

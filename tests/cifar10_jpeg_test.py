@@ -55,6 +55,29 @@ class Cifar10JpegTest(unittest.TestCase):
             np.testing.assert_array_equal(indices // (total // 10), labels)
         self.assertGreater(final["knn_top1"], 10.0 + 5.0, "above chance after 4 steps")
 
+    def test_the_papers_cifar10_setting_runs_on_the_jpeg_files(self):
+        """specs/paper_cifar10.pbtxt's base (ResNet-18, memory bank, hard negatives) on the JPEG folder, a few steps
+        on a subset: the paper's own setting runs on the paper's own data (its cost: docs/experiments/cifar10.md)."""
+        out = os.path.join(self.root, "paper")
+        spec = os.path.join(SOURCE, "specs", "paper_cifar10.pbtxt")
+        with open(spec) as f:
+            text = f.read()
+        base = text[text.index("base {"):text.index("\n}\n", text.index("base {")) + 3]
+        config = os.path.join(self.root, "paper.pbtxt")
+        with open(config, "w") as f:
+            f.write(base.replace("base {", "", 1).rsplit("}", 1)[0])
+        proc = run_train(2, ["--config", config, "--dataset", "imagefolder", "--data_dir", self.root,
+                             "--image_size", "32", "--eval_crop_fraction", "1", "--device", "cpu",
+                             "--loss", "hard", "--hard_k", "64", "--tau", "0.7", "--train_subset", "512",
+                             "--test_subset", "128", "--batch_size", "64", "--max_steps", "3",
+                             "--linear_epochs", "1", "--curve_train_samples", "0", "--out_dir", out], timeout=600)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        result = read_result(out)
+        self.assertEqual(result["status"], "FINISHED")
+        self.assertEqual(result["config"]["model"]["arch"], "RESNET18")
+        self.assertEqual(result["config"]["loss"]["negatives"], "MEMORY_BANK")
+        self.assertEqual(int(result["global_steps"]), 3)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -29,7 +29,7 @@ BINARIES = {
 }
 # Flags of other tools that the docs name on their own in a code span: mpirun, sbatch, docker run, ctest (through
 # tests/run.sh), docker/install-deps.sh. Flags given to a Tempered binary are never looked up here.
-OTHER_TOOLS_FLAGS = {"allow-run-as-root", "oversubscribe", "mca", "hostfile",  # mpirun
+OTHER_TOOLS_FLAGS = {"allow-run-as-root", "oversubscribe", "mca", "hostfile", "bind-to",  # mpirun
                      "gpus-per-task",  # sbatch
                      "shm-size", "network", "ipc", "ulimit",  # docker run
                      "label-regex",  # ctest
@@ -146,6 +146,7 @@ class Validator:
     """Parses a pbtxt block with protoc's Python classes and has tempered-sweep validate it."""
 
     def __init__(self, tmp):
+        os.makedirs(tmp, exist_ok=True)
         subprocess.run(["protoc", f"--proto_path={os.path.join(SOURCE, 'proto')}", f"--python_out={tmp}",
                         "tempered.proto"], check=True)
         sys.path.insert(0, tmp)

@@ -17,10 +17,10 @@ ANALYZE = os.path.join(BIN, "launch", "tempered-analyze")
 TRAIN_ROWS, TEST_ROWS, METRIC_ROWS = 301, 101, 60  # odd: the two ranks embed blocks of different sizes
 
 
-def idx_labels(name, n):
-    """The first n labels of a Fashion-MNIST IDX label file (an 8-byte header, then one byte per label)."""
+def idx_labels(name):
+    """The labels of a Fashion-MNIST IDX label file (an 8-byte header, then one byte per label)."""
     with gzip.open(os.path.join(FASHION_MNIST, name)) as f:
-        return np.frombuffer(f.read(8 + n)[8:], dtype=np.uint8).astype(np.int64)
+        return np.frombuffer(f.read()[8:], dtype=np.uint8).astype(np.int64)
 
 
 class SavedEmbeddingsTest(unittest.TestCase):
@@ -47,8 +47,7 @@ class SavedEmbeddingsTest(unittest.TestCase):
         return np.load(os.path.join(self.out_dir, "embeddings", name + ".npy"))
 
     def test_every_array_holds_the_rows_the_evaluation_used(self):
-        labels = {"train": idx_labels("train-labels-idx1-ubyte.gz", TRAIN_ROWS),
-                  "test": idx_labels("t10k-labels-idx1-ubyte.gz", TEST_ROWS)}
+        labels = {"train": idx_labels("train-labels-idx1-ubyte.gz"), "test": idx_labels("t10k-labels-idx1-ubyte.gz")}
         for split, rows in (("train", TRAIN_ROWS), ("test", TEST_ROWS)):
             with self.subTest(split=split):
                 features, embeddings = self.load(split + "_features"), self.load(split + "_embeddings")
@@ -60,8 +59,13 @@ class SavedEmbeddingsTest(unittest.TestCase):
                 self.assertGreaterEqual(features.min(), 0.0)
                 self.assertFalse(np.allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-3))
                 np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
-                np.testing.assert_array_equal(self.load(split + "_indices"), np.arange(rows, dtype=np.int64))
-                np.testing.assert_array_equal(self.load(split + "_labels"), labels[split])
+                # data.*_subset is a class-stratified sample: its rows' file positions, ascending, and their labels.
+                indices = self.load(split + "_indices")
+                self.assertEqual(indices.dtype, np.int64)
+                self.assertTrue(np.all(np.diff(indices) > 0))
+                self.assertGreater(indices.max(), rows, "not the first rows of the file")
+                np.testing.assert_array_equal(self.load(split + "_labels"), labels[split][indices])
+                self.assertEqual(len(set(labels[split][indices].tolist())), 10, "every class")
         # Not rows of one rank repeated: the second rank's block differs from the first's.
         embeddings = self.load("train_embeddings")
         self.assertFalse(np.allclose(embeddings[:TRAIN_ROWS // 2], embeddings[TRAIN_ROWS // 2:2 * (TRAIN_ROWS // 2)]))
@@ -75,7 +79,9 @@ class SavedEmbeddingsTest(unittest.TestCase):
     def test_result_names_the_arrays_each_metric_used(self):
         inputs = self.result["final"]["inputs"]
         self.assertEqual(inputs, {"knn": "embeddings", "linear": "features", "uniformity_tolerance": "embeddings",
-                                  "alignment_separation_entropy": "augmented_view_embeddings"})
+                                  "alignment_separation_entropy": "augmented_view_embeddings",
+                                  "metric_samples": f"class-stratified {METRIC_ROWS} of {TEST_ROWS}",
+                                  "knn_samples": f"all {TRAIN_ROWS} training, all {TEST_ROWS} test images"})
         # The named arrays give the run's own kNN top-1 (the trainer's weighted kNN, written again in numpy).
         knn = self.result["config"]["eval"]
         train = self.load("train_" + inputs["knn"]).astype(np.float64)

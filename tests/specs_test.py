@@ -166,6 +166,7 @@ class SpecsTest(unittest.TestCase):
         self.assertIn(1, spec.seed)  # the paper's table is one run per cell
         self.assertEqual(len(spec.hard_k), 0)
         self.assertEqual(len(spec.axis), 0)
+        self.assertEqual(spec.gpus_per_rank, 1, "each concurrent run on a GPU of its own")
         self.check_parses_as_written(name)
         results = self.dry_run(name)
         for run, result in results.items():
@@ -217,6 +218,7 @@ class SpecsTest(unittest.TestCase):
             for axis in spec.axis:
                 del axis.values[1:]
             spec.ranks_per_run, spec.threads_per_rank, spec.max_parallel_runs = 1, 1, 2
+            spec.gpus_per_rank = 0  # the paper specs ask for a GPU per rank; the dry run is on the CPU
             spec.core_budget, spec.max_attempts = 0, 1
             spec.backend = self.pb.SweepSpec.LOCAL
             spec_path = os.path.join(tmp, "dry.pbtxt")

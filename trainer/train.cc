@@ -68,8 +68,8 @@ void Collectively(const std::function<void()>& fn) {
     if (error.empty()) error = "unknown error";
   }
   const int first_failed = comm::FirstFailedRank(!error.empty());
-  if (first_failed >= 0) {
-    throw CollectiveError(error.empty() ? "another rank failed" : error, comm::Rank() == first_failed);
+  if (first_failed >= 0) {  // every rank throws the failing rank's sentence: rank 0 records it in result.json
+    throw CollectiveError(comm::AllGatherStrings(error)[first_failed], comm::Rank() == first_failed);
   }
 }
 

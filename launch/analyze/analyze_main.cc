@@ -16,6 +16,7 @@
 #include "launch/analyze/analyze.h"
 #include "launch/sweep/sweep_spec.h"
 #include "trainer/io/npy.h"
+#include "trainer/data/data.h"
 
 DEFINE_string(views, "", "two .npy files A,B of shape (N, d): row i of A and row i of B are the two views of sample i "
                          "(also written as --views A.npy B.npy)");
@@ -35,8 +36,8 @@ DEFINE_int32(points, 201, "penalty: number of negatives, similarities evenly spa
 DEFINE_string(out_dir, "", "penalty: write penalty.tsv and penalty.png (gnuplot) to this directory");
 DEFINE_string(embeddings, "", "metrics: .npy (n, d) embeddings for uniformity and tolerance");
 DEFINE_string(labels, "", "metrics: .npy (n) integer class labels of --embeddings");
-DEFINE_int64(rows, 0, "metrics: use the first R rows of --embeddings and --labels only (0: all), as a run's "
-                      "metric_samples");
+DEFINE_int64(rows, 0, "metrics: use R rows of --embeddings and --labels only (0: all): the class-stratified "
+                      "sample a run with eval.metric_samples R draws from its test rows");
 
 namespace tempered {
 namespace {
@@ -250,9 +251,10 @@ void RunMetrics() {
     throw UserError("--rows " + std::to_string(FLAGS_rows) + " must be 0 (all) or in [2, " +
                     std::to_string(embeddings.size(0)) + "], the rows of " + FLAGS_embeddings + ".");
   }
-  if (FLAGS_rows > 0) {
-    embeddings = embeddings.slice(0, 0, FLAGS_rows);
-    labels = labels.slice(0, 0, FLAGS_rows);
+  if (FLAGS_rows > 0) {  // the trainer's metric sample: StratifiedSample is a function of the labels alone
+    const torch::Tensor rows = torch::tensor(StratifiedSample(labels, FLAGS_rows), torch::kInt64);
+    embeddings = embeddings.index_select(0, rows);
+    labels = labels.index_select(0, rows);
   }
   torch::Tensor a, b;
   if (!FLAGS_views.empty()) std::tie(a, b) = ReadViews();

@@ -92,7 +92,7 @@ Embedded EmbedAll(Encoder& encoder, const Dataset& data, const DataConfig& confi
   const int first_failed = comm::FirstFailedRank(!error.empty());
   if (first_failed >= 0) {
     encoder->train(was_training);
-    throw CollectiveError(error.empty() ? "another rank failed" : error, comm::Rank() == first_failed);
+    throw CollectiveError(comm::AllGatherStrings(error)[first_failed], comm::Rank() == first_failed);
   }
   encoder->train(was_training);
   // Only rank 0 evaluates: the other ranks would each hold the whole set for nothing.
