@@ -75,7 +75,7 @@ def svhn_seeds():
 
 
 def sweep_spec_seeds():
-    with open(os.path.join(SOURCE, "launch", "sweep_spec.cc")) as f:
+    with open(os.path.join(SOURCE, "launch", "sweep", "sweep_spec.cc")) as f:
         default = re.search(r'R"pb\((.*?)\)pb"', f.read(), re.S).group(1)
     return {"default": default.encode(),
             "axes": b'base { epochs: 1 batch_size: 64 }\nloss: ["hard"]\nhard_k: [4, 8]\nseed: [1, 2]\n'

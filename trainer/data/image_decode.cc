@@ -58,7 +58,8 @@ void CheckJpegComplete(const std::vector<uint8_t>& bytes, const std::string& pat
 
 void CheckPixels(const ImageSize& size, const std::string& path) {
   if (size.height <= 0 || size.width <= 0) throw UserError(path + " declares an empty image.");
-  if (size.height * size.width > kMaxImagePixels) {
+  // Each side first: a header can declare 2^32 - 1 by 2^32 - 1, whose product overflows (found by the fuzzer).
+  if (size.height > kMaxImagePixels || size.width > kMaxImagePixels || size.height * size.width > kMaxImagePixels) {
     throw UserError(path + " declares " + std::to_string(size.width) + " x " + std::to_string(size.height) +
                     " pixels, more than the " + std::to_string(kMaxImagePixels) +
                     " an image may have (a decompression bomb, or not a photograph).");
