@@ -53,8 +53,8 @@ def torchvision_views_per_second(root, image_size, batch, batches, workers):
         T.ToTensor(),
     ])
     data = ImageFolder(os.path.join(root, "train"), transform=lambda image: (view(image), view(image)))
-    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False, num_workers=workers,
-                                         persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
+    extra = {"persistent_workers": True, "prefetch_factor": 2} if workers else {}  # torch 1.13 refuses them at 0
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False, num_workers=workers, **extra)
     start, seen = None, 0
     for i, ((a, b), _) in enumerate(loader):
         if i == 0:
