@@ -122,7 +122,7 @@ TEST_F(BackboneExportTest, WithoutNormEveryConvHasABias) {
             TorchvisionResNetNames({3, 4, 6, 3}, true, ModelConfig::NONE));
 }
 
-// The small CNN keeps its Sequential's indices: conv, bn, ReLU four times (README's nn.Sequential).
+// The small CNN keeps its Sequential's indices: conv, bn, ReLU four times (examples/load_backbone.py's nn.Sequential).
 TEST_F(BackboneExportTest, SmallCnnIsTheReadmesSequential) {
   std::vector<std::string> expected;
   for (int conv = 0; conv < 4; ++conv) {

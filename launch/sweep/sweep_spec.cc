@@ -22,7 +22,7 @@ namespace pb = google::protobuf;
 // Sized for about 22 minutes on 2 cores (measured: 22 min 23 s): 38 runs (19 grid points x 2 seeds), two at a time
 // (one rank and one thread each: two independent runs use 2 cores better than one run over 2 ranks). The grid covers the paper's claims 3-9
 // (docs/paper.md §7): tau for infonce and hard, plus simple, hard_simple and nearest, which do not depend on tau and run
-// once per seed. The one-epoch warm-up is measured (README "What the temperature does here"): without it the first
+// once per seed. The one-epoch warm-up is measured (docs/experiments/fashion-mnist.md): without it the first
 // steps at small tau, whose gradients are ~1/tau, inflate the scale-invariant weights 2-3x and slow all later
 // learning. Three epochs are far from the paper's 200: the report marks a claim whose metric is still moving as
 // "not converged"; specs/paper_fashion_mnist.pbtxt is the long run.
