@@ -248,17 +248,18 @@ Dataset ReadCifarBinary(const std::vector<std::string>& paths, int64_t record_by
   return data;
 }
 
-// data.storage: an image folder in memory (MEMORY, or AUTO within kMemoryStorageBudget) or streamed.
-bool KeepInMemory(const DataConfig& config, const std::string& dir) {
+// data.storage: an image folder in memory (MEMORY, or AUTO within kMemoryStorageBudget) or streamed. `listed`:
+// this split, listed already; AUTO lists the other split only to count its files.
+bool KeepInMemory(const DataConfig& config, const std::string& dir, bool train, const Dataset& listed) {
   if (config.storage() != DataConfig::AUTO) return config.storage() == DataConfig::MEMORY;
   const int64_t size = ImageFolderOptionsFrom(config).image_size;
-  const int64_t images = ListImageFolder(dir, true).size() + ListImageFolder(dir, false).size();
+  const int64_t images = listed.size() + ListImageFolder(dir, !train).size();
   return images * 3 * size * size <= kMemoryStorageBudget;
 }
 
 Dataset LoadImageFolderFor(const std::string& dir, bool train, const DataConfig& config) {
-  if (KeepInMemory(config, dir)) return LoadImageFolder(dir, train, ImageFolderOptionsFrom(config));
   Dataset data = ListImageFolder(dir, train);
+  if (KeepInMemory(config, dir, train, data)) return DecodeImageFolder(std::move(data), ImageFolderOptionsFrom(config));
   std::const_pointer_cast<ImageFiles>(data.files)->skip_bad = config.skip_bad_images();
   return data;
 }

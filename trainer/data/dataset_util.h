@@ -14,4 +14,9 @@ void CheckLabelRange(const torch::Tensor& labels, int64_t num_classes, const std
 // The size of a file, or UserError naming it when it is missing or not a regular file.
 int64_t FileSize(const std::string& path);
 
+struct Dataset;
+struct ImageFolderOptions;
+// LoadImageFolder on a folder ListImageFolder has listed already (its files decoded into memory).
+Dataset DecodeImageFolder(Dataset listed, const ImageFolderOptions& options);
+
 }  // namespace tempered

@@ -122,8 +122,11 @@ Dataset ListImageFolder(const std::string& dir, bool train) {
 }
 
 Dataset LoadImageFolder(const std::string& dir, bool train, const ImageFolderOptions& options) {
+  return DecodeImageFolder(ListImageFolder(dir, train), options);
+}
+
+Dataset DecodeImageFolder(Dataset data, const ImageFolderOptions& options) {
   CHECK_GT(options.image_size, 0);
-  Dataset data = ListImageFolder(dir, train);
   const std::vector<std::string>& paths = data.files->paths;
   const int64_t size = options.image_size, count = data.size();
   data.images = torch::empty({count, 3, size, size}, torch::kUInt8);

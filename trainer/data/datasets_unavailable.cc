@@ -2,6 +2,7 @@
 // no OpenCV): those data sets then fail with a clear message.
 #include "trainer/data/data.h"
 #include "common/errors.h"
+#include "trainer/data/dataset_util.h"
 #include "trainer/data/image_decode.h"
 
 namespace tempered {
@@ -21,6 +22,7 @@ namespace {
 
 Dataset LoadImageFolder(const std::string& dir, bool train, const ImageFolderOptions& options) { NoImageFolders(); }
 Dataset ListImageFolder(const std::string& dir, bool train) { NoImageFolders(); }
+Dataset DecodeImageFolder(Dataset listed, const ImageFolderOptions& options) { NoImageFolders(); }
 std::vector<uint8_t> ReadImageBytes(const std::string& path) { NoImageFolders(); }
 ImageSize ReadImageSize(const std::vector<uint8_t>& bytes, const std::string& path) { NoImageFolders(); }
 DecodedImage DecodeImage(const std::vector<uint8_t>& bytes, const std::string& path, int64_t min_height,
