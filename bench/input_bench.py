@@ -9,6 +9,9 @@
   input_memory    peak RSS of rank 0 of a 2-rank streamed run (tempered-train, RunResult.train_peak_rss_mib) on a
                   generated folder of 100,000 images against one of 10,000. Target: <= 1.1 (memory storage grows
                   with the images; streaming must not).
+  input_wait      the share of a 2-rank ResNet-50 step at 224 px (streamed folder of generated 500 x 375 JPEGs,
+                  two views, one thread per rank, data.prefetch_steps 1) that rank 0 waits for its views: the
+                  "input wait" of tempered-train's progress lines after the first. Target: <= 0.05.
 
 Prints "TARGET <name> <ratio> <target> PASS|FAIL" lines for bench/run.sh.
 """
@@ -111,15 +114,35 @@ def input_memory(args):
     print(f"TARGET input_memory {ratio:.3f} <=1.1 {'PASS' if ratio <= 1.1 else 'FAIL'}")
 
 
+def input_wait(args):
+    steps, log_every = (6, 2) if args.quick else (12, 3)
+    with tempfile.TemporaryDirectory(prefix="tempered-wait-") as root:
+        write_folder(root, classes=10, per_class=16, size=(500, 375), quality=90, val_per_class=2)
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        cmd = [args.mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2",
+               os.path.join(args.build, "trainer", "tempered-train"), "--threads", "1", "--dataset", "imagefolder",
+               "--data_dir", root, "--storage", "stream", "--image_size", "224", "--model", "resnet50",
+               "--batch_size", "16", "--prefetch_steps", "1", "--workers", "1", "--max_steps", str(steps),
+               "--log_every_steps", str(log_every), "--curve_train_samples", "0", "--linear_epochs", "0",
+               "--test_subset", "16", "--out_dir", os.path.join(root, "run")]
+        proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stderr.splitlines() if " input wait " in line]
+    waits = [int(line.split(" input wait ")[1].split("%")[0]) / 100 for line in lines]
+    for line in lines:
+        print(line[line.index("step "):])
+    worst = max(waits[1:])  # the first window holds the first step's views, made before any step could hide them
+    print(f"TARGET input_wait {worst:.2f} <=0.05 {'PASS' if worst <= 0.05 else 'FAIL'}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["input_pipeline", "input_memory"])
+    parser.add_argument("which", choices=["input_pipeline", "input_memory", "input_wait"])
     parser.add_argument("--build", default="build")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--mpirun", default="mpirun")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    {"input_pipeline": input_pipeline, "input_memory": input_memory}[args.which](args)
+    {"input_pipeline": input_pipeline, "input_memory": input_memory, "input_wait": input_wait}[args.which](args)
 
 
 if __name__ == "__main__":

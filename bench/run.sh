@@ -46,5 +46,6 @@ run_bench loss "$BUILD/bench/loss_bench" --device="$DEVICE" --out="$OUT/loss.txt
 # The input pipeline: CPU targets, driven by bench/input_bench.py (torchvision's pipeline is the baseline).
 [ "$DEVICE" = cpu ] && run_bench input_pipeline /usr/bin/python3 bench/input_bench.py input_pipeline --build "$BUILD"
 [ "$DEVICE" = cpu ] && run_bench input_memory /usr/bin/python3 bench/input_bench.py input_memory --build "$BUILD"
+[ "$DEVICE" = cpu ] && run_bench input_wait /usr/bin/python3 bench/input_bench.py input_wait --build "$BUILD"
 
 exit $status

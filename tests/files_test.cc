@@ -1,4 +1,5 @@
-// common/files.h: atomic writes, directories and the locks that keep a second writer off a run directory.
+// common/files.h: atomic writes, directories and the locks that keep a second writer off a run directory; and
+// common/utf8.h: file names that are not UTF-8, as messages show them.
 #include "common/files.h"
 
 #include <gtest/gtest.h>
@@ -10,6 +11,7 @@
 #include <memory>
 
 #include "common/errors.h"
+#include "common/utf8.h"
 
 namespace tempered {
 namespace {
@@ -101,6 +103,25 @@ TEST_F(FilesTest, TheLockDiesWithItsProcess) {
   EXPECT_FALSE(FileLockHeld(path));
   ::close(ready[0]);
   ::close(ready[1]);
+}
+
+TEST(Utf8SafeTest, ValidTextIsUnchanged) {
+  for (const std::string text : {"", "/data/train/n01440764/a.JPEG", "caf\xC3\xA9", "\xE2\x82\xAC 5", "\xF0\x9F\x98\x80",
+                                 "\xEF\xBF\xBF", "\xF4\x8F\xBF\xBF"}) {
+    EXPECT_EQ(Utf8Safe(text), text);
+  }
+}
+
+TEST(Utf8SafeTest, EveryByteOutsideAValidSequenceIsEscaped) {
+  EXPECT_EQ(Utf8Safe("caf\xE9.jpg"), "caf\\xE9.jpg");               // Latin-1
+  EXPECT_EQ(Utf8Safe("\xFF\xFE"), "\\xFF\\xFE");                     // never in UTF-8
+  EXPECT_EQ(Utf8Safe("\xC3"), "\\xC3");                              // cut short at the end
+  EXPECT_EQ(Utf8Safe("\xC3x"), "\\xC3x");                            // cut short in the middle
+  EXPECT_EQ(Utf8Safe("\xC0\xAF"), "\\xC0\\xAF");                     // overlong '/'
+  EXPECT_EQ(Utf8Safe("\xE0\x80\xAF"), "\\xE0\\x80\\xAF");            // overlong '/', three bytes
+  EXPECT_EQ(Utf8Safe("\xED\xA0\x80"), "\\xED\\xA0\\x80");            // a surrogate
+  EXPECT_EQ(Utf8Safe("\xF4\x90\x80\x80"), "\\xF4\\x90\\x80\\x80");   // above U+10FFFF
+  EXPECT_EQ(Utf8Safe("\x80 \xC3\xA9"), "\\x80 \xC3\xA9");            // a stray continuation byte, then valid text
 }
 
 }  // namespace

@@ -37,6 +37,36 @@ def wait_for_step(out_dir, step, proc, timeout=120):
     raise AssertionError("step %d not reached in %d s" % (step, timeout))
 
 
+def wait_for_text(path, text, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open(path) as f:
+            if text in f.read():
+                return
+        if proc.poll() is not None:
+            raise AssertionError("the run ended before it logged %r" % text)
+        time.sleep(0.05)
+    raise AssertionError("%r not logged in %d s" % (text, timeout))
+
+
+def write_slow_folder(root, links=12000):
+    """An image folder whose decoding takes over a minute on one thread: one 2400 x 1800 JPEG of noise (about 6 ms
+    to decode, at any DCT scale: the entropy decoding is the cost), hard-linked `links` times into each of two
+    classes of train/ and a few times into test/."""
+    import numpy as np
+    from PIL import Image  # Debian's python3-pil
+    original = os.path.join(root, "original.jpg")
+    os.makedirs(root)
+    pixels = np.random.default_rng(5).integers(0, 256, (1800, 2400, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(original, quality=90)
+    for split, count in (("train", links), ("test", 4)):
+        for label in ("a", "b"):
+            folder = os.path.join(root, split, label)
+            os.makedirs(folder)
+            for i in range(count):
+                os.link(original, os.path.join(folder, f"{i:05d}.jpg"))
+
+
 class ResumeTest(unittest.TestCase):
     def assert_same_run(self, reference_dir, resumed_dir):
         ref, res = read_result(reference_dir), read_result(resumed_dir)
@@ -71,6 +101,36 @@ class ResumeTest(unittest.TestCase):
             self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
             self.assertIn("resumed from", proc.stderr)
             self.assert_same_run(reference, resumed)
+
+    def test_stop_signal_during_setup(self):
+        """A stop while an image folder is decoded (minutes at ImageNet's size) ends the run within seconds on every
+        rank, INTERRUPTED in result.json, as a stop during training does: the sweep then resumes it without spending
+        an attempt, and Slurm's grace period before SIGKILL is not spent decoding."""
+        with TempDir() as tmp:
+            data, out = os.path.join(tmp, "data"), os.path.join(tmp, "out")
+            write_slow_folder(data)
+            log_path = os.path.join(tmp, "log.txt")
+            with open(log_path, "w") as log:
+                env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+                proc = subprocess.Popen([MPIRUN, *MPI_ARGS, "-np", "2", TRAIN, "--threads", "1", "--dataset",
+                                         "imagefolder", "--data_dir", data, "--storage", "memory", "--image_size",
+                                         "32", "--linear_epochs", "0", "--out_dir", out], stdout=log, stderr=log,
+                                        env=env, start_new_session=True)
+            # The config is logged after the signal handlers are installed, before the data is listed.
+            wait_for_text(log_path, "resolved config", proc)
+            time.sleep(1)  # into the decoding, which takes over a minute undisturbed (write_slow_folder)
+            signalled = time.time()
+            proc.send_signal(signal.SIGUSR1)  # what the sweep and the Slurm job script send: mpirun forwards it
+            returncode = proc.wait(timeout=120)
+            with open(log_path) as f:
+                text = f.read()
+            self.assertLess(time.time() - signalled, 20, text[-2000:])
+            self.assertIn(returncode, (1, 128 + signal.SIGTERM), text[-2000:])  # mpirun may say 1 for 143
+            self.assertRegex(text, r"stopped by a signal while (listing|decoding) .*; the run ends INTERRUPTED")
+            result = read_result(out)
+            self.assertEqual(result["status"], "INTERRUPTED")
+            self.assertEqual(int(result.get("global_steps", 0)), 0)
+            self.assertEqual(result["config"]["data"]["data_dir"], data)
 
     def test_sigkill_then_resume_from_last_checkpoint(self):
         with TempDir() as tmp:

@@ -1,6 +1,6 @@
 """Image folders streamed per rank (data.storage STREAM) under mpirun: the same losses at 1, 2 and 3 ranks with
 uneven shards, a file that turns bad mid-run ending every rank with one sentence (or replaced and counted with
-data.skip_bad_images), and threads per rank taken from the CPU affinity mask (taskset)."""
+data.skip_bad_images), file names that are not UTF-8, and threads per rank taken from the CPU affinity mask (taskset)."""
 import os
 import shutil
 import subprocess
@@ -91,6 +91,31 @@ class StreamedFolderTest(unittest.TestCase):
         self.assertEqual(result["status"], "FINISHED")
         self.assertGreaterEqual(int(result["bad_images"]), 1)
         self.assertIn("Replaced by a grey image", proc.stderr)
+
+    def test_file_names_that_are_not_utf8(self):
+        """File names are bytes on Linux: one named in Latin-1 trains like any other, and when it is bad the sentence
+        and result.json show its name with the byte that is not UTF-8 written as \\xE9 (common/utf8.h)."""
+        data = os.path.join(self.root, "latin1")
+        shutil.copytree(self.data, data)
+        folder = os.fsencode(os.path.join(data, "train", "c1"))
+        latin1 = folder + b"/caf\xe9.jpg"
+        os.rename(folder + b"/005.jpg", latin1)
+        out = os.path.join(self.root, "latin1-run")
+        proc = run_train(2, streamed_args(data, out))
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertEqual(read_result(out)["status"], "FINISHED")
+
+        with open(latin1, "rb") as f:
+            jpeg = f.read()
+        with open(latin1, "wb") as f:
+            f.write(jpeg[: len(jpeg) // 2])
+        proc = run_train(2, streamed_args(data, out + "-bad", "--epochs", "3"))
+        self.assertNotEqual(proc.returncode, 0)
+        shown = os.path.join(data, "train", "c1", "caf\\xE9.jpg")
+        self.assertIn(shown + " is truncated", proc.stderr)
+        result = read_result(out + "-bad")  # json.load reads UTF-8: the name is text there too
+        self.assertEqual(result["status"], "FAILED")
+        self.assertIn(shown, result["error"])
 
     def test_threads_follow_the_affinity_mask(self):
         if len(os.sched_getaffinity(0)) < 2:

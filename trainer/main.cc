@@ -14,6 +14,7 @@
 #include "comm/comm.h"
 #include "common/config.h"
 #include "common/flag_help.h"
+#include "common/utf8.h"
 #include "trainer/train.h"
 
 DEFINE_string(config, "", "RunConfig in protobuf text format (proto/tempered.proto); unset fields take the defaults "
@@ -208,11 +209,12 @@ int main(int argc, char** argv) {
     options.pause_at_fraction = FLAGS_pause_at_fraction;
     if (tempered::Train(config, options).status() == tempered::RunResult::INTERRUPTED) status = kExitInterrupted;
   } catch (const tempered::CollectiveError& e) {
-    if (e.report()) std::fprintf(stderr, "tempered-train: error: %s\n", e.what());
+    if (e.report()) std::fprintf(stderr, "tempered-train: error: %s\n", tempered::Utf8Safe(e.what()).c_str());
     status = 1;
   } catch (const std::exception& e) {
     // One rank failed alone: the others may be inside a collective, so take the whole job down.
-    std::fprintf(stderr, "tempered-train: error on rank %d: %s\n", tempered::comm::Rank(), e.what());
+    std::fprintf(stderr, "tempered-train: error on rank %d: %s\n", tempered::comm::Rank(),
+                 tempered::Utf8Safe(e.what()).c_str());
     if (tempered::comm::Size() > 1) tempered::comm::Abort(e.what());
     status = 1;
   }

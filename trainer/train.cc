@@ -24,6 +24,7 @@
 #include "comm/comm.h"
 #include "common/config.h"
 #include "common/files.h"
+#include "common/stop.h"
 #include "trainer/data/data.h"
 #include "trainer/data/prefetch.h"
 #include "trainer/device.h"
@@ -57,20 +58,42 @@ double PeakRssMib() {
   return 0;
 }
 
+// SIGTERM / SIGINT / SIGUSR1 set the stop flag (common/stop.h); every rank checks the maximum over ranks after each
+// step, so all stop together, and set-up work checks it between files. SIGUSR1: mpirun forwards it to every rank of
+// the job, on every node, while it answers a SIGTERM by killing them (SIGCONT, then SIGTERM and SIGKILL a second
+// apart); the Slurm job script turns Slurm's SIGTERM into one.
+void RequestStop(int) {
+  NoteStopSignal();
+  comm::NoteStopRequested();  // the watchdog records the failure if this rank is stuck in a collective
+}
+
+void InstallStopHandlers() {
+  std::signal(SIGTERM, RequestStop);
+  std::signal(SIGINT, RequestStop);
+  std::signal(SIGUSR1, RequestStop);
+}
+
+bool StopRequested() { return comm::AllReduceMax(StopSignalled() ? 1.0 : 0.0) > 0; }
+
 // Runs `fn` on every rank. If it threw on any rank, every rank throws CollectiveError (the lowest failing rank
-// reports its own message), so a setup failure on one rank never leaves the others waiting in a collective.
+// reports its own message), so a setup failure on one rank never leaves the others waiting in a collective; if a
+// stop signal interrupted it on any rank, every rank throws StoppedBySignal.
 void Collectively(const std::function<void()>& fn) {
-  std::string error;
+  std::string error, stopped_during;  // a stop signal on any rank stops every rank, with no error
   try {
     fn();
+  } catch (const StoppedBySignal& e) {
+    stopped_during = e.during();
   } catch (const std::exception& e) {
     error = e.what();
     if (error.empty()) error = "unknown error";
   }
+  if (comm::FirstFailedRank(!error.empty() || !stopped_during.empty()) < 0) return;
+  const int first_stopped = comm::FirstFailedRank(!stopped_during.empty());
+  if (first_stopped >= 0) throw StoppedBySignal(comm::AllGatherStrings(stopped_during)[first_stopped]);
+  // Every rank throws the failing rank's sentence: rank 0 records it in result.json.
   const int first_failed = comm::FirstFailedRank(!error.empty());
-  if (first_failed >= 0) {  // every rank throws the failing rank's sentence: rank 0 records it in result.json
-    throw CollectiveError(comm::AllGatherStrings(error)[first_failed], comm::Rank() == first_failed);
-  }
+  throw CollectiveError(comm::AllGatherStrings(error)[first_failed], comm::Rank() == first_failed);
 }
 
 // Everything the loop needs that does not change between steps.
@@ -178,17 +201,6 @@ void WaitForRankZero(const RunConfig& config) {
   comm::Barrier();
 }
 
-// Set by SIGTERM / SIGINT / SIGUSR1; every rank checks the maximum over ranks after each step, so all stop together.
-// SIGUSR1: mpirun forwards it to every rank of the job, on every node, while it answers a SIGTERM by killing them
-// (SIGCONT, then SIGTERM and SIGKILL a second apart); the Slurm job script turns Slurm's SIGTERM into one.
-std::atomic<bool> g_stop_requested{false};
-
-void RequestStop(int) {
-  g_stop_requested = true;
-  comm::NoteStopRequested();  // the watchdog records the failure if this rank is stuck in a collective
-}
-
-bool StopRequested() { return comm::AllReduceMax(g_stop_requested ? 1.0 : 0.0) > 0; }
 
 // RunResult.step_loss keeps the last max(kStepLossesKept, steps_per_epoch) steps (RecordEpoch needs the epoch's);
 // the oldest are dropped in batches, so the cost per step stays constant.
@@ -310,6 +322,7 @@ struct StepDone {
   int64_t step;   // global steps done, this one included
   int64_t epoch;  // the step's epoch, 0-based
   double loss, lr;
+  double input_wait_seconds;  // the step's wait for its views (the prefetch queue, or making them in place)
   const SimilaritySample* sample;  // at the steps that log (rank 0), else null
 };
 
@@ -331,14 +344,18 @@ class ProgressLog : public StepObserver {
 
   void AfterStep(const StepDone& d) override {
     ++window_steps_;
+    window_input_wait_ += d.input_wait_seconds;
     if (comm::Rank() != 0 || !IsLogStep(t_, d.step)) return;
     const double evaluated = evaluation_seconds_() - evaluation_seconds_at_start_;
-    const double rate = window_steps_ * t_.config.batch_size() / (SecondsSince(window_start_) - evaluated);
+    const double seconds = SecondsSince(window_start_) - evaluated;
+    const double rate = window_steps_ * t_.config.batch_size() / seconds;
+    const double input_wait = window_input_wait_ / seconds;
     const double eta = (t_.total_steps - d.step) * t_.config.batch_size() / rate;
     const int64_t epochs = (t_.total_steps + t_.steps_per_epoch - 1) / t_.steps_per_epoch;
     std::ostringstream line;
     line << "step " << d.step << "/" << t_.total_steps << "  epoch " << d.epoch + 1 << "/" << epochs << "  loss "
-         << d.loss << "  lr " << d.lr << "  " << static_cast<int64_t>(rate) << " img/s  ETA " << FormatDuration(eta);
+         << d.loss << "  lr " << d.lr << "  " << static_cast<int64_t>(rate) << " img/s  input wait "
+         << static_cast<int>(std::lround(100 * input_wait)) << "%  ETA " << FormatDuration(eta);
     ReportProgress(line.str(), static_cast<double>(d.step) / t_.total_steps);
     const double tau = CurrentTau(t_.learner);
     WriteProgress(t_.config, d.step, t_.total_steps, d.epoch + 1, d.loss, rate, eta, tau);
@@ -346,12 +363,14 @@ class ProgressLog : public StepObserver {
     events_->AddScalar("train/lr", d.step, d.lr);
     events_->AddScalar("train/tau", d.step, tau);
     events_->AddScalar("train/images_per_second", d.step, rate);
+    events_->AddScalar("train/input_wait_fraction", d.step, input_wait);
     const SimilaritySample& s = *d.sample;
     AddSimilarityHistograms(*events_, d.step, s.anchors, s.candidates, s.positive, s.exclude);
     events_->Flush();
     window_start_ = Clock::now();
     evaluation_seconds_at_start_ = evaluation_seconds_();
     window_steps_ = 0;
+    window_input_wait_ = 0;
   }
 
  private:
@@ -361,6 +380,7 @@ class ProgressLog : public StepObserver {
   Clock::time_point window_start_ = Clock::now();
   double evaluation_seconds_at_start_ = 0;
   int64_t window_steps_ = 0;
+  double window_input_wait_ = 0;  // of rank 0's steps in the window: "input wait" is its fraction of their time
 };
 
 // At the end of each epoch: its record in the result and its evaluation (EvaluateEpoch); between, the result's step
@@ -455,11 +475,16 @@ StepsEnd TrainSteps(Run& t, TrainingState& state, int64_t pause_step, const std:
     const double lr = LearningRate(t.config.optim(), step, t.steps_per_epoch, t.total_steps);
     SimilaritySample sample;
     const bool log = comm::Rank() == 0 && IsLogStep(t, step + 1);
-    const double loss = Step(t.learner, *t.negatives, NextInput(t, inputs, step), lr, log ? &sample : nullptr);
+    const Clock::time_point asked = Clock::now();
+    const StepInput input = NextInput(t, inputs, step);
+    const double input_wait = SecondsSince(asked);
+    const double loss = Step(t.learner, *t.negatives, input, lr, log ? &sample : nullptr);
     if (!std::isfinite(loss)) throw NonFiniteLoss(loss, step, epoch, lr, CurrentTau(t.learner));
     ++step;
     RecordStepLoss(t, step, loss, &result);
-    for (StepObserver* observer : observers) observer->AfterStep({step, epoch, loss, lr, log ? &sample : nullptr});
+    for (StepObserver* observer : observers) {
+      observer->AfterStep({step, epoch, loss, lr, input_wait, log ? &sample : nullptr});
+    }
     const bool stop = StopRequested();
     const bool pause = step == pause_step;
     if (stop || pause || step % checkpoint_every == 0 || step == t.total_steps) {
@@ -539,6 +564,7 @@ void PauseResult(Run& t, int64_t step, RunResult* result) {
 RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options, ResultFile& file) {
   const Clock::time_point run_start = Clock::now();
   at::set_num_threads(ThreadsPerRank(config));
+  InstallStopHandlers();  // before the set-up, which can take minutes (common/stop.h)
   if (comm::Rank() == 0) LogConfig(config);
   Run t = Setup(config);
   TrainingState state = Restore(t, options);
@@ -547,9 +573,6 @@ RunResult TrainAndEvaluate(const RunConfig& config, const TrainOptions& options,
   RunResult& result = state.result;
   const double wall_before = result.wall_seconds();  // of the attempts before a resume
   StartResult(t, state.step, &result, file);
-  std::signal(SIGTERM, RequestStop);
-  std::signal(SIGINT, RequestStop);
-  std::signal(SIGUSR1, RequestStop);
 
   t.learner.encoder->train();
   EpochLog epochs(t, result, events.get());
@@ -587,6 +610,12 @@ RunResult Train(const RunConfig& config, const TrainOptions& options) {
   ResultFile file(config);
   try {
     return TrainAndEvaluate(config, options, file);
+  } catch (const StoppedBySignal& e) {  // before the first step: nothing to checkpoint, the last checkpoint stays
+    if (comm::Rank() == 0) LOG(WARNING) << e.what() << "; the run ends INTERRUPTED before its first step";
+    file.Interrupted(config);
+    RunResult interrupted;
+    interrupted.set_status(RunResult::INTERRUPTED);
+    return interrupted;
   } catch (const std::exception& e) {
     // Rank 0 records the failure (a non-finite loss, an error of its own) before the error reaches main.
     file.Fail(e.what());

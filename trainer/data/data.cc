@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "common/errors.h"
+#include "common/utf8.h"
 #include "trainer/data/dataset_util.h"
 #include "trainer/data/image_decode.h"
 
@@ -692,7 +693,9 @@ StreamedImage ReadStreamedImage(const ImageFiles& files, int64_t row,
     image.decoded = DecodeImage(bytes, path, need.height, need.width);
   } catch (const UserError& e) {
     if (!files.skip_bad) throw;
-    if (files.bad.fetch_add(1) < 10) LOG(WARNING) << e.what() << " Replaced by a grey image (data.skip_bad_images).";
+    if (files.bad.fetch_add(1) < 10) {
+      LOG(WARNING) << Utf8Safe(e.what()) << " Replaced by a grey image (data.skip_bad_images).";
+    }
     image.original = {64, 64};
     image.decoded = {std::vector<uint8_t>(3 * 64 * 64, 128), 64, 64};
     image.replaced = true;

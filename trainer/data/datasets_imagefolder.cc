@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "common/stop.h"
 #include "trainer/data/data.h"
 #include "trainer/data/dataset_util.h"
 #include "trainer/data/image_decode.h"
@@ -106,6 +107,7 @@ Dataset ListImageFolder(const std::string& dir, bool train) {
       throw UserError(split_dir + "/" + name + " is a class folder that " + train_dir + " does not have.");
     }
     const std::string class_dir = split_dir + "/" + name;
+    if (StopSignalled()) throw StoppedBySignal("listing " + class_dir);
     const std::vector<std::string> names = SortedEntries(class_dir, /*want_folders=*/false);
     if (names.empty()) throw UserError(class_dir + " has no image files (.jpg, .jpeg, .png, ...).");
     for (const std::string& file : names) {
@@ -131,9 +133,12 @@ Dataset DecodeImageFolder(Dataset data, const ImageFolderOptions& options) {
   const int64_t size = options.image_size, count = data.size();
   data.images = torch::empty({count, 3, size, size}, torch::kUInt8);
   uint8_t* images = data.images.data_ptr<uint8_t>();
-  // Images are independent: decode them in parallel (at::parallel_for rethrows the first UserError here).
+  // Images are independent: decode them in parallel (at::parallel_for rethrows the first exception here).
   at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) DecodeInto(paths[i], size, images + i * 3 * size * size);
+    for (int64_t i = begin; i < end; ++i) {
+      if (StopSignalled()) throw StoppedBySignal("decoding " + paths[i]);
+      DecodeInto(paths[i], size, images + i * 3 * size * size);
+    }
   });
   data.files = nullptr;
   return data;

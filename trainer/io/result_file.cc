@@ -1,7 +1,12 @@
 #include "trainer/io/result_file.h"
 
+#include <fstream>
+#include <sstream>
+
 #include "comm/comm.h"
 #include "common/config.h"
+#include "common/errors.h"
+#include "common/utf8.h"
 
 namespace tempered {
 
@@ -33,11 +38,27 @@ void ResultFile::Fail(const std::string& error) noexcept {
     if (!written_ || last_.status() != RunResult::RUNNING) return;
     RunResult failed = last_;
     failed.set_status(RunResult::FAILED);
-    failed.set_error(error);
+    failed.set_error(Utf8Safe(error));  // a file name need not be UTF-8; JSON and protobuf strings must
     WriteFileAtomically(path_, ToJson(failed), Sync::kFast);  // mpirun's SIGKILL may be a second away
     failed_ = true;
   } catch (...) {
   }
+}
+
+void ResultFile::Interrupted(const RunConfig& config) {
+  if (!rank_zero_) return;
+  RunResult result;
+  try {
+    std::ifstream in(path_);
+    std::stringstream json;
+    json << in.rdbuf();
+    if (in) FromJson(json.str(), &result, path_);
+  } catch (const UserError&) {
+    result.Clear();  // written atomically, so a foreign file: replaced
+  }
+  if (!result.has_config()) *result.mutable_config() = config;
+  result.set_status(RunResult::INTERRUPTED);
+  Write(result);
 }
 
 }  // namespace tempered

@@ -27,6 +27,10 @@ class ResultFile {
   // fails in setup leaves what an earlier attempt wrote.
   void Fail(const std::string& error) noexcept;
 
+  // A run stopped by a signal before its first step: what an earlier attempt wrote (its steps, its epochs), or a
+  // new result of `config`, with status INTERRUPTED, so that a sweep resumes it without spending an attempt.
+  void Interrupted(const RunConfig& config);
+
  private:
   const std::string path_;
   const bool rank_zero_;
