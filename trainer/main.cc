@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "comm/comm.h"
+#include "comm/fail_together.h"
 #include "common/config.h"
 #include "common/flag_help.h"
 #include "common/utf8.h"
@@ -199,11 +200,7 @@ int main(int argc, char** argv) {
     // Every rank parses the same flags, but a config file can be on one node's disk and not another's: the ranks
     // agree before going on, or those that parsed it would wait in Train's first collective forever for one that
     // gave up (a hang found by bad_input_test.py). The lowest failing rank speaks for all.
-    const int first_failed = tempered::comm::FirstFailedRank(!error.empty());
-    if (first_failed >= 0) {
-      throw tempered::CollectiveError(error.empty() ? "another rank failed" : error,
-                                      tempered::comm::Rank() == first_failed);
-    }
+    tempered::comm::FailTogether(error);
     tempered::TrainOptions options;
     options.resume = FLAGS_resume;
     options.pause_at_fraction = FLAGS_pause_at_fraction;

@@ -22,6 +22,7 @@
 #include <google/protobuf/text_format.h>
 
 #include "comm/comm.h"
+#include "comm/fail_together.h"
 #include "common/config.h"
 #include "common/files.h"
 #include "common/stop.h"
@@ -91,9 +92,7 @@ void Collectively(const std::function<void()>& fn) {
   if (comm::FirstFailedRank(!error.empty() || !stopped_during.empty()) < 0) return;
   const int first_stopped = comm::FirstFailedRank(!stopped_during.empty());
   if (first_stopped >= 0) throw StoppedBySignal(comm::AllGatherStrings(stopped_during)[first_stopped]);
-  // Every rank throws the failing rank's sentence: rank 0 records it in result.json.
-  const int first_failed = comm::FirstFailedRank(!error.empty());
-  throw CollectiveError(comm::AllGatherStrings(error)[first_failed], comm::Rank() == first_failed);
+  comm::FailTogether(error);
 }
 
 // Everything the loop needs that does not change between steps.

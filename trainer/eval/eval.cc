@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "comm/comm.h"
+#include "comm/fail_together.h"
 #include "common/errors.h"
 #include "trainer/eval/metrics.h"
 #include "trainer/io/npy.h"
@@ -103,12 +104,8 @@ Embedded EmbedAll(Encoder& encoder, const Dataset& data, const DataConfig& confi
   } catch (const UserError& e) {
     error = std::string(e.what()) + " (read for an evaluation)";
   }
-  const int first_failed = comm::FirstFailedRank(!error.empty());
-  if (first_failed >= 0) {
-    encoder->train(was_training);
-    throw CollectiveError(comm::AllGatherStrings(error)[first_failed], comm::Rank() == first_failed);
-  }
   encoder->train(was_training);
+  comm::FailTogether(error);
   // Only rank 0 evaluates: the other ranks would each hold the whole set for nothing.
   return {comm::GatherToRoot(local.features, 0), comm::GatherToRoot(local.embedding, 0)};
 }
