@@ -60,21 +60,6 @@ int MergeGrid(const std::vector<GridPoint>& points, SweepState* state) {
   return added;
 }
 
-bool ReadRunResultFile(const std::string& path, RunResult* result) {
-  std::string json;
-  if (!ReadFile(path, &json)) return false;
-  try {
-    FromJson(json, result, path);
-  } catch (const UserError&) {
-    return false;  // result.json is written atomically, so this is a foreign or damaged file: no result
-  }
-  return true;
-}
-
-bool ReadRunResult(const std::string& run_dir, RunResult* result) {
-  return ReadRunResultFile(run_dir + "/result.json", result);
-}
-
 int64_t CheckpointedStep(const std::string& run_dir) {
   int64_t step = 0;
   std::error_code ignored;

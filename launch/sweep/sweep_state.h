@@ -12,7 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "common/files.h"  // MakeDirectories, which every user of the sweep directory needs
+#include "common/files.h"        // MakeDirectories, which every user of the sweep directory needs
+#include "common/result_json.h"  // ReadRunResult: RUN_DIR/result.json, false when missing or unreadable
 #include "launch/sweep/sweep_spec.h"
 #include "proto/tempered.pb.h"
 
@@ -27,9 +28,6 @@ void SaveState(const std::string& sweep_dir, const SweepState& state);
 // Adds every grid point missing from `state` (by id) as PENDING; returns how many were added. Existing runs keep
 // their state and attempts, so a changed spec only adds its new points.
 int MergeGrid(const std::vector<GridPoint>& points, SweepState* state);
-
-// Reads RUN_DIR/result.json; false when it is missing or unreadable (e.g. the run was killed before writing it).
-bool ReadRunResult(const std::string& run_dir, RunResult* result);
 
 // The run's checkpointed global step: result.json is written with every checkpoint, so its global_steps is the
 // last checkpoint's. Earlier attempts' results (attempt-N.result.json) count too, since the latest attempt may have

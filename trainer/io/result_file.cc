@@ -1,11 +1,8 @@
 #include "trainer/io/result_file.h"
 
-#include <fstream>
-#include <sstream>
-
 #include "comm/comm.h"
 #include "common/config.h"
-#include "common/errors.h"
+#include "common/result_json.h"
 #include "common/utf8.h"
 
 namespace tempered {
@@ -48,14 +45,7 @@ void ResultFile::Fail(const std::string& error) noexcept {
 void ResultFile::Interrupted(const RunConfig& config) {
   if (!rank_zero_) return;
   RunResult result;
-  try {
-    std::ifstream in(path_);
-    std::stringstream json;
-    json << in.rdbuf();
-    if (in) FromJson(json.str(), &result, path_);
-  } catch (const UserError&) {
-    result.Clear();  // written atomically, so a foreign file: replaced
-  }
+  if (!ReadRunResultFile(path_, &result)) result.Clear();  // none yet, or a foreign file: replaced
   if (!result.has_config()) *result.mutable_config() = config;
   result.set_status(RunResult::INTERRUPTED);
   Write(result);
