@@ -8,6 +8,7 @@
 #include <numeric>
 #include <vector>
 
+#include "trainer/data/augment.h"
 #include "trainer/data/data.h"
 
 namespace tempered {

@@ -12,6 +12,7 @@
 
 #include "common/errors.h"
 #include "tests/data_test_util.h"
+#include "trainer/data/augment.h"
 #include "trainer/data/data.h"
 
 #if TEMPERED_DATASETS

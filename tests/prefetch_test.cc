@@ -57,6 +57,26 @@ TEST(MakeStepInputTest, TakesTheRanksShardAndBothViews) {
   EXPECT_EQ(MakeStepInput(data, Options(50, 12, 1, 3, 1), permutation, 11).views.size(0), 4);
 }
 
+// data.augmentation BATCHED: the rows and each view's parameters travel instead of the views, and ViewsOn makes the
+// per-image views from them (to batched_augment_test's tolerance), for two views and for one.
+TEST(MakeStepInputTest, BatchedInputsGiveThePerImageViews) {
+  const Dataset data = RandomImages(50, 3, 16);
+  for (int views : {2, 1}) {
+    const InputOptions per_image = Options(50, 12, 1, 3, views);
+    InputOptions batched = per_image;
+    batched.batched = true;
+    const std::vector<int64_t> permutation = EpochPermutation(50, 5, 2);
+    const StepInput expected = MakeStepInput(data, per_image, permutation, 11);
+    const StepInput input = MakeStepInput(data, batched, permutation, 11);
+    EXPECT_FALSE(input.views.defined());
+    EXPECT_EQ(input.indices, expected.indices);
+    ASSERT_EQ(input.rows.sizes(), (std::vector<int64_t>{4, 3, 16, 16}));
+    const torch::Tensor made = ViewsOn(input, torch::kCPU);
+    ASSERT_EQ(made.sizes(), expected.views.sizes());
+    EXPECT_LT((made - expected.views).abs().max().item<double>(), 2e-5) << views << " views";
+  }
+}
+
 // Depths 0, 1 and 2, started at step 0 or in the middle of an epoch, over three epochs: identical inputs.
 TEST(PrefetcherTest, SameInputsAtEveryDepthAcrossEpochs) {
   const Dataset data = RandomImages(40, 1, 12);

@@ -93,6 +93,28 @@ class PrefetchTest(unittest.TestCase):
                 self.assertEqual(len(results["0"]["step_loss"]), 5)
 
 
+class BatchedAugmentationTest(unittest.TestCase):
+    """--augmentation batched (the GPU's default) on the CPU: the same views to float rounding (2e-5), so the first
+    step's loss agrees to 1e-5 of itself with the per-image views', and the short run stays close, on 2 ranks with
+    both kinds of negatives."""
+
+    def test_batched_views_train_as_the_per_image_ones(self):
+        for negatives in ("batch", "memory_bank"):
+            with TempDir() as tmp:
+                losses = {}
+                for where in ("per_image", "batched"):
+                    out = os.path.join(tmp, where)
+                    proc = run_train(2, SMALL + ["--batch_size", "64", "--negatives", negatives, "--augmentation",
+                                                 where, "--out_dir", out])
+                    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+                    losses[where] = [s["loss"] for s in read_result(out)["step_loss"]]
+                first, batched = losses["per_image"], losses["batched"]
+                self.assertEqual(len(batched), 5)
+                self.assertLessEqual(abs(first[0] - batched[0]), 1e-5 * abs(first[0]), negatives)
+                for step, (a, b) in enumerate(zip(first, batched), 1):
+                    self.assertLessEqual(abs(a - b), 1e-2 * abs(a), f"{negatives} step {step}: {a} vs {b}")
+
+
 class GradientBucketTest(unittest.TestCase):
     """--gradient_bucket_kib changes how the gradients are sent (how many all-reduces during backward), not what they
     are: with 2 ranks each sum is a + b, so the runs agree to the last bit."""

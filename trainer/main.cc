@@ -44,6 +44,9 @@ DEFINE_string(storage, "", "auto|memory|stream: an image folder decoded once int
 DEFINE_string(workers, "", "threads per rank that decode and augment the views (0 = the intra-op threads)");
 DEFINE_string(eval_crop_fraction, "",
               "evaluation's centre crop of the resized image (0 = 0.875 for imagefolder, 1 otherwise)");
+DEFINE_string(augmentation, "",
+              "per_image|batched: views made per image on the CPU, or as tensors on the step's device (unset: "
+              "batched on cuda for data in memory)");
 DEFINE_string(prefetch_steps, "",
               "steps of views made ahead on a background thread: 0-2 (unset: 1 on cuda, 0 on cpu)");
 DEFINE_string(seed, "", "seed of the initialisation, the shuffling and the augmentations");
@@ -92,6 +95,7 @@ const tempered::FlagDoc kTrainFlags[] = {
     {"storage", "data", "data.storage"},
     {"workers", "data", "data.workers"},
     {"prefetch_steps", "data", "data.prefetch_steps"},
+    {"augmentation", "data", "data.augmentation"},
     {"model", "model", "model.arch"},
     {"norm", "model", "model.norm"},
     {"bf16", "model", "bf16"},

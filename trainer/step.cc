@@ -183,7 +183,7 @@ double CurrentTau(const Learner& learner) {
 }
 
 double Step(Learner& learner, Negatives& negatives, const StepInput& input, double lr, SimilaritySample* sample) {
-  const torch::Tensor z = Embed(learner, input.views.to(learner.device));
+  const torch::Tensor z = Embed(learner, ViewsOn(input, learner.device));
   SetStepTau(learner, negatives, z, input);
   const torch::Tensor loss_sum = negatives.Loss(z, input, learner.loss, sample);
   // Each rank's share, scaled by the world size: the reducer averages gradients over ranks, so the result is the

@@ -428,6 +428,10 @@ InputOptions InputOptionsFor(const Run& t) {
   options.seed = t.config.seed();
   options.views = t.negatives->views();
   options.augment = AugmentOptionsFrom(t.config.data());
+  const DataConfig::Augmentation where = t.config.data().augmentation();
+  options.pin = t.learner.device.is_cuda();
+  options.batched = !t.train.streamed() &&
+                    (where == DataConfig::BATCHED || (where == DataConfig::AUGMENT_AUTO && options.pin));
   return options;
 }
 

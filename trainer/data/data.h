@@ -114,37 +114,6 @@ std::vector<int64_t> EpochPermutation(int64_t n, uint64_t seed, int64_t epoch);
 // size, so the computation does not depend on the world size).
 int64_t StepsPerEpoch(int64_t n, int64_t global_batch);
 
-struct AugmentOptions {
-  float crop_scale_min = 0.2f;
-  float crop_scale_max = 1.0f;
-  float crop_ratio_min = 3.0f / 4.0f;
-  float crop_ratio_max = 4.0f / 3.0f;
-  float flip_prob = 0.5f;
-  float color_jitter = 0.4f;    // brightness and contrast (all images); saturation and hue (RGB only, hue shift
-                                // at most min(color_jitter, 0.5)), as torchvision's ColorJitter in random order
-  float grayscale_prob = 0.2f;  // RGB only
-  // Gaussian blur (SimCLR's, added for ImageNet in the paper): with probability blur_prob, a separable Gaussian of
-  // sigma uniform in [blur_sigma_min, blur_sigma_max] pixels and a (2r + 1)-tap kernel, r = floor(blur_kernel_fraction
-  // x image size) / 2, reflect-padded at the borders (torchvision's gaussian_blur). Applied last.
-  float blur_prob = 0.0f;
-  float blur_sigma_min = 0.1f;
-  float blur_sigma_max = 2.0f;
-  float blur_kernel_fraction = 0.1f;
-  int threads = 0;        // 0 = at::get_num_threads()
-  int64_t out_size = 0;   // the views' height and width; 0 = the stored images' (square) size
-};
-// The config's options; Gaussian blur with p = 0.5 for imagefolder (ImageNet-style) data sets only, as in the paper.
-AugmentOptions AugmentOptionsFrom(const DataConfig& config);
-
-// One augmented view of each selected image, as float (B, C, S, S) in [0, 1] at S = options.out_size, normalised
-// per channel afterwards by the model. The random stream of image `indices[b]` in view `view` is a function of
-// (seed, epoch, indices[b], view) only, so results do not depend on the thread count, the world size, the position
-// in the batch or the storage: a streamed image is decoded (on options.threads threads) and cropped from its
-// original, and when that original is what memory storage holds (CIFAR-10's 32 x 32 at image_size 32), the views
-// are the same. A streamed file that cannot be read throws UserError naming it (or, with data.skip_bad_images, is
-// replaced by a grey image and counted in ImageFiles.bad).
-torch::Tensor AugmentBatch(const Dataset& data, const std::vector<int64_t>& indices, uint64_t seed, int64_t epoch,
-                           int view, const AugmentOptions& options);
 // The un-augmented images as float (B, C, H, W) in [0, 1].
 torch::Tensor ToFloat(const torch::Tensor& uint8_images);
 // Evaluation's view of uint8 images: the shorter side resized (antialiased when shrinking) to

@@ -1,7 +1,10 @@
 #include "trainer/data/prefetch.h"
 
+#include "trainer/data/batched_augment.h"
+
 #include <glog/logging.h>
 
+#include <algorithm>
 #include <memory>
 
 namespace tempered {
@@ -16,12 +19,37 @@ StepInput MakeStepInput(const Dataset& data, const InputOptions& options, const 
   const int64_t first = (step % options.steps_per_epoch) * options.global_batch + shard.offset;
   CHECK_LE(first + shard.count, static_cast<int64_t>(permutation.size()));
   input.indices.assign(permutation.begin() + first, permutation.begin() + first + shard.count);
+  if (options.batched) {
+    CHECK(!data.streamed()) << "views of a streamed folder are made per image";
+    const torch::Tensor index = torch::tensor(input.indices, torch::kLong);
+    input.rows = torch::empty({shard.count, data.images.size(1), data.images.size(2), data.images.size(3)},
+                              torch::TensorOptions(torch::kUInt8).pinned_memory(options.pin));
+    torch::index_select_out(input.rows, data.images, 0, index);
+    input.augment = options.augment;
+    if (input.augment.out_size <= 0) input.augment.out_size = data.images.size(2);
+    for (int view = 0; view < options.views; ++view) {
+      for (int64_t i : input.indices) {
+        input.params.push_back(DrawViewParams(options.seed, input.epoch, i, view, data.images.size(1),
+                                              data.images.size(2), data.images.size(3), options.augment));
+      }
+    }
+    return input;
+  }
   std::vector<torch::Tensor> views;
   for (int view = 0; view < options.views; ++view) {
     views.push_back(AugmentBatch(data, input.indices, options.seed, input.epoch, view, options.augment));
   }
   input.views = options.views == 1 ? views[0] : torch::cat(views);
+  if (options.pin) input.views = input.views.pin_memory();
   return input;
+}
+
+torch::Tensor ViewsOn(const StepInput& input, torch::Device device) {
+  if (input.views.defined()) return input.views.to(device, /*non_blocking=*/true);
+  const int64_t views = static_cast<int64_t>(input.params.size()) / std::max<int64_t>(1, input.rows.size(0));
+  const torch::Tensor rows = input.rows.to(device, /*non_blocking=*/true);
+  return AugmentTensors(views == 1 ? rows : rows.repeat({views, 1, 1, 1}), input.params, input.augment.out_size,
+                        input.augment);
 }
 
 StepInputMaker MakeStepInputs(const Dataset& data, const InputOptions& options) {

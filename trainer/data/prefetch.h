@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "trainer/data/augment.h"
 #include "trainer/data/data.h"
 
 namespace tempered {
@@ -22,8 +23,17 @@ struct StepInput {
   int64_t step = 0;              // global step, 0-based
   int64_t epoch = 0;
   std::vector<int64_t> indices;  // this rank's images: its block (ShardOf) of the step's global batch
-  torch::Tensor views;           // float (views x indices.size(), C, H, W) = [view 0; view 1; ...], on the CPU
+  // Float (views x indices.size(), C, S, S) = [view 0; view 1; ...], made on the CPU (pinned for a GPU); undefined
+  // when the views are made on the device (InputOptions.batched), from:
+  torch::Tensor views;
+  torch::Tensor rows;                 // uint8 (indices.size(), C, H, W), this rank's images (pinned for a GPU)
+  std::vector<ViewParams> params;     // views x indices.size(), in the views' order
+  AugmentOptions augment;             // with out_size set
 };
+
+// The step's views on `device`: `views` copied there without blocking the host, or made there from `rows` and
+// `params` by AugmentTensors.
+torch::Tensor ViewsOn(const StepInput& input, torch::Device device);
 
 struct InputOptions {
   int64_t global_batch = 0;
@@ -33,6 +43,8 @@ struct InputOptions {
   uint64_t seed = 0;
   int views = 2;  // 2 for batch negatives, 1 for the memory bank
   AugmentOptions augment;
+  bool batched = false;  // the views made on the step's device (data.augmentation BATCHED; in-memory data only)
+  bool pin = false;      // host tensors in pinned memory: the step's device is a GPU
 };
 
 // The input of global step `step`, given its epoch's permutation. A function of (data, options, step) only: the

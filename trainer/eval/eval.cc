@@ -8,6 +8,7 @@
 #include "comm/comm.h"
 #include "comm/fail_together.h"
 #include "common/errors.h"
+#include "trainer/data/augment.h"
 #include "trainer/eval/metrics.h"
 #include "trainer/io/npy.h"
 #include "trainer/loss/loss.h"
