@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <numeric>
 
+#include "trainer/data/augment.h"
 #include "trainer/data/data.h"
 #include "trainer/train.h"
 
