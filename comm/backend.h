@@ -17,6 +17,9 @@ enum class Reduction { kSum, kMax };
 
 struct Backend {
   const char* name;
+  // The library has no all-gather-v / reduce-scatter-v (NCCL): comm.cc pads uneven blocks to the largest, so the
+  // backend's all_gather and reduce_scatter see equal blocks only.
+  bool equal_blocks_only;
   // out (sum(elems) elements) = concatenation of every rank's in (elems[rank] elements).
   void (*all_gather)(const torch::Tensor& in, torch::Tensor& out, const std::vector<int64_t>& elems);
   // In place over all of t.
@@ -31,6 +34,8 @@ extern const Backend kNcclBackend;  // nccl_backend.cc, or no_nccl.cc which refu
 
 // AllGather that also returns the rows contributed by each rank (GatherWithGrad keeps them for its backward).
 torch::Tensor AllGatherRows(const torch::Tensor& in, std::vector<int64_t>* rows);
+// AllGather of rows whose count on every rank the caller states: no exchange of counts first.
+torch::Tensor AllGatherStatedRows(const torch::Tensor& in, const std::vector<int64_t>& rows);
 
 // Host rows to root (comm::GatherToRoot, MPI only): out (sum(rows) x row_elements, on root; undefined elsewhere)
 // = every rank's in (rows[rank] x row_elements), in rounds of at most piece_rows rows per rank.

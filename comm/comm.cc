@@ -3,6 +3,7 @@
 // CUDA -> NCCL).
 #include "comm/comm.h"
 
+#include <algorithm>
 #include <atomic>
 #include <numeric>
 
@@ -11,11 +12,15 @@
 namespace tempered::comm {
 namespace {
 
+std::atomic<bool> pad_uneven_on_cpu{false};  // PadUnevenBlocksOnCpuForTesting
+
 const detail::Backend& BackendFor(const torch::Tensor& t) {
   if (t.is_cuda()) return detail::kNcclBackend;
   COMM_REQUIRE(t.is_cpu(), "tensors on ", t.device(), " cannot be communicated (CPU uses MPI, CUDA uses NCCL)");
   return detail::kMpiBackend;
 }
+
+bool PadsUnevenBlocks(const detail::Backend& backend) { return backend.equal_blocks_only || pad_uneven_on_cpu; }
 
 // Elements in one row (dims 1..); well defined when there are 0 rows.
 int64_t RowElements(const torch::Tensor& t) {
@@ -96,6 +101,49 @@ std::vector<int64_t> RowsOfEveryRank(const torch::Tensor& local, const char* col
   return rows;
 }
 
+bool AllEqual(const std::vector<int64_t>& v) {
+  return std::all_of(v.begin(), v.end(), [&](int64_t x) { return x == v.front(); });
+}
+
+// out = every rank's rows, by a backend that takes equal blocks only: each rank sends its rows padded to the
+// largest count, one equal all-gather fills (W x largest) rows, and the padding is cut out on the device (W row
+// copies, no host synchronisation). Instead of W broadcasts, one collective at the size of the largest block.
+void PaddedAllGather(const detail::Backend& backend, const torch::Tensor& local, torch::Tensor& out,
+                     const std::vector<int64_t>& rows) {
+  const int64_t largest = *std::max_element(rows.begin(), rows.end());
+  torch::Tensor send = torch::zeros(WithRows(local, largest), local.options());
+  send.narrow(0, 0, local.size(0)).copy_(local);
+  torch::Tensor padded = torch::empty(WithRows(local, largest * Size()), local.options());
+  backend.all_gather(send, padded, std::vector<int64_t>(Size(), largest * RowElements(local)));
+  int64_t offset = 0;
+  for (int r = 0; r < Size(); ++r) {
+    out.narrow(0, offset, rows[r]).copy_(padded.narrow(0, r * largest, rows[r]));
+    offset += rows[r];
+  }
+}
+
+// This rank's block of the sum over ranks of `full`, by a backend that takes equal blocks only: the blocks are
+// spread into (W x largest) zero-padded rows, reduce-scattered equally, and this rank's first counts[rank] rows kept.
+void PaddedReduceScatter(const detail::Backend& backend, const torch::Tensor& full, torch::Tensor& out,
+                         const std::vector<int64_t>& counts) {
+  const int64_t largest = *std::max_element(counts.begin(), counts.end());
+  torch::Tensor padded = torch::zeros(WithRows(full, largest * Size()), full.options());
+  int64_t offset = 0;
+  for (int r = 0; r < Size(); ++r) {
+    padded.narrow(0, r * largest, counts[r]).copy_(full.narrow(0, offset, counts[r]));
+    offset += counts[r];
+  }
+  torch::Tensor mine = torch::empty(WithRows(full, largest), full.options());
+  backend.reduce_scatter(padded, mine, std::vector<int64_t>(Size(), largest * RowElements(full)));
+  out.copy_(mine.narrow(0, 0, counts[Rank()]));
+}
+
+void GatherRowsInto(const torch::Tensor& local, torch::Tensor& out, const std::vector<int64_t>& rows) {
+  const detail::Backend& backend = BackendFor(local);
+  if (PadsUnevenBlocks(backend) && !AllEqual(rows)) return PaddedAllGather(backend, local, out, rows);
+  backend.all_gather(local, out, Times(rows, RowElements(local)));
+}
+
 }  // namespace
 
 namespace detail {
@@ -110,17 +158,37 @@ torch::Tensor AllGatherRows(const torch::Tensor& in, std::vector<int64_t>* rows)
   *rows = RowsOfEveryRank(local, "AllGather");
   const int64_t total = std::accumulate(rows->begin(), rows->end(), int64_t{0});
   torch::Tensor out = gathered_rows.Get(WithRows(local, total), local.options());
-  BackendFor(local).all_gather(local, out, Times(*rows, RowElements(local)));
+  GatherRowsInto(local, out, *rows);
+  return out;
+}
+
+torch::Tensor AllGatherStatedRows(const torch::Tensor& in, const std::vector<int64_t>& rows) {
+  COMM_REQUIRE(in.dim() >= 1, "AllGather needs a tensor with a row dimension, got a 0-dim tensor");
+  COMM_REQUIRE(static_cast<int>(rows.size()) == Size(), "AllGather needs one row count per rank (", Size(),
+               "), got ", rows.size());
+  COMM_REQUIRE(in.size(0) == rows[Rank()], "AllGather: rank ", Rank(), " was stated to send ", rows[Rank()],
+               " rows but sends ", in.size(0));
+  torch::Tensor local = in.detach().contiguous();
+  if (Size() == 1) return local.clone();
+  const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t{0});
+  torch::Tensor out = gathered_rows.Get(WithRows(local, total), local.options());
+  GatherRowsInto(local, out, rows);
   return out;
 }
 
 }  // namespace detail
+
+void PadUnevenBlocksOnCpuForTesting(bool pad) { pad_uneven_on_cpu = pad; }
 
 std::vector<int64_t> AllGatherCounts(int64_t rows) { return detail::AllGatherInt64({rows}); }
 
 torch::Tensor AllGather(const torch::Tensor& in) {
   std::vector<int64_t> rows;
   return detail::AllGatherRows(in, &rows);
+}
+
+torch::Tensor AllGather(const torch::Tensor& in, const std::vector<int64_t>& rows) {
+  return detail::AllGatherStatedRows(in, rows);
 }
 
 void AllReduceSum(torch::Tensor& t) { AllReduce(t, detail::Reduction::kSum); }
@@ -137,7 +205,12 @@ torch::Tensor ReduceScatterSum(const torch::Tensor& full, const std::vector<int6
   torch::Tensor in = full.detach().contiguous();
   if (Size() == 1) return in.clone();
   torch::Tensor out = reduced_rows.Get(WithRows(in, counts[Rank()]), in.options());
-  BackendFor(in).reduce_scatter(in, out, Times(counts, RowElements(in)));
+  const detail::Backend& backend = BackendFor(in);
+  if (PadsUnevenBlocks(backend) && !AllEqual(counts)) {
+    PaddedReduceScatter(backend, in, out, counts);
+  } else {
+    backend.reduce_scatter(in, out, Times(counts, RowElements(in)));
+  }
   return out;
 }
 

@@ -36,8 +36,15 @@ int LocalSize();
 // out = concatenation along dim 0 of every rank's `in` (dims 1.. equal on every rank). Ranks may contribute
 // different numbers of rows, including 0.
 torch::Tensor AllGather(const torch::Tensor& in);
+// AllGather where the caller states every rank's row count (`rows`, one per rank, the same list on every rank), as
+// the trainer can from the shard sizes: no exchange of counts (a host round trip per call) before the data. Only
+// this rank's count is checked; rows must agree in size and dtype on every rank (the collective contract).
+torch::Tensor AllGather(const torch::Tensor& in, const std::vector<int64_t>& rows);
 // Rows contributed by each rank to an AllGather of `rows` local rows (collective).
 std::vector<int64_t> AllGatherCounts(int64_t rows);
+// Uneven blocks through NCCL, which has no all-gather-v or reduce-scatter-v, are padded to the largest block and
+// moved by one equal collective. This sends CPU tensors the same way, so that the tests cover that path on MPI.
+void PadUnevenBlocksOnCpuForTesting(bool pad);
 
 // The concatenation along dim 0 of every rank's CPU tensor `in`, on `root` only (every other rank gets an undefined
 // tensor): for results one rank uses, such as evaluation's features, which an AllGather would copy onto every rank.
@@ -120,6 +127,8 @@ void NoteStopRequested();
 // rank's loss. (A plain all_gather has no gradient: the MoCo trap.) The backward is a collective too: every rank
 // must backpropagate through the result.
 torch::Tensor GatherWithGrad(const torch::Tensor& local);
+// GatherWithGrad with every rank's row count stated (AllGather(in, rows)): no exchange of counts.
+torch::Tensor GatherWithGrad(const torch::Tensor& local, const std::vector<int64_t>& rows);
 
 // When a GradientReducer all-reduces its buckets.
 enum class ReduceTiming {

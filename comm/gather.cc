@@ -35,11 +35,8 @@ struct GatherBackward : public torch::autograd::Node {
   std::string name() const override { return "GatherWithGradBackward"; }
 };
 
-}  // namespace
-
-torch::Tensor GatherWithGrad(const torch::Tensor& local) {
-  std::vector<int64_t> rows;
-  torch::Tensor global = detail::AllGatherRows(local, &rows);  // (B_global, d), a new tensor without history
+// Makes `global`, the gather of `local` with `rows` from each rank, differentiable.
+torch::Tensor WithGatherBackward(const torch::Tensor& local, torch::Tensor global, std::vector<int64_t> rows) {
   if (torch::autograd::compute_requires_grad(local)) {
     std::shared_ptr<GatherBackward> node(new GatherBackward(), torch::autograd::deleteNode);
     node->rows = std::move(rows);
@@ -47,6 +44,18 @@ torch::Tensor GatherWithGrad(const torch::Tensor& local) {
     torch::autograd::set_history(global, node);
   }
   return global;
+}
+
+}  // namespace
+
+torch::Tensor GatherWithGrad(const torch::Tensor& local) {
+  std::vector<int64_t> rows;
+  torch::Tensor global = detail::AllGatherRows(local, &rows);  // (B_global, d), a new tensor without history
+  return WithGatherBackward(local, std::move(global), std::move(rows));
+}
+
+torch::Tensor GatherWithGrad(const torch::Tensor& local, const std::vector<int64_t>& rows) {
+  return WithGatherBackward(local, detail::AllGatherStatedRows(local, rows), rows);
 }
 
 }  // namespace tempered::comm

@@ -5,7 +5,7 @@
 //     (c10::cuda::getCurrentCUDAStream). Inputs produced earlier on that stream are therefore ready, and results
 //     are ready for any later work on that stream: no event, no host synchronisation.
 //   - The host must synchronise (e.g. .cpu(), .item()) before it reads a result. comm.cc's own host-side steps
-//     (row counts over MPI) read only host values.
+//     (row counts over MPI, unless the caller states them) read only host values.
 //   - Output tensors are allocated on the same current stream, so LibTorch's caching allocator sees no cross-stream
 //     use and needs no record_stream. A caller that switches streams between the collective and the use of its
 //     result must make the new stream wait (an event) or record the tensor on it.
@@ -80,13 +80,16 @@ ncclDataType_t NcclType(const torch::Tensor& t) {
     case torch::kFloat: return ncclFloat32;
     case torch::kDouble: return ncclFloat64;
     case torch::kHalf: return ncclFloat16;
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 10, 0)
+    case torch::kBFloat16: return ncclBfloat16;  // bf16 training's gathered embeddings and gradients
+#endif
     case torch::kLong: return ncclInt64;
     case torch::kInt: return ncclInt32;
     case torch::kChar: return ncclInt8;
     case torch::kByte: return ncclUint8;
     default:
       Abort(c10::str("comm: the NCCL backend cannot move ", t.scalar_type(),
-                     " tensors (supported: float32, float64, float16, int64, int32, int8, uint8)"));
+                     " tensors (supported: float32, float64, float16, bfloat16 from NCCL 2.10, int64, int32, int8, uint8)"));
   }
 }
 
@@ -159,35 +162,13 @@ ncclComm_t CommFor(const torch::Tensor& t) {
 
 cudaStream_t StreamFor(const torch::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 
-// Byte offset of element `elements` of t: NCCL takes raw pointers.
-void* At(const torch::Tensor& t, int64_t elements) {
-  return static_cast<char*>(t.data_ptr()) + elements * static_cast<int64_t>(t.element_size());
-}
-
-bool AllEqual(const std::vector<int64_t>& v) {
-  return std::all_of(v.begin(), v.end(), [&](int64_t x) { return x == v.front(); });
-}
-
-// Equal blocks use ncclAllGather; uneven ones are one ncclBroadcast per rank inside a group (NCCL has no
-// all-gather-v), which NCCL runs as one fused operation.
+// Every rank's block is the same size: comm.cc pads uneven blocks (Backend.equal_blocks_only), since NCCL has no
+// all-gather-v: one ncclAllGather at the largest block's size, where there were W ncclBroadcasts in a group.
 void NcclAllGather(const torch::Tensor& in, torch::Tensor& out, const std::vector<int64_t>& elems) {
   ncclComm_t comm = CommFor(in);
   c10::cuda::CUDAGuard guard(in.device());
   const cudaStream_t stream = StreamFor(in);
-  if (AllEqual(elems)) {
-    NCCL_CHECK(ncclAllGather(in.data_ptr(), out.data_ptr(), elems[0], NcclType(in), comm, stream));
-    return Watch("all-gather", stream);
-  }
-  NCCL_CHECK(ncclGroupStart());
-  int64_t offset = 0;
-  for (int r = 0; r < Size(); ++r) {
-    if (elems[r] > 0) {
-      const void* send = r == Rank() ? in.data_ptr() : nullptr;  // read on the root only
-      NCCL_CHECK(ncclBroadcast(send, At(out, offset), elems[r], NcclType(in), r, comm, stream));
-    }
-    offset += elems[r];
-  }
-  NCCL_CHECK(ncclGroupEnd());
+  NCCL_CHECK(ncclAllGather(in.data_ptr(), out.data_ptr(), elems[0], NcclType(in), comm, stream));
   Watch("all-gather", stream);
 }
 
@@ -200,25 +181,12 @@ void NcclAllReduce(torch::Tensor& t, Reduction op) {
   Watch("all-reduce", stream);
 }
 
-// Equal blocks use ncclReduceScatter; uneven ones are one ncclReduce per rank (to that rank) inside a group.
+// Equal blocks, as for NcclAllGather.
 void NcclReduceScatter(const torch::Tensor& full, torch::Tensor& out, const std::vector<int64_t>& elems) {
   ncclComm_t comm = CommFor(full);
   c10::cuda::CUDAGuard guard(full.device());
   const cudaStream_t stream = StreamFor(full);
-  if (AllEqual(elems)) {
-    NCCL_CHECK(ncclReduceScatter(full.data_ptr(), out.data_ptr(), elems[0], NcclType(full), ncclSum, comm, stream));
-    return Watch("reduce-scatter", stream);
-  }
-  NCCL_CHECK(ncclGroupStart());
-  int64_t offset = 0;
-  for (int r = 0; r < Size(); ++r) {
-    if (elems[r] > 0) {
-      void* recv = r == Rank() ? out.data_ptr() : nullptr;  // written on the root only
-      NCCL_CHECK(ncclReduce(At(full, offset), recv, elems[r], NcclType(full), ncclSum, r, comm, stream));
-    }
-    offset += elems[r];
-  }
-  NCCL_CHECK(ncclGroupEnd());
+  NCCL_CHECK(ncclReduceScatter(full.data_ptr(), out.data_ptr(), elems[0], NcclType(full), ncclSum, comm, stream));
   Watch("reduce-scatter", stream);
 }
 
@@ -232,7 +200,7 @@ void NcclBroadcast(torch::Tensor& t, int root) {
 
 }  // namespace
 
-const Backend kNcclBackend = {"NCCL", NcclAllGather, NcclAllReduce, NcclReduceScatter, NcclBroadcast};
+const Backend kNcclBackend = {"NCCL", /*equal_blocks_only=*/true, NcclAllGather, NcclAllReduce, NcclReduceScatter, NcclBroadcast};
 
 // Called by comm::Finalize *before* MPI_Finalize: the communicator was bootstrapped over MPI and its teardown
 // (ncclCommDestroy finalises it: flushes outstanding work, then frees) still talks to the other ranks.

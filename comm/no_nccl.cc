@@ -18,7 +18,7 @@ void Broadcast(torch::Tensor&, int) { Refuse(); }
 
 }  // namespace
 
-const Backend kNcclBackend = {"none", AllGather, AllReduce, ReduceScatter, Broadcast};
+const Backend kNcclBackend = {"none", /*equal_blocks_only=*/true, AllGather, AllReduce, ReduceScatter, Broadcast};
 
 void DestroyNccl() {}
 

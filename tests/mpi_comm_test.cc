@@ -90,15 +90,20 @@ TEST(Comm, LibraryVersionsAreOneLine) {
   EXPECT_EQ(mpi.find_first_of(std::string("\r\n\0", 3)), std::string::npos) << mpi;
 }
 
+// Also padded to the largest block, as uneven blocks travel through NCCL (PadUnevenBlocksOnCpuForTesting).
 TEST(Comm, AllGatherUnevenRowsIncludingZero) {
   for (torch::ScalarType dtype : kDtypes) {
-    torch::Tensor out = AllGather(RankRows(Rank(), Rank(), 3, dtype));
-    std::vector<torch::Tensor> parts;
-    for (int r = 0; r < Size(); ++r) parts.push_back(RankRows(r, r, 3, dtype));
-    torch::Tensor expected = torch::cat(parts);
-    ASSERT_EQ(out.sizes(), expected.sizes()) << dtype;
-    EXPECT_EQ(out.scalar_type(), dtype);
-    EXPECT_TRUE(torch::equal(out, expected)) << dtype;
+    for (const bool pad : {false, true}) {
+      PadUnevenBlocksOnCpuForTesting(pad);
+      torch::Tensor out = AllGather(RankRows(Rank(), Rank(), 3, dtype));
+      PadUnevenBlocksOnCpuForTesting(false);
+      std::vector<torch::Tensor> parts;
+      for (int r = 0; r < Size(); ++r) parts.push_back(RankRows(r, r, 3, dtype));
+      torch::Tensor expected = torch::cat(parts);
+      ASSERT_EQ(out.sizes(), expected.sizes()) << dtype;
+      EXPECT_EQ(out.scalar_type(), dtype);
+      EXPECT_TRUE(torch::equal(out, expected)) << dtype << (pad ? " padded" : "");
+    }
   }
 }
 
@@ -184,11 +189,15 @@ TEST(Comm, ReduceScatterUnevenCounts) {
   const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
   const int64_t offset = std::accumulate(counts.begin(), counts.begin() + Rank(), int64_t{0});
   for (torch::ScalarType dtype : {torch::kFloat, torch::kDouble, torch::kLong, torch::kInt}) {
-    torch::Tensor v = torch::arange(total * cols, torch::kLong).view({total, cols});
-    torch::Tensor out = ReduceScatterSum((v * (Rank() + 1)).to(dtype), counts);
-    torch::Tensor expected = (v.narrow(0, offset, counts[Rank()]) * (n * (n + 1) / 2)).to(dtype);
-    ASSERT_EQ(out.sizes(), expected.sizes()) << dtype;
-    EXPECT_TRUE(torch::equal(out, expected)) << dtype;
+    for (const bool pad : {false, true}) {  // padded: as uneven blocks travel through NCCL
+      torch::Tensor v = torch::arange(total * cols, torch::kLong).view({total, cols});
+      PadUnevenBlocksOnCpuForTesting(pad);
+      torch::Tensor out = ReduceScatterSum((v * (Rank() + 1)).to(dtype), counts);
+      PadUnevenBlocksOnCpuForTesting(false);
+      torch::Tensor expected = (v.narrow(0, offset, counts[Rank()]) * (n * (n + 1) / 2)).to(dtype);
+      ASSERT_EQ(out.sizes(), expected.sizes()) << dtype;
+      EXPECT_TRUE(torch::equal(out, expected)) << dtype << (pad ? " padded" : "");
+    }
   }
 }
 

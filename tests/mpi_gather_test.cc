@@ -153,5 +153,34 @@ TEST(GatherWithGrad, BackwardMatchesFiniteDifferences) {
   }
 }
 
+std::vector<int64_t> EveryRanksRows() {
+  std::vector<int64_t> rows;
+  for (int r = 0; r < Size(); ++r) rows.push_back(RowsOf(r));
+  return rows;
+}
+
+// The gather with every rank's row count stated (no exchange of counts), and the padded path NCCL takes for uneven
+// blocks (one equal collective at the largest block, the padding cut out), here through MPI: the same rows forward
+// and the same gradients backward as the exchanged, unpadded gather, whose gradients the test above checks.
+TEST(GatherWithGrad, StatedCountsAndPaddedBlocksGiveTheSameRowsAndGradients) {
+  torch::Tensor reference_x = InputOf(Rank()).requires_grad_();
+  const torch::Tensor reference = GatherWithGrad(reference_x);
+  LossOf(Rank(), reference).backward();
+  for (const bool pad : {false, true}) {
+    PadUnevenBlocksOnCpuForTesting(pad);
+    for (const bool stated : {false, true}) {
+      torch::Tensor x = InputOf(Rank()).requires_grad_();
+      const torch::Tensor z = stated ? GatherWithGrad(x, EveryRanksRows()) : GatherWithGrad(x);
+      EXPECT_TRUE(torch::equal(z.detach(), reference.detach())) << "pad " << pad << " stated " << stated;
+      LossOf(Rank(), z).backward();
+      EXPECT_TRUE(torch::allclose(x.grad(), reference_x.grad(), 1e-12, 1e-12)) << "pad " << pad << " stated " << stated;
+      if (stated) {
+        EXPECT_TRUE(torch::equal(AllGather(x.detach(), EveryRanksRows()), reference.detach()));
+      }
+    }
+  }
+  PadUnevenBlocksOnCpuForTesting(false);
+}
+
 }  // namespace
 }  // namespace tempered::comm

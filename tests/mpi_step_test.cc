@@ -31,6 +31,8 @@ StepInput InputOf(const RunConfig& config, int views, int64_t step) {
   StepInput input;
   input.step = step;
   for (int64_t i = 0; i < shard.count; ++i) input.indices.push_back((step * config.batch_size() + shard.offset + i) % 64);
+  input.index = torch::tensor(input.indices, torch::kLong);
+  input.global_index = (torch::arange(config.batch_size(), torch::kLong) + step * config.batch_size()).remainder(64);
   torch::manual_seed(1000 * step + comm::Rank());
   input.views = torch::rand({views * shard.count, 1, 28, 28});
   return input;
@@ -46,7 +48,8 @@ TEST(StepTest, GatheredRowsBufferIsReusedAcrossSteps) {
   for (int64_t step = 1; step < 5; ++step) {
     SimilaritySample sample;
     const bool logs = step % 2 == 0;  // as at a log step, on every rank
-    const double loss = Step(learner, *negatives, InputOf(config, 2, step), 0.1, logs ? &sample : nullptr);
+    const torch::Tensor loss_sum = Step(learner, *negatives, InputOf(config, 2, step), 0.1, logs ? &sample : nullptr);
+    const double loss = SyncSteps({loss_sum}, negatives->anchors(), false).losses[0];
     EXPECT_TRUE(std::isfinite(loss));
     if (logs) {
       EXPECT_EQ(sample.candidates.size(0), 2 * config.batch_size());

@@ -1,6 +1,7 @@
 // SyncBatchNorm2d under mpirun (1-4 ranks, uneven shards incl. an empty one) against BatchNorm2d on the whole
 // global batch in one process: same output rows, same input gradients, same summed parameter gradients, same
-// running statistics. Its backward (an all-reduce of gradients) is also checked by finite differences.
+// running statistics. Its backward (a reduce-scatter of the gathered statistics' gradients) is also checked by finite
+// differences.
 #include <gtest/gtest.h>
 
 #include "comm/comm.h"

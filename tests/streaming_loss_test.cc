@@ -317,6 +317,21 @@ TEST(StreamingLoss, TileZeroIsTheNaiveLoss) {
                            ContrastiveLoss(p.anchors, p.candidates, p.positive, p.exclude, options)));
 }
 
+// The trainer states the number of negatives (LossOptions.min_negatives), so the indices are asserted on their
+// device instead of read on the host: the same losses, and a bad index still stops the computation.
+TEST(StreamingLoss, StatedNegativesGiveTheSameLossAndStillCheckTheIndices) {
+  torch::manual_seed(12);
+  for (const bool with_exclusion : {false, true}) {
+    const Problem p = RandomProblem(6, 21, 4, with_exclusion);
+    LossOptions options = Options(LossConfig::HARD, 0.1, 5, 4, p.anchors.size(0));
+    const torch::Tensor read = StreamingContrastiveLoss(p.anchors, p.candidates, p.positive, p.exclude, options);
+    options.min_negatives = 21 - 1 - (with_exclusion ? 1 : 0);
+    EXPECT_TRUE(torch::equal(StreamingContrastiveLoss(p.anchors, p.candidates, p.positive, p.exclude, options), read));
+    const torch::Tensor out_of_range = p.positive.clone().fill_(21);
+    EXPECT_ANY_THROW(StreamingContrastiveLoss(p.anchors, p.candidates, out_of_range, p.exclude, options));
+  }
+}
+
 // The same comparison with CUDA tensors (the GPU check runs the unit tests with a GPU visible).
 TEST(StreamingLoss, CudaMatchesNaive) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";

@@ -13,13 +13,21 @@ namespace {
 
 torch::TensorOptions LongOn(torch::Device device) { return torch::TensorOptions(torch::kLong).device(device); }
 
+// Rows of `views` views of every rank's shard of the global batch (ShardOf): what each rank contributes to a gather.
+std::vector<int64_t> RowsOfEveryRank(int64_t global_batch, int views) {
+  std::vector<int64_t> rows;
+  for (int r = 0; r < comm::Size(); ++r) rows.push_back(views * ShardOf(global_batch, r, comm::Size()).count);
+  return rows;
+}
+
 // SimCLR with global batch negatives. z (2b, d) = [view 0; view 1] of this rank's b images; the gathered
 // candidates are (2B, d) with rank r's rows at [2 offset_r, 2 offset_r + 2 b_r), so an anchor's positive is its
 // other view and every other row of the global batch is a negative.
 class BatchNegatives : public Negatives {
  public:
   BatchNegatives(int64_t global_batch, torch::Device device)
-      : global_batch_(global_batch), shard_(ShardOf(global_batch, comm::Rank(), comm::Size())), device_(device) {}
+      : global_batch_(global_batch), shard_(ShardOf(global_batch, comm::Rank(), comm::Size())),
+        view_rows_(RowsOfEveryRank(global_batch, 2)), device_(device) {}
 
   int views() const override { return 2; }
   int64_t anchors() const override { return 2 * global_batch_; }
@@ -32,7 +40,7 @@ class BatchNegatives : public Negatives {
   torch::Tensor Loss(const torch::Tensor& z, const StepInput&, const LossOptions& loss,
                      SimilaritySample* sample) override {
     const int64_t b = shard_.count;
-    const torch::Tensor candidates = comm::GatherWithGrad(z);  // (2B, d), comm's reused buffer
+    const torch::Tensor candidates = comm::GatherWithGrad(z, view_rows_);  // (2B, d), comm's reused buffer
     const torch::Tensor local = torch::arange(2 * b, LongOn(device_));
     const torch::Tensor self = local + 2 * shard_.offset;
     const torch::Tensor positive = (local + b).remainder(2 * b) + 2 * shard_.offset;
@@ -43,6 +51,7 @@ class BatchNegatives : public Negatives {
  private:
   const int64_t global_batch_;
   const Shard shard_;
+  const std::vector<int64_t> view_rows_;  // every rank's rows of z: the gather's counts, known without asking
   const torch::Device device_;
 };
 
@@ -53,7 +62,8 @@ class BatchNegatives : public Negatives {
 class MemoryBank : public Negatives {
  public:
   MemoryBank(const RunConfig& config, int64_t size, torch::Device device)
-      : global_batch_(config.batch_size()), momentum_(config.loss().bank_momentum()), device_(device) {
+      : global_batch_(config.batch_size()), momentum_(config.loss().bank_momentum()),
+        rows_(RowsOfEveryRank(config.batch_size(), 1)), device_(device) {
     torch::manual_seed(config.seed() + 1);
     bank_ = Normalized(torch::randn({size, config.model().embed_dim()})).to(device);
   }
@@ -61,14 +71,14 @@ class MemoryBank : public Negatives {
   int views() const override { return 1; }
   int64_t anchors() const override { return global_batch_; }
   double PositiveSimilaritySum(const torch::Tensor& z, const StepInput& input) const override {
-    const torch::Tensor positive = torch::tensor(input.indices, torch::kLong).to(device_);
+    const torch::Tensor positive = input.index.to(device_, /*non_blocking=*/true);
     return (z * bank_.index_select(0, positive)).sum().item<double>();
   }
   int64_t negatives() const override { return bank_.size(0) - 1; }
 
   torch::Tensor Loss(const torch::Tensor& z, const StepInput& input, const LossOptions& loss,
                      SimilaritySample* sample) override {
-    const torch::Tensor positive = torch::tensor(input.indices, torch::kLong).to(device_);
+    const torch::Tensor positive = input.index.to(device_, /*non_blocking=*/true);
     const torch::Tensor exclude = torch::full({positive.size(0)}, -1, LongOn(device_));
     // The bank itself, not a copy (it may hold millions of entries): the histograms, drawn after the step, see it
     // with this step's entries updated.
@@ -78,8 +88,8 @@ class MemoryBank : public Negatives {
 
   void Update(const StepInput& input, const torch::Tensor& z) override {
     torch::NoGradGuard no_grad;
-    const torch::Tensor index = comm::AllGather(torch::tensor(input.indices, torch::kLong).to(device_));
-    const torch::Tensor feature = comm::AllGather(z.detach().contiguous());
+    const torch::Tensor index = input.global_index.to(device_, /*non_blocking=*/true);  // every rank's, in order
+    const torch::Tensor feature = comm::AllGather(z.detach().contiguous(), rows_);
     const torch::Tensor mixed = bank_.index_select(0, index) * momentum_ + feature * (1 - momentum_);
     bank_.index_copy_(0, index, Normalized(mixed));
   }
@@ -94,6 +104,7 @@ class MemoryBank : public Negatives {
 
   const int64_t global_batch_;
   const double momentum_;
+  const std::vector<int64_t> rows_;  // every rank's rows of z
   const torch::Device device_;
   torch::Tensor bank_;  // (N, d)
 };
@@ -151,6 +162,7 @@ Learner MakeLearner(const RunConfig& config, const Dataset& train, const Negativ
   learner.loss.name = config.loss().name();
   learner.loss.tau = config.loss().tau();
   learner.loss.hard_k = HardK(config.loss(), negatives.negatives());
+  learner.loss.min_negatives = negatives.negatives();  // every anchor has as many: no host read of the indices
   learner.tau_plan = TauPlanFor(config.loss(), config.epochs());
   return learner;
 }
@@ -182,7 +194,8 @@ double CurrentTau(const Learner& learner) {
   return std::exp(-learner.logit_scale.item<double>());
 }
 
-double Step(Learner& learner, Negatives& negatives, const StepInput& input, double lr, SimilaritySample* sample) {
+torch::Tensor Step(Learner& learner, Negatives& negatives, const StepInput& input, double lr,
+                   SimilaritySample* sample) {
   const torch::Tensor z = Embed(learner, ViewsOn(input, learner.device));
   SetStepTau(learner, negatives, z, input);
   const torch::Tensor loss_sum = negatives.Loss(z, input, learner.loss, sample);
@@ -197,7 +210,20 @@ double Step(Learner& learner, Negatives& negatives, const StepInput& input, doub
   learner.optimizer->step();
   if (learner.logit_scale.defined()) ClampLogitScale(learner.tau_plan, learner.logit_scale);
   negatives.Update(input, z);
-  return comm::AllReduceSum(loss_sum.item<double>()) / negatives.anchors();
+  return loss_sum.detach();
+}
+
+SyncedSteps SyncSteps(const std::vector<torch::Tensor>& loss_sums, int64_t anchors, bool stop_requested) {
+  CHECK(!loss_sums.empty());
+  const torch::Tensor losses = torch::stack(loss_sums).to(torch::kDouble);
+  torch::Tensor summed = torch::cat({losses, torch::full({1}, stop_requested ? 1.0 : 0.0, losses.options())});
+  comm::AllReduceSum(summed);
+  summed = summed.cpu();  // the one device-to-host copy of the steps since the last sync
+  SyncedSteps synced;
+  const double* value = summed.data_ptr<double>();
+  for (size_t i = 0; i < loss_sums.size(); ++i) synced.losses.push_back(value[i] / static_cast<double>(anchors));
+  synced.stop = value[loss_sums.size()] > 0;
+  return synced;
 }
 
 double LearningRate(const OptimConfig& o, int64_t step, int64_t steps_per_epoch, int64_t total_steps) {

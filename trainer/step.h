@@ -72,10 +72,21 @@ double CurrentTau(const Learner& learner);
 // gradient reducer, for images of `train`'s size. Collective.
 Learner MakeLearner(const RunConfig& config, const Dataset& train, const Negatives& negatives, torch::Device device);
 
-// One global step on this rank's input at learning rate `lr`, at the step's tau (loss.tau_mode); returns the mean loss over the global batch's anchors,
-// identical on every rank. Collective. Fills *sample when it is not null.
-double Step(Learner& learner, Negatives& negatives, const StepInput& input, double lr,
-            SimilaritySample* sample = nullptr);
+// One global step on this rank's input at learning rate `lr`, at the step's tau (loss.tau_mode). Returns this rank's
+// sum of its anchors' losses, detached and on the device: reading it would make the host wait for the device, so
+// the loop reads a run of them at once (SyncSteps). Collective. Fills *sample when it is not null.
+torch::Tensor Step(Learner& learner, Negatives& negatives, const StepInput& input, double lr,
+                   SimilaritySample* sample = nullptr);
+
+// What the ranks agree on after a run of steps: each step's mean loss over the global batch's `anchors` anchors,
+// identical on every rank, and whether any rank was asked to stop.
+struct SyncedSteps {
+  std::vector<double> losses;
+  bool stop = false;
+};
+// One all-reduce of the steps' loss sums (Step's) and this rank's stop request, and one device-to-host copy: the
+// host synchronisation of those steps. Collective.
+SyncedSteps SyncSteps(const std::vector<torch::Tensor>& loss_sums, int64_t anchors, bool stop_requested);
 
 // Learning rate at global step `step` (0-based): linear warm-up, then cosine, step or constant.
 double LearningRate(const OptimConfig& optim, int64_t step, int64_t steps_per_epoch, int64_t total_steps);

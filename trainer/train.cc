@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <utility>
@@ -59,8 +60,9 @@ double PeakRssMib() {
   return 0;
 }
 
-// SIGTERM / SIGINT / SIGUSR1 set the stop flag (common/stop.h); every rank checks the maximum over ranks after each
-// step, so all stop together, and set-up work checks it between files. SIGUSR1: mpirun forwards it to every rank of
+// SIGTERM / SIGINT / SIGUSR1 set the stop flag (common/stop.h); every rank learns whether any rank has it at each
+// host synchronisation of the loop (SyncSteps: every step on the CPU, at most kGpuSyncEverySteps apart on a GPU),
+// so all stop together, and set-up work checks it between files. SIGUSR1: mpirun forwards it to every rank of
 // the job, on every node, while it answers a SIGTERM by killing them (SIGCONT, then SIGTERM and SIGKILL a second
 // apart); the Slurm job script turns Slurm's SIGTERM into one.
 void RequestStop(int) {
@@ -73,8 +75,6 @@ void InstallStopHandlers() {
   std::signal(SIGINT, RequestStop);
   std::signal(SIGUSR1, RequestStop);
 }
-
-bool StopRequested() { return comm::AllReduceMax(StopSignalled() ? 1.0 : 0.0) > 0; }
 
 // Runs `fn` on every rank. If it threw on any rank, every rank throws CollectiveError (the lowest failing rank
 // reports its own message), so a setup failure on one rank never leaves the others waiting in a collective; if a
@@ -320,7 +320,9 @@ CollectiveError NonFiniteLoss(double loss, int64_t step, int64_t epoch, double l
 struct StepDone {
   int64_t step;   // global steps done, this one included
   int64_t epoch;  // the step's epoch, 0-based
-  double loss, lr;
+  double loss;    // the global batch's mean loss, read at the steps that synchronise (every log step and epoch end
+                  // among them); NaN at the others
+  double lr;
   double input_wait_seconds;  // the step's wait for its views (the prefetch queue, or making them in place)
   const SimilaritySample* sample;  // at the steps that log (rank 0), else null
 };
@@ -465,6 +467,37 @@ StepInput NextInput(Run& t, Prefetcher& inputs, int64_t step) {
   return input;
 }
 
+// Steps between the host's synchronisations with the device when nothing else asks for one (a log step, an epoch's
+// end, a checkpoint, a pause, the last step): every step on the CPU, where reading the loss costs no wait; on a GPU
+// every kGpuSyncEverySteps, so that the host queues the next steps' kernels while the device runs. A stop signal
+// waits for the next synchronisation (at most that many steps), and a non-finite loss is found there, named by its
+// own step, before any checkpoint is written.
+constexpr int64_t kGpuSyncEverySteps = 10;
+
+// A step taken whose loss the host has not read yet.
+struct PendingStep {
+  torch::Tensor loss_sum;  // this rank's (Step)
+  int64_t step, epoch;     // 0-based
+  double lr;
+};
+
+// Reads the pending steps' losses (SyncSteps) into the result; throws NonFiniteLoss at the first that is not
+// finite. Returns whether any rank was asked to stop. Collective.
+bool SyncPending(Run& t, std::vector<PendingStep>& pending, RunResult& result, double* last_loss) {
+  std::vector<torch::Tensor> sums;
+  for (const PendingStep& p : pending) sums.push_back(p.loss_sum);
+  const SyncedSteps synced = SyncSteps(sums, t.negatives->anchors(), StopSignalled());
+  for (size_t k = 0; k < pending.size(); ++k) {
+    const double loss = synced.losses[k];
+    const PendingStep& p = pending[k];
+    if (!std::isfinite(loss)) throw NonFiniteLoss(loss, p.step, p.epoch, p.lr, CurrentTau(t.learner));
+    RecordStepLoss(t, p.step + 1, loss, &result);
+  }
+  pending.clear();
+  *last_loss = synced.losses.back();
+  return synced.stop;
+}
+
 StepsEnd TrainSteps(Run& t, TrainingState& state, int64_t pause_step, const std::vector<StepObserver*>& observers,
                     ResultFile& file) {
   if (pause_step > 0 && state.step >= pause_step) return StepsEnd::kPaused;
@@ -473,6 +506,8 @@ StepsEnd TrainSteps(Run& t, TrainingState& state, int64_t pause_step, const std:
                     t.config.data().prefetch_steps());
   const int64_t checkpoint_every =
       t.config.checkpoint_every_steps() > 0 ? t.config.checkpoint_every_steps() : t.steps_per_epoch;
+  const int64_t sync_every = t.learner.device.is_cuda() ? kGpuSyncEverySteps : 1;
+  std::vector<PendingStep> pending;
   for (int64_t& step = state.step; step < t.total_steps;) {
     const int64_t epoch = step / t.steps_per_epoch;
     const double lr = LearningRate(t.config.optim(), step, t.steps_per_epoch, t.total_steps);
@@ -481,16 +516,17 @@ StepsEnd TrainSteps(Run& t, TrainingState& state, int64_t pause_step, const std:
     const Clock::time_point asked = Clock::now();
     const StepInput input = NextInput(t, inputs, step);
     const double input_wait = SecondsSince(asked);
-    const double loss = Step(t.learner, *t.negatives, input, lr, log ? &sample : nullptr);
-    if (!std::isfinite(loss)) throw NonFiniteLoss(loss, step, epoch, lr, CurrentTau(t.learner));
+    pending.push_back({Step(t.learner, *t.negatives, input, lr, log ? &sample : nullptr), step, epoch, lr});
     ++step;
-    RecordStepLoss(t, step, loss, &result);
+    const bool pause = step == pause_step;
+    const bool checkpoint = pause || step % checkpoint_every == 0 || step == t.total_steps;
+    const bool sync = checkpoint || IsLogStep(t, step) || step % t.steps_per_epoch == 0 || step % sync_every == 0;
+    double loss = std::numeric_limits<double>::quiet_NaN();
+    const bool stop = sync && SyncPending(t, pending, result, &loss);
     for (StepObserver* observer : observers) {
       observer->AfterStep({step, epoch, loss, lr, input_wait, log ? &sample : nullptr});
     }
-    const bool stop = StopRequested();
-    const bool pause = step == pause_step;
-    if (stop || pause || step % checkpoint_every == 0 || step == t.total_steps) {
+    if (stop || checkpoint) {
       Checkpoint(t, state);
       file.Write(result);
     }

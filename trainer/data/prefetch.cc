@@ -19,12 +19,18 @@ StepInput MakeStepInput(const Dataset& data, const InputOptions& options, const 
   const int64_t first = (step % options.steps_per_epoch) * options.global_batch + shard.offset;
   CHECK_LE(first + shard.count, static_cast<int64_t>(permutation.size()));
   input.indices.assign(permutation.begin() + first, permutation.begin() + first + shard.count);
+  const int64_t batch_first = (step % options.steps_per_epoch) * options.global_batch;
+  const auto pinned = torch::TensorOptions(torch::kLong).pinned_memory(options.pin);
+  input.index = torch::empty({shard.count}, pinned);
+  std::copy(input.indices.begin(), input.indices.end(), input.index.data_ptr<int64_t>());
+  input.global_index = torch::empty({options.global_batch}, pinned);
+  std::copy(permutation.begin() + batch_first, permutation.begin() + batch_first + options.global_batch,
+            input.global_index.data_ptr<int64_t>());
   if (options.batched) {
     CHECK(!data.streamed()) << "views of a streamed folder are made per image";
-    const torch::Tensor index = torch::tensor(input.indices, torch::kLong);
     input.rows = torch::empty({shard.count, data.images.size(1), data.images.size(2), data.images.size(3)},
                               torch::TensorOptions(torch::kUInt8).pinned_memory(options.pin));
-    torch::index_select_out(input.rows, data.images, 0, index);
+    torch::index_select_out(input.rows, data.images, 0, input.index);
     input.augment = options.augment;
     if (input.augment.out_size <= 0) input.augment.out_size = data.images.size(2);
     for (int view = 0; view < options.views; ++view) {

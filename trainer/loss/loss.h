@@ -27,6 +27,10 @@ struct LossOptions {
   // grad. When defined, StreamingOrNaiveLoss computes the losses that use tau on s * inverse_tau with tau = 1, by
   // scaling the anchors ((e^l a_i) . c_j = s_ij e^l), so the scale's gradient is exact through autograd.
   torch::Tensor inverse_tau;
+  // The fewest negatives of any anchor, when the caller knows it (the trainer: Negatives::negatives()); 0 = unknown.
+  // Known, the streaming loss checks the indices on their device (an asynchronous assert) instead of reading them on
+  // the host, so that a GPU step does not wait for the device there.
+  int64_t min_negatives = 0;
 };
 
 // anchors (n, d); candidates (C, d); positive (n) int64 candidate index of each anchor's positive; exclude (n)

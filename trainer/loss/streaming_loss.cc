@@ -261,7 +261,8 @@ Tensor SimpleLoss(const Tensor& anchors, const Tensor& candidates, const Tensor&
 }
 
 // Checks the arguments; returns the smallest number of negatives of any anchor (C - 1, or C - 2 when some anchor
-// excludes a candidate). The index checks cost one device-to-host copy, not one per check (a GPU sync each).
+// excludes a candidate). The index checks cost one device-to-host copy, not one per check (a GPU sync each), or
+// none when the caller states the number (LossOptions.min_negatives): then they assert on the device.
 int64_t CheckArguments(const Tensor& anchors, const Tensor& candidates, const Tensor& positive, const Tensor& exclude,
                        const LossOptions& options) {
   CHECK(anchors.dim() == 2 && candidates.dim() == 2 && anchors.size(1) == candidates.size(1))
@@ -274,6 +275,12 @@ int64_t CheckArguments(const Tensor& anchors, const Tensor& candidates, const Te
   CHECK_GT(options.tau, 0.0) << "tau must be positive";
   CHECK_GT(options.tile_scores, 0) << "the streaming loss needs tile_scores > 0 (0 is the naive loss)";
   if (n == 0) return columns - 1;
+  if (options.min_negatives > 0) {
+    CHECK_LT(options.min_negatives, columns) << "LossOptions.min_negatives must leave room for the positive";
+    at::_assert_async(positive.min().ge(0) & positive.max().lt(columns) & exclude.min().ge(-1) &
+                      exclude.max().lt(columns) & exclude.ne(positive).all());
+    return options.min_negatives;
+  }
   const Tensor summary =
       torch::stack({positive.min(), positive.max(), exclude.min(), exclude.max(),
                     exclude.eq(positive).any().to(torch::kLong), exclude.ge(0).any().to(torch::kLong)})

@@ -6,22 +6,28 @@ namespace tempered {
 
 namespace {
 
-// Differentiable all-reduce sum: y = sum over ranks of x. Every rank's loss depends on y, so the gradient of the
-// total loss with respect to x is the sum over ranks of the incoming gradients: backward is an all-reduce too.
-class AllReduceSumFunction : public torch::autograd::Function<AllReduceSumFunction> {
- public:
-  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) {
-    torch::Tensor y = x.clone();
-    comm::AllReduceSum(y);
-    return y;
-  }
-  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext*,
-                                               torch::autograd::tensor_list grads) {
-    torch::Tensor g = grads[0].contiguous().clone();
-    comm::AllReduceSum(g);
-    return {g};
-  }
+// The batch's per-channel mean and biased variance over every rank's rows, from one gather per layer of each rank's
+// (count, mean, sum of squared deviations from its own mean), combined as Chan et al.'s parallel variance: stable
+// where E[x^2] - mean^2 loses fp32 digits, and differentiable (GatherWithGrad's backward is one reduce-scatter).
+// Every rank contributes one row, so the counts are stated: nothing is read on the host.
+struct BatchStatistics {
+  torch::Tensor mean, variance, count;  // (C), (C) biased, (1): the global batch's
 };
+BatchStatistics GlobalStatistics(const torch::Tensor& x) {
+  const auto dims = std::vector<int64_t>{0, 2, 3};
+  const int64_t channels = x.size(1);
+  const double count = static_cast<double>(x.numel() / std::max<int64_t>(channels, 1));
+  const torch::Tensor mean = x.sum(dims) / std::max(count, 1.0);  // 0 on a rank without rows
+  const torch::Tensor centered = x - mean.view({1, channels, 1, 1});
+  const torch::Tensor local = torch::cat({torch::full({1}, count, x.options()), mean, (centered * centered).sum(dims)});
+  const torch::Tensor all = comm::GatherWithGrad(local.unsqueeze(0), std::vector<int64_t>(comm::Size(), 1));
+  const torch::Tensor counts = all.narrow(1, 0, 1);  // (W, 1)
+  const torch::Tensor means = all.narrow(1, 1, channels), squares = all.narrow(1, 1 + channels, channels);
+  const torch::Tensor total = counts.sum();
+  const torch::Tensor global_mean = (counts * means).sum(0) / total;
+  const torch::Tensor spread = (squares + counts * (means - global_mean).pow(2)).sum(0);
+  return {global_mean, spread / total, total};
+}
 
 }  // namespace
 
@@ -48,20 +54,15 @@ torch::Tensor SyncBatchNorm2dImpl::forward(const torch::Tensor& input) {
     return (x - running_mean.view(shape)) * torch::rsqrt(running_var.view(shape) + eps_) * weight.view(shape) +
            bias.view(shape);
   }
-  // Two passes over the global batch, each one all-reduce of (C) sums with gradient: the mean, then the variance
-  // around it. (E[x^2] - mean^2 in one pass loses fp32 digits when the mean is large against the spread.)
-  const auto dims = std::vector<int64_t>{0, 2, 3};
-  const double local_count = static_cast<double>(x.numel() / std::max<int64_t>(x.size(1), 1));
-  const torch::Tensor count = torch::full({1}, comm::AllReduceSum(local_count), x.options());
-  const torch::Tensor mean = AllReduceSumFunction::apply(x.sum(dims)) / count;
-  const torch::Tensor centered = x - mean.view(shape);
-  const torch::Tensor var = AllReduceSumFunction::apply((centered * centered).sum(dims)) / count;  // biased
+  const BatchStatistics batch = GlobalStatistics(x);
   {
-    torch::NoGradGuard no_grad;
-    running_mean.mul_(1 - momentum_).add_(momentum_ * mean.detach());
-    running_var.mul_(1 - momentum_).add_(momentum_ * var.detach() * count / (count - 1).clamp_min(1));
+    torch::NoGradGuard no_grad;  // the running variance is unbiased, as torch's
+    const torch::Tensor count = batch.count.detach();
+    running_mean.mul_(1 - momentum_).add_(momentum_ * batch.mean.detach());
+    running_var.mul_(1 - momentum_).add_(momentum_ * batch.variance.detach() * count / (count - 1).clamp_min(1));
   }
-  return centered * torch::rsqrt(var.view(shape) + eps_) * weight.view(shape) + bias.view(shape);
+  return (x - batch.mean.view(shape)) * torch::rsqrt(batch.variance.view(shape) + eps_) * weight.view(shape) +
+         bias.view(shape);
 }
 
 }  // namespace tempered
