@@ -1,15 +1,17 @@
 // The backend for CUDA tensors: one NCCL communicator over all ranks, bootstrapped over MPI.
 //
 // Streams (the contract callers rely on, as in c10d):
-//   - Every NCCL call is enqueued on the *current* CUDA stream of the tensor's device
-//     (c10::cuda::getCurrentCUDAStream). Inputs produced earlier on that stream are therefore ready, and results
-//     are ready for any later work on that stream: no event, no host synchronisation.
+//   - Every NCCL call runs on one communication stream (CommStream), in the order the host enqueues them, behind the
+//     work the caller's *current* CUDA stream (c10::cuda::getCurrentCUDAStream) had enqueued before the call (an
+//     event), and that stream waits for it in turn (another event): inputs produced earlier on the caller's stream
+//     are ready, and results are ready for any later work there. No host synchronisation.
+//   - Except the gradient reducer's bucket sums (NcclStartSum): the caller's stream goes on without them, so the rest
+//     of the backward overlaps them, until NcclWaitForStarted.
 //   - The host must synchronise (e.g. .cpu(), .item()) before it reads a result. comm.cc's own host-side steps
 //     (row counts over MPI, unless the caller states them) read only host values.
-//   - Output tensors are allocated on the same current stream, so LibTorch's caching allocator sees no cross-stream
-//     use and needs no record_stream. A caller that switches streams between the collective and the use of its
-//     result must make the new stream wait (an event) or record the tensor on it.
-//
+//   - Output tensors are allocated on the caller's stream, which waits for the collective before any later use, so
+//     the caching allocator needs no record_stream; the overlapped sums record theirs on the communication stream.
+
 // The communicator is created by the first CUDA collective (every rank reaches it in the same order, as with any
 // collective), on that tensor's device: one process drives one GPU, chosen by the caller from LocalRank().
 // It is destroyed by comm::Finalize before MPI_Finalize (see DestroyNccl).
@@ -21,6 +23,7 @@
 // the collective timeout, or an asynchronous error, aborts the communicator (ncclCommAbort, which ends its kernels
 // and unblocks the host) and ends the job with one sentence, as the MPI side does. Timed from the enqueue: a
 // stream's backlog ahead of a collective is milliseconds, the timeout minutes.
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
@@ -88,8 +91,8 @@ ncclDataType_t NcclType(const torch::Tensor& t) {
     case torch::kChar: return ncclInt8;
     case torch::kByte: return ncclUint8;
     default:
-      Abort(c10::str("comm: the NCCL backend cannot move ", t.scalar_type(),
-                     " tensors (supported: float32, float64, float16, bfloat16 from NCCL 2.10, int64, int32, int8, uint8)"));
+      Abort(c10::str("comm: the NCCL backend cannot move ", t.scalar_type(), " tensors (supported: float32, "
+                     "float64, float16, bfloat16 from NCCL 2.10, int64, int32, int8, uint8)"));
   }
 }
 
@@ -160,47 +163,91 @@ ncclComm_t CommFor(const torch::Tensor& t) {
   return nccl_comm;
 }
 
-cudaStream_t StreamFor(const torch::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+// The communicator's stream. Every collective runs there, in the order the host enqueues them (the same on every
+// rank: the collective contract), as c10d's ProcessGroupNCCL does: one communicator's operations spread over several
+// streams could run in different orders on different ranks and deadlock. Created on first use, on nccl_device.
+cudaStream_t CommStream() {
+  static const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/true, nccl_device);
+  return stream.stream();
+}
+
+// `later` waits, on the device and not the host, for the work enqueued on `earlier` so far.
+void StreamWaits(cudaStream_t later, cudaStream_t earlier) {
+  cudaEvent_t event;
+  CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventRecord(event, earlier));
+  CUDA_CHECK(cudaStreamWaitEvent(later, event, 0));
+  CUDA_CHECK(cudaEventDestroy(event));  // its resources are released once it has completed
+}
+
+cudaStream_t CallerStream(const torch::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+
+// Enqueues a collective on the communication stream behind the caller's stream's work so far (so its inputs are
+// ready), watched. The caller's stream then waits for it (its result is ready for what follows there, as comm.h
+// promises), unless `overlap`: the reducer's bucket sums, which the rest of the backward runs beside;
+// NcclWaitForStarted makes the caller's stream wait for them later. An overlapped tensor is recorded on the
+// communication stream, so that the caching allocator does not hand its memory out while NCCL still uses it.
+template <typename Enqueue>
+void OnCommStream(const torch::Tensor& t, const char* what, bool overlap, Enqueue enqueue) {
+  ncclComm_t comm = CommFor(t);
+  c10::cuda::CUDAGuard guard(t.device());
+  const cudaStream_t caller = CallerStream(t), stream = CommStream();
+  StreamWaits(stream, caller);
+  enqueue(comm, stream);
+  Watch(what, stream);
+  if (overlap) {
+    c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(),
+                                                  c10::cuda::getStreamFromExternal(stream, t.device().index()));
+  } else {
+    StreamWaits(caller, stream);
+  }
+}
 
 // Every rank's block is the same size: comm.cc pads uneven blocks (Backend.equal_blocks_only), since NCCL has no
 // all-gather-v: one ncclAllGather at the largest block's size, where there were W ncclBroadcasts in a group.
 void NcclAllGather(const torch::Tensor& in, torch::Tensor& out, const std::vector<int64_t>& elems) {
-  ncclComm_t comm = CommFor(in);
-  c10::cuda::CUDAGuard guard(in.device());
-  const cudaStream_t stream = StreamFor(in);
-  NCCL_CHECK(ncclAllGather(in.data_ptr(), out.data_ptr(), elems[0], NcclType(in), comm, stream));
-  Watch("all-gather", stream);
+  OnCommStream(in, "all-gather", false, [&](ncclComm_t comm, cudaStream_t stream) {
+    NCCL_CHECK(ncclAllGather(in.data_ptr(), out.data_ptr(), elems[0], NcclType(in), comm, stream));
+  });
 }
 
 void NcclAllReduce(torch::Tensor& t, Reduction op) {
-  ncclComm_t comm = CommFor(t);
-  c10::cuda::CUDAGuard guard(t.device());
-  const cudaStream_t stream = StreamFor(t);
-  NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), NcclType(t),
-                           op == Reduction::kSum ? ncclSum : ncclMax, comm, stream));
-  Watch("all-reduce", stream);
+  OnCommStream(t, "all-reduce", false, [&](ncclComm_t comm, cudaStream_t stream) {
+    NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), NcclType(t),
+                             op == Reduction::kSum ? ncclSum : ncclMax, comm, stream));
+  });
 }
 
 // Equal blocks, as for NcclAllGather.
 void NcclReduceScatter(const torch::Tensor& full, torch::Tensor& out, const std::vector<int64_t>& elems) {
-  ncclComm_t comm = CommFor(full);
-  c10::cuda::CUDAGuard guard(full.device());
-  const cudaStream_t stream = StreamFor(full);
-  NCCL_CHECK(ncclReduceScatter(full.data_ptr(), out.data_ptr(), elems[0], NcclType(full), ncclSum, comm, stream));
-  Watch("reduce-scatter", stream);
+  OnCommStream(full, "reduce-scatter", false, [&](ncclComm_t comm, cudaStream_t stream) {
+    NCCL_CHECK(ncclReduceScatter(full.data_ptr(), out.data_ptr(), elems[0], NcclType(full), ncclSum, comm, stream));
+  });
 }
 
 void NcclBroadcast(torch::Tensor& t, int root) {
-  ncclComm_t comm = CommFor(t);
+  OnCommStream(t, "broadcast", false, [&](ncclComm_t comm, cudaStream_t stream) {
+    NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), NcclType(t), root, comm, stream));
+  });
+}
+
+void NcclStartSum(torch::Tensor& t) {
+  OnCommStream(t, "gradient all-reduce", true, [&](ncclComm_t comm, cudaStream_t stream) {
+    NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), NcclType(t), ncclSum, comm, stream));
+  });
+}
+
+void NcclWaitForStarted(const torch::Tensor& t) {
   c10::cuda::CUDAGuard guard(t.device());
-  const cudaStream_t stream = StreamFor(t);
-  NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), NcclType(t), root, comm, stream));
-  Watch("broadcast", stream);
+  StreamWaits(CallerStream(t), CommStream());
 }
 
 }  // namespace
 
-const Backend kNcclBackend = {"NCCL", /*equal_blocks_only=*/true, NcclAllGather, NcclAllReduce, NcclReduceScatter, NcclBroadcast};
+const Backend kNcclBackend = {"NCCL", /*equal_blocks_only=*/true, NcclAllGather, NcclAllReduce, NcclReduceScatter,
+                               NcclBroadcast, NcclStartSum, NcclWaitForStarted};
 
 // Called by comm::Finalize *before* MPI_Finalize: the communicator was bootstrapped over MPI and its teardown
 // (ncclCommDestroy finalises it: flushes outstanding work, then frees) still talks to the other ranks.

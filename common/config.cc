@@ -172,6 +172,8 @@ void ValidateConfig(const RunConfig& c) {
   Require(c.eval_timeout_seconds() >= 0, "eval_timeout_seconds", ">= 0 (0 = 86400)", c.eval_timeout_seconds());
   Require(c.gradient_bucket_kib() >= 0 && c.gradient_bucket_kib() <= (1 << 20), "gradient_bucket_kib",
           "in [0, 1048576] (0 = 256)", c.gradient_bucket_kib());
+  Require(c.host_sync_every_steps() >= 0, "host_sync_every_steps", ">= 0 (0 = 1 on cpu, 10 on cuda)",
+          c.host_sync_every_steps());
   Require(c.model().embed_dim() >= 1, "model.embed_dim", ">= 1", c.model().embed_dim());
   Require(c.model().width() >= 0, "model.width", ">= 0", c.model().width());
   Require(c.optim().lr() > 0, "optim.lr", "> 0", c.optim().lr());
@@ -266,8 +268,8 @@ RunConfig ReadRunConfig(const std::string& path, FieldLines* lines) {
 }
 
 const std::vector<std::string>& ResultIndependentFields() {
-  // In: where files go and how the work is spread over threads and sent between ranks. The views are a pure
-  // function of (seed, epoch, index), so workers and prefetching do not change them; gradient buckets hold the same
+  // In: where files go, how the work is spread over threads and sent between ranks, and when the host reads it. The
+  // views are a pure function of (seed, epoch, index), so workers and prefetching do not change them; gradient buckets hold the same
   // sums (more than 2 ranks may add them in another order: a last-bit rounding accepted for a tuning knob);
   // checkpoints and the stalled-rank timeouts do not touch the computation.
   // Out, on purpose: `device` (CPU and GPU kernels round differently, so a result names the device it came from,
@@ -276,7 +278,8 @@ const std::vector<std::string>& ResultIndependentFields() {
   // metrics, and a checkpoint carries the per-epoch curve evaluated under them.
   static const std::vector<std::string> fields = {
       "out_dir", "threads", "log_every_steps", "checkpoint_every_steps", "collective_timeout_seconds",
-      "eval_timeout_seconds", "gradient_bucket_kib", "data.workers", "data.prefetch_steps", "eval.save_embeddings"};
+      "eval_timeout_seconds", "gradient_bucket_kib", "host_sync_every_steps", "data.workers", "data.prefetch_steps",
+      "eval.save_embeddings"};
   return fields;
 }
 

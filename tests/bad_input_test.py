@@ -452,6 +452,26 @@ class NonFiniteLossTest(FaultTest):
         self.assertEqual(result["error"], found.group(0))
         self.assertTrue(zipfile.is_zipfile(os.path.join(out, "checkpoint.pt")))
 
+    def test_nan_loss_found_at_a_later_host_sync_names_its_own_step(self):
+        # As on a GPU: the host reads the losses every 4 steps (and logs and checkpoints only there), so the NaN of
+        # step 2 or 3 is found at step 4, named by its own step, and no checkpoint of the diverged weights is written.
+        out = self.path("out")
+        proc = run_train(2, TINY + ["--lr", "1e30", "--max_steps", "20", "--log_every_steps", "4",
+                                    "--checkpoint_every_steps", "4", "--host_sync_every_steps", "4",
+                                    "--out_dir", out], timeout=120)
+        self.assert_clean_failure(proc, "the loss became")
+        found = re.search(r"the loss became (?:NaN|infinite) at global step (\d+) \(epoch 1, lr [^)]*, tau [^)]*\)",
+                          proc.stderr)
+        self.assertIsNotNone(found, proc.stderr[-3000:])
+        step = int(found.group(1))
+        self.assertIn(step, (2, 3, 4))
+        # The result is the last one written (before the first checkpoint: no steps) with the failure.
+        result = read_result(out)
+        self.assertEqual(result.get("step_loss", []), [])
+        self.assertEqual(result["status"], "FAILED")
+        self.assertEqual(result["error"], found.group(0))
+        self.assertFalse(os.path.exists(os.path.join(out, "checkpoint.pt")))
+
 
 class RankFailureTest(FaultTest):
     def wrapper(self, rank_args):

@@ -115,6 +115,25 @@ class BatchedAugmentationTest(unittest.TestCase):
                     self.assertLessEqual(abs(a - b), 1e-2 * abs(a), f"{negatives} step {step}: {a} vs {b}")
 
 
+class HostSyncTest(unittest.TestCase):
+    """--host_sync_every_steps (10 on a GPU) changes when the host reads the losses, not the run: every step's loss
+    is recorded, to the last bit, also across an epoch's end and a log step that fall between reads."""
+
+    def test_reading_the_losses_every_third_step_gives_the_same_run(self):
+        with TempDir() as tmp:
+            results = {}
+            for every in ("1", "3"):
+                out = os.path.join(tmp, every)
+                proc = run_train(2, SMALL + ["--batch_size", "32", "--epochs", "2", "--max_steps", "26",
+                                             "--log_every_steps", "7", "--host_sync_every_steps", every,
+                                             "--out_dir", out])  # 20 steps an epoch
+                self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+                results[every] = read_result(out)
+            self.assertEqual(results["1"]["step_loss"], results["3"]["step_loss"])
+            self.assertEqual([int(s["step"]) for s in results["3"]["step_loss"]], list(range(1, 27)))
+            self.assertEqual(results["1"]["epochs"][0]["mean_loss"], results["3"]["epochs"][0]["mean_loss"])
+
+
 class GradientBucketTest(unittest.TestCase):
     """--gradient_bucket_kib changes how the gradients are sent (how many all-reduces during backward), not what they
     are: with 2 ranks each sum is a + b, so the runs agree to the last bit."""

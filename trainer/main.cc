@@ -67,6 +67,8 @@ DEFINE_string(eval_timeout_seconds, "",
               "the other ranks' wait for rank 0's evaluation before they end the job (0 = 86400)");
 DEFINE_string(gradient_bucket_kib, "",
               "gradients are all-reduced in buckets of about this size during backward (0 = 256)");
+DEFINE_string(host_sync_every_steps, "",
+              "steps between the host's reads of the losses and stop requests (0 = 1 on cpu, 10 on cuda)");
 DEFINE_bool(eval_at_init, false, "also evaluate the randomly initialised model (RunResult.initial)");
 DEFINE_bool(raw_pixel_knn, false, "also report kNN accuracy on raw pixels (RunResult.raw_pixel_knn_top1)");
 DEFINE_bool(save_embeddings, false,
@@ -128,6 +130,7 @@ const tempered::FlagDoc kTrainFlags[] = {
     {"collective_timeout_seconds", "run", "collective_timeout_seconds"},
     {"eval_timeout_seconds", "run", "eval_timeout_seconds"},
     {"gradient_bucket_kib", "run", "gradient_bucket_kib"},
+    {"host_sync_every_steps", "run", "host_sync_every_steps"},
 };
 
 tempered::FlagHelp TrainHelp() {

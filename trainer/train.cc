@@ -61,7 +61,7 @@ double PeakRssMib() {
 }
 
 // SIGTERM / SIGINT / SIGUSR1 set the stop flag (common/stop.h); every rank learns whether any rank has it at each
-// host synchronisation of the loop (SyncSteps: every step on the CPU, at most kGpuSyncEverySteps apart on a GPU),
+// host synchronisation of the loop (SyncSteps, every host_sync_every_steps: every step on the CPU by default),
 // so all stop together, and set-up work checks it between files. SIGUSR1: mpirun forwards it to every rank of
 // the job, on every node, while it answers a SIGTERM by killing them (SIGCONT, then SIGTERM and SIGKILL a second
 // apart); the Slurm job script turns Slurm's SIGTERM into one.
@@ -467,11 +467,7 @@ StepInput NextInput(Run& t, Prefetcher& inputs, int64_t step) {
   return input;
 }
 
-// Steps between the host's synchronisations with the device when nothing else asks for one (a log step, an epoch's
-// end, a checkpoint, a pause, the last step): every step on the CPU, where reading the loss costs no wait; on a GPU
-// every kGpuSyncEverySteps, so that the host queues the next steps' kernels while the device runs. A stop signal
-// waits for the next synchronisation (at most that many steps), and a non-finite loss is found there, named by its
-// own step, before any checkpoint is written.
+// RunConfig.host_sync_every_steps's default on a GPU (proto/tempered.proto).
 constexpr int64_t kGpuSyncEverySteps = 10;
 
 // A step taken whose loss the host has not read yet.
@@ -506,7 +502,9 @@ StepsEnd TrainSteps(Run& t, TrainingState& state, int64_t pause_step, const std:
                     t.config.data().prefetch_steps());
   const int64_t checkpoint_every =
       t.config.checkpoint_every_steps() > 0 ? t.config.checkpoint_every_steps() : t.steps_per_epoch;
-  const int64_t sync_every = t.learner.device.is_cuda() ? kGpuSyncEverySteps : 1;
+  const int64_t sync_every = t.config.host_sync_every_steps() > 0 ? t.config.host_sync_every_steps()
+                             : t.learner.device.is_cuda()         ? kGpuSyncEverySteps
+                                                                  : 1;
   std::vector<PendingStep> pending;
   for (int64_t& step = state.step; step < t.total_steps;) {
     const int64_t epoch = step / t.steps_per_epoch;
