@@ -27,6 +27,11 @@ struct Backend {
   // out (elems[rank] elements) = this rank's block of the sum over ranks of full (sum(elems) elements).
   void (*reduce_scatter)(const torch::Tensor& full, torch::Tensor& out, const std::vector<int64_t>& elems);
   void (*broadcast)(torch::Tensor& t, int root);
+  // The gradient reducer's overlapped sums of device tensors: start_sum enqueues an in-place sum over ranks that the
+  // caller's stream does not wait for; wait_for_started makes the caller's stream (of t's device) wait for every sum
+  // started so far. Null for the CPU, whose overlapped sums are AsyncSums (MPI requests).
+  void (*start_sum)(torch::Tensor& t);
+  void (*wait_for_started)(const torch::Tensor& t);
 };
 
 extern const Backend kMpiBackend;   // mpi_backend.cc: CPU tensors

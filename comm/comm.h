@@ -137,9 +137,14 @@ enum class ReduceTiming {
   // During backward, from autograd hooks: buckets in reverse parameter order (backward produces the last layers'
   // gradients first), each started (non-blocking) as soon as backward has accumulated all its gradients, so the
   // communication of the late layers overlaps the computation of the early ones; Finalize waits for them. CPU
-  // (MPI) only: with CUDA parameters the reducer works as kAfterBackward. Exactly one backward per Finalize.
+  // parameters: MPI requests. CUDA parameters (one device): NCCL all-reduces on the communication stream, ordered
+  // by events, the host never waiting; there a parameter that no rank gave a gradient gets zeros instead of none.
+  // Exactly one backward per Finalize.
   kDuringBackward,
 };
+// Runs the kDuringBackward reducers built from now on with CPU parameters as they run with CUDA ones (blocking sums
+// in place of the NCCL stream; no host read of which ranks had gradients), so that CPU tests cover that logic.
+void RunReducerAsOnDeviceForTesting(bool on);
 
 struct ReducerOptions {
   // A bucket is one flat buffer of about this many bytes: one all-reduce of a few MiB costs little more than one

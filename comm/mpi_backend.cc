@@ -117,7 +117,9 @@ void MpiBroadcast(torch::Tensor& t, int root) {
 
 namespace detail {
 
-const Backend kMpiBackend = {"MPI", /*equal_blocks_only=*/false, MpiAllGather, MpiAllReduce, MpiReduceScatter, MpiBroadcast};
+const Backend kMpiBackend = {"MPI", /*equal_blocks_only=*/false, MpiAllGather, MpiAllReduce,
+                              MpiReduceScatter, MpiBroadcast, /*start_sum=*/nullptr,
+                              /*wait_for_started=*/nullptr};
 
 // Rows rather than elements are the unit (a contiguous datatype of one row), so displacements stay within int for
 // any set of fewer than 2^31 rows; each round moves at most piece_rows rows from each rank, straight into out.

@@ -15,10 +15,13 @@ void AllGather(const torch::Tensor&, torch::Tensor&, const std::vector<int64_t>&
 void AllReduce(torch::Tensor&, Reduction) { Refuse(); }
 void ReduceScatter(const torch::Tensor&, torch::Tensor&, const std::vector<int64_t>&) { Refuse(); }
 void Broadcast(torch::Tensor&, int) { Refuse(); }
+void StartSum(torch::Tensor&) { Refuse(); }
+void WaitForStarted(const torch::Tensor&) { Refuse(); }
 
 }  // namespace
 
-const Backend kNcclBackend = {"none", /*equal_blocks_only=*/true, AllGather, AllReduce, ReduceScatter, Broadcast};
+const Backend kNcclBackend = {"none", /*equal_blocks_only=*/true, AllGather, AllReduce, ReduceScatter, Broadcast,
+                               StartSum, WaitForStarted};
 
 void DestroyNccl() {}
 

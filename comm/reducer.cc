@@ -9,10 +9,18 @@
 // (also when .grad held something before backward). Buckets run in reverse parameter order and start strictly in
 // bucket order. Thread level: comm is MPI_THREAD_FUNNELED; autograd runs the backward of CPU tensors on the thread
 // that called backward(), so the hooks (and their MPI calls) run on the main thread. Each hook checks it.
+//
+// CUDA parameters (one device): the same hooks, on autograd's device thread, start each bucket's NCCL all-reduce on
+// the communication stream behind the backward's work so far (nccl_backend.cc: an event, no host wait), and
+// Finalize makes the compute stream wait for them (events again). The host never reads which ranks had a gradient
+// (that would wait for the device): every parameter that can receive one gets the mean, zeros where no rank had
+// one. Tempered's encoders give every parameter a gradient every step; RunReducerAsOnDeviceForTesting runs this
+// logic on the CPU, so that the tests cover it.
 #include <torch/csrc/autograd/utils/lambda_post_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
 #include <algorithm>
+#include <atomic>
 #include <numeric>
 #include <thread>
 
@@ -21,6 +29,8 @@
 
 namespace tempered::comm {
 namespace {
+
+std::atomic<bool> reducer_as_on_device{false};  // RunReducerAsOnDeviceForTesting
 
 // Splits the parameters, taken in `order`, into runs of about bucket_bytes of one dtype on one device (a bucket is
 // one flat buffer).
@@ -66,6 +76,8 @@ struct GradientReducer::Overlap {
   };
 
   std::vector<torch::Tensor> parameters;
+  const bool device_mode;         // CUDA parameters (or the CPU test of their logic): see the top of this file
+  std::vector<char> accumulates;  // parameter -> it can receive a gradient (has an AccumulateGrad node)
   std::vector<Bucket> buckets;
   std::vector<size_t> bucket_of;  // parameter -> bucket
   std::vector<char> ready;        // parameter -> gradient accumulated this step
@@ -76,16 +88,20 @@ struct GradientReducer::Overlap {
   // rebuilt by the next forward, without them), and the keys that remove the hooks.
   std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, uintptr_t>> hooks;
 
-  Overlap(std::vector<torch::Tensor> params, int64_t bucket_bytes);
+  Overlap(std::vector<torch::Tensor> params, int64_t bucket_bytes, bool on_device);
   ~Overlap();
   void OnGradient(size_t i);
   void Start(Bucket& bucket);
+  void StartSum(torch::Tensor& buffer);
+  void WaitForSums();
   void Finish();
+  void SetMean(const Bucket& bucket, int64_t k);  // parameter k of the bucket's grad = its summed slot (divided)
   void Reset();
 };
 
-GradientReducer::Overlap::Overlap(std::vector<torch::Tensor> params, int64_t bucket_bytes)
-    : parameters(std::move(params)), bucket_of(parameters.size()), ready(parameters.size(), 0) {
+GradientReducer::Overlap::Overlap(std::vector<torch::Tensor> params, int64_t bucket_bytes, bool on_device)
+    : parameters(std::move(params)), device_mode(on_device), accumulates(parameters.size(), 0),
+      bucket_of(parameters.size()), ready(parameters.size(), 0) {
   for (std::vector<size_t>& indices :
        MakeBuckets(parameters, Order(parameters.size(), ReduceTiming::kDuringBackward), bucket_bytes)) {
     Bucket b;
@@ -103,6 +119,7 @@ GradientReducer::Overlap::Overlap(std::vector<torch::Tensor> params, int64_t buc
     // No accumulator: the parameter needs no gradient, never becomes ready, and its bucket starts in Finalize.
     std::shared_ptr<torch::autograd::Node> accumulator = torch::autograd::impl::grad_accumulator(parameters[i]);
     if (!accumulator) continue;
+    accumulates[i] = 1;
     const uintptr_t key = accumulator->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
         [this, i](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
           OnGradient(i);
@@ -122,15 +139,17 @@ GradientReducer::Overlap::~Overlap() {
 }
 
 void GradientReducer::Overlap::OnGradient(size_t i) {
-  COMM_REQUIRE(std::this_thread::get_id() == thread, "GradientReducer: a gradient hook ran on another thread than "
-               "the one that built the reducer, but comm is MPI_THREAD_FUNNELED (CPU backward runs on the caller)");
+  const bool on_cuda = parameters[i].is_cuda();  // CUDA backward runs on autograd's device thread; NCCL allows it
+  COMM_REQUIRE(on_cuda || std::this_thread::get_id() == thread, "GradientReducer: a gradient hook ran on another "
+               "thread than the one that built the reducer, but comm is MPI_THREAD_FUNNELED (CPU backward runs on "
+               "the caller)");
   COMM_REQUIRE(!ready[i], "GradientReducer (kDuringBackward): parameter ", i, " received a second gradient "
                "before Finalize; run one backward per Finalize, or use ReduceTiming::kAfterBackward");
   ready[i] = 1;
   --buckets[bucket_of[i]].missing;
   // Strictly in bucket order, so that every rank starts the same sums in the same order.
   while (started < buckets.size() && buckets[started].missing == 0) Start(buckets[started++]);
-  sums.Progress();  // no progress thread: started sums advance only inside MPI calls
+  if (!device_mode) sums.Progress();  // no progress thread: started sums advance only inside MPI calls
 }
 
 void GradientReducer::Overlap::Start(Bucket& bucket) {
@@ -146,32 +165,56 @@ void GradientReducer::Overlap::Start(Bucket& bucket) {
       slot.zero_();
     }
   }
-  bucket.buffer.narrow(0, bucket.elements, static_cast<int64_t>(flags.size())).copy_(torch::tensor(flags));
-  sums.Start(bucket.buffer);
+  // The flags are read on the host in Finish, which the device path does not do (and a copy from the host here
+  // would make it wait); its flag slots travel unread.
+  if (!device_mode) {
+    bucket.buffer.narrow(0, bucket.elements, static_cast<int64_t>(flags.size())).copy_(torch::tensor(flags));
+  }
+  StartSum(bucket.buffer);
+}
+
+void GradientReducer::Overlap::StartSum(torch::Tensor& buffer) {
+  if (buffer.is_cuda()) return detail::kNcclBackend.start_sum(buffer);
+  if (device_mode) return AllReduceSum(buffer);  // the device path's logic on the CPU: a blocking sum
+  sums.Start(buffer);
+}
+
+void GradientReducer::Overlap::WaitForSums() {
+  if (buckets.front().buffer.is_cuda()) return detail::kNcclBackend.wait_for_started(buckets.front().buffer);
+  sums.WaitAll();
 }
 
 void GradientReducer::Overlap::Finish() {
   torch::NoGradGuard no_grad;
   // Buckets some of whose gradients never came (a parameter unused this step, or no backward at all).
   while (started < buckets.size()) Start(buckets[started++]);
-  sums.WaitAll();
+  WaitForSums();
   for (Bucket& bucket : buckets) {
     const int64_t n = static_cast<int64_t>(bucket.params.size());
     bucket.buffer.narrow(0, 0, bucket.elements).div_(Size());
+    if (device_mode) {
+      for (int64_t k = 0; k < n; ++k) {
+        if (accumulates[bucket.params[k]]) SetMean(bucket, k);
+      }
+      continue;
+    }
     const torch::Tensor anywhere = bucket.buffer.narrow(0, bucket.elements, n).to(torch::kDouble);
     const auto flag = anywhere.accessor<double, 1>();
     for (int64_t k = 0; k < n; ++k) {
-      if (flag[k] == 0) continue;  // no rank had a gradient: keep none, as with one rank
-      torch::Tensor& p = parameters[bucket.params[k]];
-      const torch::Tensor mean = bucket.buffer.narrow(0, bucket.offsets[k], p.numel()).view(p.sizes());
-      if (p.grad().defined()) {
-        p.mutable_grad().copy_(mean);
-      } else {
-        p.mutable_grad() = mean.clone();
-      }
+      if (flag[k] != 0) SetMean(bucket, k);  // else no rank had a gradient: keep none, as with one rank
     }
   }
   Reset();
+}
+
+void GradientReducer::Overlap::SetMean(const Bucket& bucket, int64_t k) {
+  torch::Tensor& p = parameters[bucket.params[k]];
+  const torch::Tensor mean = bucket.buffer.narrow(0, bucket.offsets[k], p.numel()).view(p.sizes());
+  if (p.grad().defined()) {
+    p.mutable_grad().copy_(mean);
+  } else {
+    p.mutable_grad() = mean.clone();
+  }
 }
 
 void GradientReducer::Overlap::Reset() {
@@ -185,11 +228,16 @@ GradientReducer::GradientReducer(std::vector<torch::Tensor> parameters, int64_t 
 
 GradientReducer::GradientReducer(std::vector<torch::Tensor> parameters, const ReducerOptions& options)
     : parameters_(std::move(parameters)) {
-  const bool all_cpu = std::all_of(parameters_.begin(), parameters_.end(),
-                                   [](const torch::Tensor& p) { return p.is_cpu(); });
-  // One rank needs no hooks (Finalize does nothing); NCCL runs on streams, not on MPI requests: synchronous.
-  if (options.timing == ReduceTiming::kDuringBackward && Size() > 1 && all_cpu && !parameters_.empty()) {
-    overlap_ = std::make_unique<Overlap>(parameters_, options.bucket_bytes);
+  const auto all_on = [&](const torch::Device& device) {
+    return std::all_of(parameters_.begin(), parameters_.end(),
+                       [&](const torch::Tensor& p) { return p.device() == device; });
+  };
+  const bool one_device = !parameters_.empty() && all_on(parameters_.front().device());
+  const bool on_cuda = one_device && parameters_.front().is_cuda();
+  // One rank needs no hooks (Finalize does nothing).
+  if (options.timing == ReduceTiming::kDuringBackward && Size() > 1 && one_device &&
+      (on_cuda || parameters_.front().is_cpu())) {
+    overlap_ = std::make_unique<Overlap>(parameters_, options.bucket_bytes, on_cuda || reducer_as_on_device);
   } else {
     buckets_ = MakeBuckets(parameters_, Order(parameters_.size(), ReduceTiming::kAfterBackward),
                            options.bucket_bytes);
@@ -197,6 +245,8 @@ GradientReducer::GradientReducer(std::vector<torch::Tensor> parameters, const Re
 }
 
 GradientReducer::~GradientReducer() = default;
+
+void RunReducerAsOnDeviceForTesting(bool on) { reducer_as_on_device = on; }
 
 size_t GradientReducer::bucket_count() const { return overlap_ ? overlap_->buckets.size() : buckets_.size(); }
 

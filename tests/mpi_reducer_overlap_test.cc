@@ -85,6 +85,50 @@ TEST(ReducerOverlap, IntegerGradientsEqualSynchronousExactly) {
   }
 }
 
+// The CUDA path's logic (RunReducerAsOnDeviceForTesting): no host read of which ranks had a gradient, so the
+// parameter no rank gave one (c) gets zeros instead of none (2 ranks or more); every other gradient is the
+// synchronous reducer's.
+// Then the trainer's case, a conv net, bit for bit at 1-2 ranks.
+TEST(ReducerOverlap, DeviceLogicOnTheCpu) {
+  RunReducerAsOnDeviceForTesting(true);
+  for (int64_t bucket_bytes : kBucketBytes) {
+    std::vector<torch::Tensor> sync_params = SmallParameters(), device_params = Leaves(sync_params);
+    GradientReducer sync(sync_params, ReducerOptions{bucket_bytes, ReduceTiming::kAfterBackward});
+    GradientReducer device(device_params, ReducerOptions{bucket_bytes, ReduceTiming::kDuringBackward});
+    for (int step = 0; step < 2; ++step) {
+      SmallBackward(sync_params, step);
+      SmallBackward(device_params, step);
+      sync.Finalize();
+      device.Finalize();
+      const std::string what = "bucket_bytes " + std::to_string(bucket_bytes) + " step " + std::to_string(step);
+      if (Size() > 1) {  // one rank reduces nothing
+        ASSERT_TRUE(device_params[2].grad().defined()) << what;
+        EXPECT_TRUE(torch::equal(device_params[2].grad(), torch::zeros({2, 2}))) << what;
+        device_params[2].mutable_grad() = torch::Tensor();  // as the synchronous reducer leaves it
+      }
+      ExpectSameGradients(sync_params, device_params, /*exact=*/true, what);
+      for (auto* params : {&sync_params, &device_params}) {
+        for (torch::Tensor& p : *params) {
+          if (p.grad().defined()) p.mutable_grad().zero_();
+        }
+      }
+    }
+  }
+  torch::manual_seed(7);
+  torch::nn::Sequential net(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 8, 3).padding(1)), torch::nn::ReLU(),
+                            torch::nn::AdaptiveAvgPool2d(1), torch::nn::Flatten(), torch::nn::Linear(8, 4));
+  torch::nn::Sequential twin(std::dynamic_pointer_cast<torch::nn::SequentialImpl>(net->clone()));
+  GradientReducer sync(net->parameters(), ReducerOptions{1024, ReduceTiming::kAfterBackward});
+  GradientReducer device(twin->parameters(), ReducerOptions{1024, ReduceTiming::kDuringBackward});
+  torch::manual_seed(100 + Rank());
+  const torch::Tensor x = torch::randn({6, 1, 12, 12});
+  for (torch::nn::Sequential* m : {&net, &twin}) (*m)->forward(x).pow(2).sum().backward();
+  sync.Finalize();
+  device.Finalize();
+  ExpectSameGradients(net->parameters(), twin->parameters(), /*exact=*/Size() <= 2, "conv net");
+  RunReducerAsOnDeviceForTesting(false);
+}
+
 // Gradients put in place by hand, no backward: every bucket starts in Finalize, with the same result.
 TEST(ReducerOverlap, FinalizeWithoutBackward) {
   for (int64_t bucket_bytes : kBucketBytes) {
