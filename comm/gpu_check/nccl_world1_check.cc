@@ -1,7 +1,8 @@
 // GPU check of the NCCL backend on a one-GPU machine (run.sh builds and runs it against a CUDA LibTorch 2.x).
 // NCCL refuses two ranks on one GPU, so this drives the backend table directly in a world of one, with the MPI
 // side replaced by the stubs below: it proves nccl_backend.cc builds against LibTorch 2.x and NCCL, creates its
-// communicator, maps dtypes, and runs every collective on the current stream (default and a pool stream).
+// communicator, maps dtypes (bf16 included), and runs every collective behind and ahead of the current stream
+// (default and a pool stream), the reducer's overlapped sums too.
 // Multi-rank behaviour is covered on CPU by tests/mpi_*_test.cc.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -23,7 +24,8 @@ namespace detail {
 std::vector<int64_t> AllGatherInt64(const std::vector<int64_t>& mine) { return mine; }
 void BroadcastBytes(void*, int64_t, int) {}
 std::string Where() { return "gpu-check:0"; }
-const Backend kMpiBackend = {"none", nullptr, nullptr, nullptr, nullptr};  // CPU tensors never reach it here
+// CPU tensors never reach it here.
+const Backend kMpiBackend = {"none", false, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
 }  // namespace detail
 }  // namespace tempered::comm
 
@@ -60,12 +62,19 @@ void CheckAll(torch::ScalarType dtype) {
   torch::Tensor b = x.clone();
   kNcclBackend.broadcast(b, 0);
   Expect(torch::equal(b.cpu(), x.cpu()), "broadcast", dtype);
+
+  // The reducer's overlapped sum: the caller's stream goes on, then waits for it (events, no host wait).
+  torch::Tensor overlapped = x.clone();
+  kNcclBackend.start_sum(overlapped);
+  kNcclBackend.wait_for_started(overlapped);
+  Expect(torch::equal((overlapped * 1).cpu(), x.cpu()), "start_sum + wait_for_started", dtype);
 }
 
 }  // namespace
 
 int main() {
-  for (auto dtype : {torch::kFloat, torch::kDouble, torch::kHalf, torch::kLong, torch::kInt, torch::kByte}) {
+  for (auto dtype : {torch::kFloat, torch::kDouble, torch::kHalf, torch::kBFloat16, torch::kLong, torch::kInt,
+                     torch::kByte}) {
     CheckAll(dtype);
   }
   {
