@@ -6,21 +6,23 @@
 # (under mpirun -np 1) and in bf16 (a singleton, no mpirun), the loss benchmark if bench/ has one, and the 2-4 rank
 # MPI tests with the GPU hidden (2 ranks cannot share one GPU under NCCL), in this order: build, fp32 run, tests,
 # bf16 run, benchmark, multi-rank tests. Each phase is timed and bounded, one failure does not stop the others, and
-# the whole stays inside GPU_CHECK_BUDGET seconds (default 420; later phases are cut short or skipped first).
+# the whole stays inside GPU_CHECK_BUDGET seconds (default 470; later phases are cut short or skipped first).
+# Then issue 32's Part B: ResNet-18 at global batch 512 in fp32 and bf16 against torchvision's (resnet18_reference.py)
+# with the GPU's busy fraction, as TARGET lines in summary.txt.
 #
 # Files written to $OUT (at most 8, all at its top level, so that the run tool brings every one back):
 #   summary.txt env.log build.log ctest.log train.log result-fp32.json result-bf16.json bench.log
 #
 # Knobs: GPU_CHECK_CPU_DRYRUN=1 (here, no GPU: CPU LibTorch, no CUDA/NCCL, short CPU run, -j2),
 #        GPU_CHECK_BUDGET (s), GPU_CHECK_BUILD_CAP (s, default 330), GPU_CHECK_JOBS, GPU_CHECK_CTEST_JOBS, GPU_CHECK_BUILD_DIR,
-#        GPU_CHECK_SKIP (comma list of: ctest,mpi,train,bf16,bench), GPU_CHECK_TARGETS (build only these),
+#        GPU_CHECK_SKIP (comma list of: ctest,mpi,train,bf16,resnet,bench), GPU_CHECK_TARGETS (build only these),
 #        GPU_CHECK_CTEST_REGEX (run only the matching unit/1-rank tests).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 REPO=$PWD
 T0=$(date +%s)
 DRY=${GPU_CHECK_CPU_DRYRUN:-0}
-BUDGET=${GPU_CHECK_BUDGET:-420}
+BUDGET=${GPU_CHECK_BUDGET:-470}
 DEADLINE=$((T0 + BUDGET))
 OUT=${OUT:-/tmp/gpu-check-out}
 mkdir -p "$OUT"
@@ -259,6 +261,84 @@ if [ "$HAVE_TRAIN" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------------------------
+# Issue 32 Part B: ResNet-18 (CIFAR stem), two views, global batch 512, fp32 and bf16, tempered-train against
+# torchvision's ResNet-18 fed by DataLoader workers (bench/resnet18_reference.py), with the GPU's busy fraction:
+# nvidia-smi's utilization.gpu (the share of each 100 ms sample in which a kernel ran), averaged over the middle 60%
+# of each run's samples (past start-up and warm-up, before the end-of-run evaluation).
+busy_of() {  # SAMPLES_FILE -> mean utilisation (0-1) of the middle 60% of the samples, or "nan"
+  python3 -c '
+import sys
+v = [float(x) for x in open(sys.argv[1]).read().split() if x.replace(".", "").isdigit()]
+m = v[len(v) // 5: len(v) - len(v) // 5]
+print(f"{sum(m) / len(m) / 100:.2f}" if m else "nan")' "$1"
+}
+sampled() {  # SAMPLES_FILE CMD...: runs CMD while nvidia-smi samples the GPU every 100 ms
+  local samples=$1 sampler=""
+  shift
+  : >"$samples"
+  if [ "$DRY" != 1 ]; then
+    nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 100 >"$samples" 2>/dev/null &
+    sampler=$!
+  fi
+  "$@"
+  local rc=$?
+  [ -n "$sampler" ] && { kill "$sampler"; wait "$sampler"; } 2>/dev/null
+  return $rc
+}
+# The steady rate of a tempered-train log: the median img/s of its last progress lines but the first.
+steady_rate() {
+  grep -oE "step [0-9]+/[0-9]+ .* [0-9]+ img/s" "$1" | tail -n +2 | tail -6 | grep -oE "[0-9]+ img/s" |
+    awk '{print $1}' | sort -n | awk '{a[NR] = $1} END {print NR ? a[int((NR + 1) / 2)] : 0}'
+}
+compare_resnet18() {  # PRECISION (fp32|bf16)
+  local precision=$1 dir=/tmp/gpu-check-r18-$1 log=/tmp/gpu-check-r18-$1.log device=cuda steps=70 rc
+  local flag=()
+  [ "$precision" = bf16 ] && flag=(--bf16)
+  phase "resnet18 vs pytorch ($precision)"
+  if [ "$(left)" -lt 120 ]; then note "resnet18 $precision: skipped, budget spent"; return; fi
+  rm -rf "$dir"
+  local ours=("$BUILD/trainer/tempered-train" --model resnet18 --norm batch --batch_size 512 --image_size 32
+              --tau 0.2 --epochs 1 --log_every_steps 10 --linear_epochs 0 --test_subset 512
+              --curve_train_samples 512 --data_dir "$TEMPERED_DATA_DIR" --out_dir "$dir" "${flag[@]}")
+  local ref=(python3 bench/resnet18_reference.py --data_dir "$TEMPERED_DATA_DIR" "${flag[@]}")
+  if [ "$DRY" = 1 ]; then  # the plumbing only: a few steps of a batch of 32 on the CPU
+    ours+=(--device cpu --train_subset 2048 --batch_size 32 --max_steps 4 --log_every_steps 1 --threads 2)
+    ref+=(--device cpu --subset 2048 --batch_size 32 --steps 2 --warmup 1 --workers 2)
+  else
+    ours+=(--device cuda --max_steps $((steps + 10)) --threads 16)
+    ref+=(--device cuda --steps "$steps")
+  fi
+  echo "### resnet18 $precision, tempered: ${ours[*]}" >>"$TRAINLOG"
+  sampled /tmp/gpu-busy-ours timeout "$(cap 100)" "${ours[@]}" >"$log" 2>&1
+  rc=$?
+  tail -5 "$log" >>"$TRAINLOG"
+  local ours_rate ref_json ref_rate busy_ours busy_ref
+  ours_rate=$(steady_rate "$log")
+  echo "### resnet18 $precision, pytorch: ${ref[*]}" >>"$TRAINLOG"
+  ref_json=$(sampled /tmp/gpu-busy-ref timeout "$(cap 120)" "${ref[@]}" 2>>"$TRAINLOG" | tail -1)
+  echo "$ref_json" >>"$TRAINLOG"
+  ref_rate=$(echo "$ref_json" | python3 -c "import json, sys; print(round(json.load(sys.stdin)['images_per_second']))" \
+             2>/dev/null || echo 0)
+  busy_ours=$(busy_of /tmp/gpu-busy-ours)
+  busy_ref=$(busy_of /tmp/gpu-busy-ref)
+  note "  resnet18 $precision: tempered $ours_rate img/s (rc $rc, GPU busy $busy_ours), pytorch $ref_rate img/s (GPU busy $busy_ref)"
+  python3 -c '
+import sys
+ours, ref, busy, p = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
+ratio = ours / ref if ref > 0 else float("nan")
+b = float(busy)
+verdict = {True: "PASS", False: "FAIL"}
+print(f"TARGET resnet18_vs_pytorch_{p} {ratio:.2f} >=1.0 {verdict[ratio >= 1.0]}")
+print(f"TARGET gpu_busy_{p} {b:.2f} >=0.9 {verdict[b >= 0.9]}")' \
+    "$ours_rate" "$ref_rate" "$busy_ours" "$precision" | tee -a "$SUMMARY"
+  done_phase "resnet18 vs pytorch $precision" "$([ $rc -eq 0 ] && [ "$ref_rate" != 0 ] && echo ran || echo FAIL)"
+}
+if [ "$HAVE_TRAIN" = 1 ] && ! skipped resnet; then
+  compare_resnet18 fp32
+  compare_resnet18 bf16
+fi
+
+# ---------------------------------------------------------------------------------------------------------------
 : >"$BENCHLOG"
 if ! skipped bench; then
   phase "loss benchmark"
@@ -268,7 +348,16 @@ if ! skipped bench; then
   export TEMPERED_BUILD_DIR=$REPO/$BUILD TEMPERED_DEVICE
   export TEMPERED_BENCH_OUT=/tmp/gpu-check-bench
   rm -rf "$TEMPERED_BENCH_OUT"; mkdir -p "$TEMPERED_BENCH_OUT"
-  if [ -x bench/run.sh ] || [ -f bench/run.sh ]; then
+  if [ -x "$BUILD/bench/loss_bench" ]; then
+    # Issue 32 Part B: loss_time at every shape (not --quick) and the 1M-candidate memory bank case (--million).
+    ran=1
+    quick=(); [ "$DRY" = 1 ] && quick=(--quick)
+    { echo "### loss_bench --device $TEMPERED_DEVICE --million ${quick[*]}"
+      timeout "$(cap 150)" "$BUILD/bench/loss_bench" --device "$TEMPERED_DEVICE" --million --repetitions 3 \
+        --benchmark_color=false "${quick[@]}"
+      echo "### rc $?"; } >>"$BENCHLOG" 2>&1
+    grep '^TARGET ' "$BENCHLOG" | tee -a "$SUMMARY"
+  elif [ -f bench/run.sh ]; then
     ran=1
     { echo "### bench/run.sh --quick"; timeout "$(cap 150)" bash bench/run.sh --quick; echo "### rc $?"; } >>"$BENCHLOG" 2>&1
   fi

@@ -13,7 +13,7 @@ start=$(date +%s)
 # The readers (IDX, CIFAR, SVHN, image folders, .npy, event files, specs), the losses, augmentations and the
 # collectives' uneven-shard arithmetic. Tests not in the tree yet are skipped.
 wanted=(data_test datasets_test npy_test event_writer_test sweep_test loss_test streaming_loss_test
-        loss_golden_test augment_test mpi_comm_test mpi_gather_test)
+        loss_golden_test augment_test batched_augment_test mpi_comm_test mpi_gather_test)
 unit_tests=()
 for test in "${wanted[@]}"; do [ -f "tests/$test.cc" ] && unit_tests+=("$test"); done
 
