@@ -8,6 +8,7 @@
 #include <numeric>
 #include <vector>
 
+#include "tests/data_test_util.h"
 #include "trainer/data/augment.h"
 #include "trainer/data/data.h"
 
@@ -16,14 +17,8 @@ namespace {
 
 namespace F = torch::nn::functional;
 
-// `count` random images of `channels` x size x size.
 Dataset RandomImages(int64_t count, int64_t channels, int64_t size) {
-  torch::manual_seed(7);
-  Dataset data;
-  data.images = torch::randint(0, 256, {count, channels, size, size}, torch::kUInt8);
-  data.labels = torch::zeros({count}, torch::kInt64);
-  data.num_classes = 1;
-  return data;
+  return RandomImageSet(count, channels, size, size, /*seed=*/7);
 }
 
 std::vector<int64_t> Iota(int64_t n) {

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <vector>
 
+#include "tests/data_test_util.h"
 #include "trainer/data/augment.h"
 #include "trainer/data/batched_augment.h"
 #include "trainer/data/data.h"
@@ -18,12 +19,7 @@ namespace {
 constexpr double kTolerance = 2e-5;
 
 Dataset RandomImages(int64_t count, int64_t channels, int64_t height, int64_t width) {
-  torch::manual_seed(11);
-  Dataset data;
-  data.images = torch::randint(0, 256, {count, channels, height, width}, torch::kUInt8);
-  data.labels = torch::zeros({count}, torch::kInt64);
-  data.num_classes = 1;
-  return data;
+  return RandomImageSet(count, channels, height, width, /*seed=*/11);
 }
 
 std::vector<int64_t> Iota(int64_t n) {

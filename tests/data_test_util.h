@@ -1,5 +1,5 @@
-// Helpers of the data tests: a temporary directory that files are written into, and the check that a reader's
-// UserError names the file.
+// Helpers of the data tests: a temporary directory that files are written into, the check that a reader's
+// UserError names the file, and a set of random images.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -13,8 +13,19 @@
 #include <string>
 
 #include "common/errors.h"
+#include "trainer/data/data.h"
 
 namespace tempered {
+
+// `count` uniformly random uint8 images of channels x height x width (labels all 0, one class), from `seed`.
+inline Dataset RandomImageSet(int64_t count, int64_t channels, int64_t height, int64_t width, uint64_t seed) {
+  torch::manual_seed(seed);
+  Dataset data;
+  data.images = torch::randint(0, 256, {count, channels, height, width}, torch::kUInt8);
+  data.labels = torch::zeros({count}, torch::kInt64);
+  data.num_classes = 1;
+  return data;
+}
 
 class TempDir {
  public:

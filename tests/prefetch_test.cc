@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "tests/data_test_util.h"
 #include "trainer/data/prefetch.h"
 #include "trainer/loss/loss.h"
 #include "trainer/model/model.h"
@@ -23,12 +24,7 @@ namespace {
 using namespace std::chrono_literals;
 
 Dataset RandomImages(int64_t count, int64_t channels, int64_t size) {
-  torch::manual_seed(3);
-  Dataset data;
-  data.images = torch::randint(0, 256, {count, channels, size, size}, torch::kUInt8);
-  data.labels = torch::zeros({count}, torch::kInt64);
-  data.num_classes = 1;
-  return data;
+  return RandomImageSet(count, channels, size, size, /*seed=*/3);
 }
 
 InputOptions Options(int64_t n, int64_t global_batch, int rank, int world, int views) {

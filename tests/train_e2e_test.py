@@ -75,19 +75,26 @@ class WorldSizeInvarianceTest(unittest.TestCase):
         self.check_invariance(["--norm", "none", "--negatives", "memory_bank", "--tau", "0.07"])
 
 
+def two_rank_runs(test, tmp, variants):
+    """Runs SMALL plus each variant's arguments on 2 ranks, in tmp/<name>; returns name -> (result, the process)."""
+    runs = {}
+    for name, extra in variants.items():
+        out = os.path.join(tmp, name)
+        proc = run_train(2, SMALL + extra + ["--out_dir", out])
+        test.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        runs[name] = (read_result(out), proc)
+    return runs
+
+
 class PrefetchTest(unittest.TestCase):
     """Views made ahead on a background thread are the views made in the step: the same run to the last bit."""
 
     def test_prefetch_does_not_change_the_run(self):
         for negatives in ("batch", "memory_bank"):
             with TempDir() as tmp:
-                results = {}
-                for depth in ("0", "2"):
-                    out = os.path.join(tmp, depth)
-                    proc = run_train(2, SMALL + ["--batch_size", "64", "--negatives", negatives, "--prefetch_steps",
-                                                 depth, "--out_dir", out])
-                    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-                    results[depth] = read_result(out)
+                runs = two_rank_runs(self, tmp, {depth: ["--batch_size", "64", "--negatives", negatives,
+                                                         "--prefetch_steps", depth] for depth in ("0", "2")})
+                results = {depth: result for depth, (result, _) in runs.items()}
                 self.assertEqual(results["2"]["config"]["data"]["prefetch_steps"], 2)
                 self.assertEqual(results["0"]["step_loss"], results["2"]["step_loss"], negatives)
                 self.assertEqual(len(results["0"]["step_loss"]), 5)
@@ -101,13 +108,10 @@ class BatchedAugmentationTest(unittest.TestCase):
     def test_batched_views_train_as_the_per_image_ones(self):
         for negatives in ("batch", "memory_bank"):
             with TempDir() as tmp:
-                losses = {}
-                for where in ("per_image", "batched"):
-                    out = os.path.join(tmp, where)
-                    proc = run_train(2, SMALL + ["--batch_size", "64", "--negatives", negatives, "--augmentation",
-                                                 where, "--out_dir", out])
-                    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-                    losses[where] = [s["loss"] for s in read_result(out)["step_loss"]]
+                runs = two_rank_runs(self, tmp, {where: ["--batch_size", "64", "--negatives", negatives,
+                                                         "--augmentation", where]
+                                                 for where in ("per_image", "batched")})
+                losses = {where: [s["loss"] for s in result["step_loss"]] for where, (result, _) in runs.items()}
                 first, batched = losses["per_image"], losses["batched"]
                 self.assertEqual(len(batched), 5)
                 self.assertLessEqual(abs(first[0] - batched[0]), 1e-5 * abs(first[0]), negatives)
@@ -121,14 +125,10 @@ class HostSyncTest(unittest.TestCase):
 
     def test_reading_the_losses_every_third_step_gives_the_same_run(self):
         with TempDir() as tmp:
-            results = {}
-            for every in ("1", "3"):
-                out = os.path.join(tmp, every)
-                proc = run_train(2, SMALL + ["--batch_size", "32", "--epochs", "2", "--max_steps", "26",
-                                             "--log_every_steps", "7", "--host_sync_every_steps", every,
-                                             "--out_dir", out])  # 20 steps an epoch
-                self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-                results[every] = read_result(out)
+            runs = two_rank_runs(self, tmp, {every: ["--batch_size", "32", "--epochs", "2", "--max_steps", "26",
+                                                     "--log_every_steps", "7", "--host_sync_every_steps", every]
+                                             for every in ("1", "3")})  # 20 steps an epoch
+            results = {every: result for every, (result, _) in runs.items()}
             self.assertEqual(results["1"]["step_loss"], results["3"]["step_loss"])
             self.assertEqual([int(s["step"]) for s in results["3"]["step_loss"]], list(range(1, 27)))
             self.assertEqual(results["1"]["epochs"][0]["mean_loss"], results["3"]["epochs"][0]["mean_loss"])
@@ -140,12 +140,10 @@ class GradientBucketTest(unittest.TestCase):
 
     def test_bucket_size_does_not_change_the_run(self):
         with TempDir() as tmp:
-            results, logs = {}, {}
-            for kib in ("1", "4096"):
-                out = os.path.join(tmp, kib)
-                proc = run_train(2, SMALL + ["--batch_size", "64", "--gradient_bucket_kib", kib, "--out_dir", out])
-                self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-                results[kib], logs[kib] = read_result(out), proc.stdout + proc.stderr
+            runs = two_rank_runs(self, tmp, {kib: ["--batch_size", "64", "--gradient_bucket_kib", kib]
+                                             for kib in ("1", "4096")})
+            results = {kib: result for kib, (result, _) in runs.items()}
+            logs = {kib: proc.stdout + proc.stderr for kib, (_, proc) in runs.items()}
             self.assertIn("gradients all-reduced in 1 buckets of about 4096 KiB", logs["4096"])
             self.assertRegex(logs["1"], r"gradients all-reduced in ([2-9]|\d\d+) buckets of about 1 KiB")
             self.assertEqual(results["1"]["step_loss"], results["4096"]["step_loss"])

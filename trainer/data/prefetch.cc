@@ -16,16 +16,15 @@ StepInput MakeStepInput(const Dataset& data, const InputOptions& options, const 
   input.step = step;
   input.epoch = step / options.steps_per_epoch;
   const Shard shard = ShardOf(options.global_batch, options.rank, options.world);
-  const int64_t first = (step % options.steps_per_epoch) * options.global_batch + shard.offset;
-  CHECK_LE(first + shard.count, static_cast<int64_t>(permutation.size()));
-  input.indices.assign(permutation.begin() + first, permutation.begin() + first + shard.count);
   const int64_t batch_first = (step % options.steps_per_epoch) * options.global_batch;
-  const auto pinned = torch::TensorOptions(torch::kLong).pinned_memory(options.pin);
-  input.index = torch::empty({shard.count}, pinned);
-  std::copy(input.indices.begin(), input.indices.end(), input.index.data_ptr<int64_t>());
-  input.global_index = torch::empty({options.global_batch}, pinned);
+  const int64_t first = batch_first + shard.offset;
+  CHECK_LE(batch_first + options.global_batch, static_cast<int64_t>(permutation.size()));
+  input.indices.assign(permutation.begin() + first, permutation.begin() + first + shard.count);
+  input.global_index =
+      torch::empty({options.global_batch}, torch::TensorOptions(torch::kLong).pinned_memory(options.pin));
   std::copy(permutation.begin() + batch_first, permutation.begin() + batch_first + options.global_batch,
             input.global_index.data_ptr<int64_t>());
+  input.index = input.global_index.narrow(0, shard.offset, shard.count);  // this rank's block of it
   if (options.batched) {
     CHECK(!data.streamed()) << "views of a streamed folder are made per image";
     input.rows = torch::empty({shard.count, data.images.size(1), data.images.size(2), data.images.size(3)},

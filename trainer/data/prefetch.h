@@ -23,10 +23,10 @@ struct StepInput {
   int64_t step = 0;              // global step, 0-based
   int64_t epoch = 0;
   std::vector<int64_t> indices;  // this rank's images: its block (ShardOf) of the step's global batch
-  // int64 tensors (pinned for a GPU) of `indices` and of the whole global batch's images (every rank's blocks in rank
-  // order), so that the step copies them to the device without blocking and the memory bank's update needs no
-  // gather of indices.
-  torch::Tensor index, global_index;
+  // int64 tensors (pinned for a GPU) of the whole global batch's images (every rank's blocks in rank order) and of
+  // `indices` (a view of this rank's block), so that the step copies them to the device without blocking and the
+  // memory bank's update needs no gather of indices.
+  torch::Tensor global_index, index;
   // Float (views x indices.size(), C, S, S) = [view 0; view 1; ...], made on the CPU (pinned for a GPU); undefined
   // when the views are made on the device (InputOptions.batched), from:
   torch::Tensor views;
